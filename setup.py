@@ -1,0 +1,49 @@
+"""mmllm: frozen LLM transformer blocks as visual encoder layers.
+
+Projects live in ``projects/<name>/`` (``3dvqa`` is not a Python identifier), so each
+project keeps its library code in a uniquely named package ``projects/<name>/mmllm_<name>/``
+that is installed here, and its scripts (``train.py``, ``evaluate.py``) are run by path.
+"""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+
+# Project packages: projects/<name>/mmllm_<name>[/sub...]
+package_dir = {}
+project_packages = []
+for project in sorted((ROOT / "projects").glob("*/")):
+    for pkg in find_packages(where=str(project), include=["mmllm_*", "mmllm_*.*"]):
+        project_packages.append(pkg)
+        package_dir[pkg] = str((project / pkg.replace(".", "/")).relative_to(ROOT))
+
+setup(
+    name="mmllm",
+    version="0.1.0",
+    description="Frozen transformer blocks of pretrained LLMs as visual encoder layers",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mmllm", "mmllm.*", "vision", "vision.*"]) + project_packages,
+    package_dir=package_dir,
+    install_requires=[
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "transformers==5.23.0",
+        "accelerate==1.15.0",
+        "gguf==0.19.0",
+        "safetensors==0.8.0",
+        "timm==1.0.31",
+        "open_clip_torch==3.3.0",
+        "datasets==5.2.0",
+        "deepspeed==0.19.8",
+        "numpy>=1.26",
+        "pyyaml>=6.0",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+        "psutil>=5.9",
+    ],
+    extras_require={"test": ["pytest==9.0.3"]},
+    entry_points={"console_scripts": ["mmllm=mmllm.cli:main"]},
+)

@@ -1,0 +1,133 @@
+"""Frozen means frozen; the paper's controls; checkpoints without the frozen weights."""
+import pytest
+import torch
+from torch import nn
+
+from mmllm import AdapterMLP, FrozenLLMBlock, LLMBlockConfig, NoBlock, build_visual_llm_layer
+from mmllm.checkpointing import frozen_keys, load_model_state_dict, model_state_dict
+from mmllm.errors import CheckpointError
+from mmllm.params import param_groups
+from tiny_llms import layer_state, save_tiny
+
+VISUAL = 16
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ck")
+    return {arch: (root / arch, save_tiny(arch, root / arch)) for arch in ("llama", "opt")}
+
+
+class Toy(nn.Module):
+    def __init__(self, block):
+        super().__init__()
+        self.stem = nn.Linear(4, VISUAL)
+        self.llm_block = block
+        self.head = nn.Linear(VISUAL, 3)
+
+    def forward(self, x):
+        return self.head(self.llm_block(self.stem(x)).mean(1))
+
+
+def _train(model, steps=5, lr=1e-2):
+    opt = torch.optim.AdamW(param_groups(model, lr=lr, weight_decay=0.1, lr_multipliers={"llm_block.adapter": 10}))
+    model.train()
+    for _ in range(steps):
+        loss = nn.functional.cross_entropy(model(torch.randn(4, 6, 4)), torch.randint(0, 3, (4,)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return opt
+
+
+def test_frozen_weights_never_change_adapters_do(folders):
+    folder, hf = folders["opt"]
+    block = FrozenLLMBlock(LLMBlockConfig(visual_dim=VISUAL, source=str(folder), dtype="float32"))
+    block.layers[0].dropout = 0.5  # even with dropout configured, a frozen block must not drop out
+    model = Toy(block)
+    frozen_before = {k: v.clone() for k, v in block.layers.state_dict().items()}
+    adapter_before = block.adapter_in.weight.clone()
+    opt = _train(model)
+    for name, tensor in block.layers.state_dict().items():
+        assert torch.equal(tensor, frozen_before[name]), name
+        assert torch.equal(tensor, layer_state(hf, "opt", 3)[name.removeprefix("0.")]), name
+    assert all(p.grad is None for p in block.layers.parameters())
+    assert not torch.equal(block.adapter_in.weight, adapter_before)
+    optimized = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert not optimized & {id(p) for p in block.layers.parameters()}
+    assert model.training and not block.layers.training
+    x = torch.randn(2, 5, VISUAL)
+    torch.testing.assert_close(block(x), block(x))  # no dropout in train mode
+
+
+def test_adapter_lr_multiplier_groups(folders):
+    folder, _ = folders["llama"]
+    model = Toy(FrozenLLMBlock(LLMBlockConfig(visual_dim=VISUAL, source=str(folder))))
+    groups = param_groups(model, lr=1e-3, weight_decay=0.05, lr_multipliers={"llm_block.adapter": 10})
+    by_name = {n: g for g in groups for n in g["names"]}
+    assert set(by_name) == {"stem.weight", "stem.bias", "llm_block.adapter_in.weight", "llm_block.adapter_out.weight", "head.weight", "head.bias"}
+    assert by_name["llm_block.adapter_in.weight"]["lr"] == pytest.approx(1e-2)
+    assert by_name["stem.weight"]["lr"] == pytest.approx(1e-3) and by_name["stem.weight"]["weight_decay"] == 0.05
+    assert by_name["stem.bias"]["weight_decay"] == 0.0
+
+
+def test_finetune_control_trains_the_block(folders):
+    folder, _ = folders["llama"]
+    block = FrozenLLMBlock(LLMBlockConfig(visual_dim=VISUAL, source=str(folder), frozen=False, dtype="float32"))
+    before = block.layers[0].mlp.up_proj.weight.clone()
+    _train(Toy(block))
+    assert not torch.equal(block.layers[0].mlp.up_proj.weight, before)
+    assert frozen_keys(Toy(block)) == {"llm_block.final_norm.weight"}  # the unit norm stays constant
+
+
+def test_random_init_control(folders):
+    folder, hf = folders["llama"]
+    torch.manual_seed(0)
+    block = FrozenLLMBlock(LLMBlockConfig(visual_dim=VISUAL, source=str(folder), init="random"))
+    w = block.layers[0].mlp.up_proj.weight.float()
+    assert not torch.allclose(w, layer_state(hf, "llama", 3)["mlp.up_proj.weight"])
+    assert abs(w.std().item() - hf.config.initializer_range) < 0.005
+    assert all(not p.requires_grad for p in block.layers.parameters())
+    # the random block cannot be rebuilt from its source, so a checkpoint keeps it
+    assert not any(k.startswith("llm_block.layers.") for k in frozen_keys(Toy(block)))
+
+
+def test_mlp_control_has_equal_trainable_size(folders):
+    folder, _ = folders["llama"]
+    block = build_visual_llm_layer({"kind": "llm_block", "source": str(folder)}, VISUAL)
+    mlp = build_visual_llm_layer({"kind": "mlp", "source": str(folder)}, VISUAL)
+    count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)
+    assert isinstance(mlp, AdapterMLP) and count(mlp) == count(block) > 0
+    none = build_visual_llm_layer({"kind": "none"}, VISUAL)
+    x = torch.randn(2, 3, VISUAL)
+    assert isinstance(none, NoBlock) and torch.equal(none(x), x)
+
+
+def test_checkpoint_without_frozen_weights_round_trips(folders):
+    folder, _ = folders["llama"]
+    model = Toy(FrozenLLMBlock(LLMBlockConfig(visual_dim=VISUAL, source=str(folder))))
+    _train(model, steps=2)
+    state = model_state_dict(model)
+    assert not any(k.startswith("llm_block.layers.") for k in state)
+    assert "llm_block.adapter_in.weight" in state
+    torch.manual_seed(123)
+    fresh = Toy(FrozenLLMBlock(LLMBlockConfig(visual_dim=VISUAL, source=str(folder))))
+    load_model_state_dict(fresh, state)
+    x = torch.randn(2, 6, 4)
+    model.eval(), fresh.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), fresh(x))
+    del state["head.weight"]
+    with pytest.raises(CheckpointError, match="head.weight"):
+        load_model_state_dict(fresh, state)
+
+
+def test_checkpoint_from_other_llm_weights_is_refused(folders, tmp_path):
+    folder, _ = folders["llama"]
+    save_tiny("llama", tmp_path, seed=7)
+    a = Toy(FrozenLLMBlock(LLMBlockConfig(visual_dim=VISUAL, source=str(folder))))
+    b = Toy(FrozenLLMBlock(LLMBlockConfig(visual_dim=VISUAL, source=str(tmp_path))))
+    from mmllm.checkpointing import block_fingerprints
+
+    with pytest.raises(CheckpointError, match="different frozen LLM weights"):
+        load_model_state_dict(b, model_state_dict(a), block_fingerprints(a))
