@@ -1,4 +1,4 @@
-"""``mmllm`` command line: manage the embedded pretrained LLM assets."""
+"""``mmllm`` command line: embedded pretrained LLM assets, the leaderboard of finished runs."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +23,19 @@ def _assets_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _leaderboard(args: argparse.Namespace) -> int:
+    from . import leaderboard
+
+    rows = leaderboard.collect(args.runs)
+    if not rows:
+        print(f"no finished run (summary.json) under {args.runs}", file=sys.stderr)
+        return 1
+    paths = leaderboard.write(rows, args.out or args.runs, args.metric)
+    print(paths["markdown"].read_text())
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmllm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -35,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("names", nargs="+", choices=list(assets.ASSETS))
     prep.add_argument("--force", action="store_true", help="rebuild the cache")
     prep.set_defaults(func=_assets_prepare)
+    board = sub.add_parser("leaderboard", help="table (markdown, CSV) and plot of finished runs")
+    board.add_argument("--runs", default="runs", help="folder searched for summary.json files")
+    board.add_argument("--out", default=None, help="output folder (default: --runs)")
+    board.add_argument("--metric", default=None, help="metric to plot (default: accuracy / r_mean / em1)")
+    board.set_defaults(func=_leaderboard)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -23,3 +23,7 @@ class AssetMissingError(MMLLMError):
 
 class ConfigError(MMLLMError, ValueError):
     """A configuration file or dict is malformed."""
+
+
+class DataError(MMLLMError, ValueError):
+    """A data or annotation file is missing, malformed, or inconsistent."""

@@ -9,3 +9,5 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helpers
+for project in sorted((ROOT / "projects").glob("*/")):  # project packages (also installed by setup.py)
+    sys.path.insert(0, str(project))

@@ -1,0 +1,1 @@
+"""Training engine shared by every project: DeepSpeed (ZeRO 0-3, bf16), resumable runs."""

@@ -1,0 +1,46 @@
+"""Helpers for distributed evaluation: exact sharding (no padded duplicates) and gathering."""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from . import distributed
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the trainable weights (DeepSpeed bf16 casts them; frozen blocks keep their own)."""
+    for p in model.parameters():
+        if p.requires_grad:
+            return p.dtype
+    return next(model.parameters()).dtype
+
+
+def shard(dataset: Dataset) -> Dataset:
+    """This rank's share of an evaluation set: indices rank, rank+world, ... (every item exactly once)."""
+    if not torch.distributed.is_initialized():
+        return dataset
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return Subset(dataset, list(range(rank, len(dataset), world)))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: Dataset, collate: Callable, batch_size: int,
+            step: Callable[[nn.Module, dict[str, Any]], Iterable[Any]], desc: str = "eval") -> list[Any]:
+    """Run ``step(model, batch)`` over this rank's shard and gather every rank's outputs."""
+    from .trainer import cast_floats
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    dtype = model_dtype(model)
+    loader = DataLoader(shard(dataset), batch_size=batch_size, collate_fn=collate)
+    outputs: list[Any] = []
+    main = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    for batch in tqdm(loader, desc=desc, disable=not main, mininterval=2.0):
+        outputs.extend(step(model, cast_floats(batch, dtype, device)))
+    model.train(was_training)
+    return [o for part in distributed.all_gather_objects(outputs) for o in part]

@@ -1,0 +1,1 @@
+"""Multimodal building blocks shared by the projects (METER-style backbone, encoders, heads)."""

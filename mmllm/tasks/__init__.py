@@ -1,0 +1,1 @@
+"""Tasks shared by several projects (VL pretraining)."""

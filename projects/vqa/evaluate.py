@@ -1,0 +1,86 @@
+"""VQA accuracy with the official rules, from result files or from a trained model.
+
+From files (official formats):
+    python projects/vqa/evaluate.py --questions Q.json --annotations A.json --results R.json
+From a trained model (writes results_<split>.json, and a leaderboard submission with --submission):
+    python projects/vqa/evaluate.py --checkpoint runs/x/model_final.pt --split test [--submission NAME]
+Prints JSON: overall, perQuestionType, perAnswerType (percent, 2 decimals).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mmllm.errors import MMLLMError
+from mmllm_vqa import vqa_eval
+from mmllm_vqa.data import _load_json_records
+from mmllm_vqa.results import read_results, write_submission
+
+
+def from_files(questions: str, annotations: str, results: str) -> dict:
+    qids = {q["question_id"] for q in _load_json_records(questions, "questions")}
+    anns = [a for a in _load_json_records(annotations, "annotations") if a["question_id"] in qids]
+    return vqa_eval.evaluate(anns, read_results(results, qids))
+
+
+def from_checkpoint(checkpoint: str, split: str, out_dir: str | None, submission: str | None) -> dict:
+    import torch
+    from omegaconf import OmegaConf
+
+    from mmllm.engine.checkpoint import write_json
+    from mmllm.engine.trainer import load_model_file
+    from mmllm_vqa.task import VQATask
+
+    blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    cfg = OmegaConf.create(blob["config"])
+    cfg.run.output_dir = out_dir or str(Path(checkpoint).parent)
+    vocab_file = Path(checkpoint).parent / "answer_vocab.json"
+    if vocab_file.is_file():
+        cfg.datasets.vqa.answer_vocab = str(vocab_file)
+    task = VQATask(cfg)
+    model = task.build_model()
+    load_model_file(model, checkpoint)
+    datasets = task.build_datasets()
+    if split not in datasets:
+        raise MMLLMError(f"split {split!r} not in the config's datasets.vqa.splits {sorted(datasets)}")
+    dataset = datasets[split]
+    answers = task.predict_answers(model, dataset)
+    Path(cfg.run.output_dir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(cfg.run.output_dir) / f"results_{split}.json", [{"question_id": q, "answer": a} for q, a in sorted(answers.items())])
+    out = {}
+    if submission:
+        spec = cfg.datasets.vqa.splits[split]
+        out["submission"] = str(write_submission(answers, spec.questions, cfg.run.output_dir, submission))
+    if dataset.split.annotations:
+        out.update(vqa_eval.evaluate(dataset.split.annotation_list(), answers))
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--questions")
+    parser.add_argument("--annotations")
+    parser.add_argument("--results")
+    parser.add_argument("--checkpoint")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--out-dir")
+    parser.add_argument("--submission", metavar="METHOD", help="also write a VQAv2 test-dev submission file")
+    args = parser.parse_args(argv)
+    try:
+        if args.checkpoint:
+            report = from_checkpoint(args.checkpoint, args.split, args.out_dir, args.submission)
+        elif args.questions and args.annotations and args.results:
+            report = from_files(args.questions, args.annotations, args.results)
+        else:
+            parser.error("give --questions, --annotations and --results, or --checkpoint")
+    except (MMLLMError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""2D VQA with a METER-style model and the frozen LLM block (projects/vqa)."""

@@ -1,0 +1,111 @@
+"""VQA accuracy against cases worked out by hand from the official evaluation's rules."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mmllm_vqa.vqa_eval import evaluate, normalize_answer, question_accuracy
+from conftest import ROOT
+
+
+def answers(*pairs):
+    """answers(("red", 2), ("blue", 8)) -> 10 annotator records with distinct answer_ids."""
+    out = []
+    for text, n in pairs:
+        out += [{"answer": text, "answer_confidence": "yes"} for _ in range(n)]
+    return [dict(a, answer_id=i + 1) for i, a in enumerate(out)]
+
+
+@pytest.mark.parametrize(
+    "result,gt,expected",
+    [
+        ("yes", answers(("yes", 10)), 1.0),
+        ("Yes.", answers(("yes", 10)), 1.0),  # result is normalised: case, period
+        # 2 of 10 say red: held-out red -> 1 match (1/3), held-out blue -> 2 matches (2/3): (2/3 + 16/3) / 10
+        ("red", answers(("red", 2), ("blue", 8)), 0.6),
+        # 3 of 10: held-out red -> 2/3, held-out blue -> 3/3: (3*2/3 + 7) / 10
+        ("red", answers(("red", 3), ("blue", 7)), 0.9),
+        ("red", answers(("red", 1), ("blue", 9)), 0.1 * (9 * 1 / 3)),
+        ("green", answers(("red", 5), ("blue", 5)), 0.0),
+        ("two", answers(("2", 10)), 1.0),  # number words -> digits in the result
+        ("2", answers(("two", 10)), 0.0),  # unanimous ground truth is not normalised (official quirk)
+        ("the dog", answers(("dog", 10)), 1.0),  # articles dropped
+        ("dont know", answers(("don't know", 10)), 1.0),  # contraction restored
+        # annotators disagree -> punctuation rule on ground truth: 'hot-dog' -> 'hot dog'
+        ("hot dog", answers(("hot-dog", 4), ("hot dog", 6)), 1.0),
+        ("hot dog", answers(("hot-dog", 10)), 0.0),  # unanimous: 'hot-dog' stays, never matches
+        ("1,000", answers(("1000", 10)), 1.0),  # digit-comma-digit: punctuation deleted, not spaced
+        ("3.5", answers(("3.5", 10)), 1.0),  # a period before a digit stays
+    ],
+)
+def test_question_accuracy(result, gt, expected):
+    assert question_accuracy(result, gt) == pytest.approx(expected)
+
+
+def test_identical_answer_records_are_all_held_out():
+    """The official code removes every record *equal* to the held-out one; without answer_ids
+    ten identical records leave nothing to match."""
+    assert question_accuracy("yes", [{"answer": "yes"}] * 10) == 0.0
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [("Two dogs.", "2 dogs"), ("a-b", "b"), ("Isnt it?", "isn't it"), ("e.g. 3.5", "eg 3.5"),
+     ("none", "0"), ("(left)", "left"), ("yes !", "yes"), ("  red\tcar\n", "red car")],
+)
+def test_normalization(text, expected):
+    assert normalize_answer(text) == expected
+
+
+def _files(tmp_path):
+    anns = [
+        {"question_id": 1, "question_type": "is this", "answer_type": "yes/no", "answers": answers(("yes", 10))},
+        {"question_id": 2, "question_type": "what color", "answer_type": "other", "answers": answers(("red", 2), ("blue", 8))},
+        {"question_id": 3, "question_type": "what color", "answer_type": "other", "answers": answers(("red", 10))},
+    ]
+    qs = [{"question_id": i, "image_id": i, "question": "?"} for i in (1, 2, 3)]
+    (tmp_path / "a.json").write_text(json.dumps({"annotations": anns}))
+    (tmp_path / "q.json").write_text(json.dumps({"questions": qs}))
+    (tmp_path / "r.json").write_text(json.dumps([{"question_id": 1, "answer": "yes"}, {"question_id": 2, "answer": "red"}, {"question_id": 3, "answer": "blue"}]))
+    return anns
+
+
+def test_overall_and_per_type_rounding(tmp_path):
+    anns = _files(tmp_path)
+    acc = evaluate(anns, {1: "yes", 2: "red", 3: "blue"})
+    # (1 + 0.6 + 0) / 3 = 53.333.. ; 'what color': (0.6 + 0) / 2 = 30.0
+    assert acc == {"overall": 53.33, "perQuestionType": {"is this": 100.0, "what color": 30.0},
+                   "perAnswerType": {"yes/no": 100.0, "other": 30.0}}
+
+
+def test_evaluate_script_on_official_format_files(tmp_path):
+    _files(tmp_path)
+    out = subprocess.run([sys.executable, str(ROOT / "projects/vqa/evaluate.py"), "--questions", str(tmp_path / "q.json"),
+                          "--annotations", str(tmp_path / "a.json"), "--results", str(tmp_path / "r.json")],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["overall"] == 53.33
+
+
+@pytest.mark.parametrize(
+    "results,message",
+    [
+        ('[{"question_id": 1, "answer": "yes"}]', "unanswered"),
+        ('[{"question_id": 1, "answer": "yes"}, {"question_id": 1, "answer": "no"}]', "answered twice"),
+        ('[{"question_id": "1", "answer": "yes"}]', "is not"),
+        ('{"1": "yes"}', "JSON list"),
+        ("[{", "malformed JSON"),
+        ('[{"question_id": 1, "answer": "yes"}, {"question_id": 2, "answer": "x"}, {"question_id": 3, "answer": "x"}, {"question_id": 9, "answer": "x"}]', "not in the question file"),
+    ],
+)
+def test_evaluate_script_rejects_bad_results(tmp_path, capsys, results, message):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("vqa_evaluate_script", ROOT / "projects/vqa/evaluate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    _files(tmp_path)
+    (tmp_path / "r.json").write_text(results)
+    code = script.main(["--questions", str(tmp_path / "q.json"), "--annotations", str(tmp_path / "a.json"),
+                        "--results", str(tmp_path / "r.json")])
+    assert code == 2 and message in capsys.readouterr().err
