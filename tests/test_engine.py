@@ -55,6 +55,13 @@ def test_tiny_training_loss_falls_and_evaluates(data, tmp_path):
     state = final_state(out)
     assert not any(k.startswith("backbone.llm_block.layers.") for k in state)
     assert "backbone.llm_block.adapter_in.weight" in state
+    # evaluating the saved model (frozen block reloaded from its source) gives the run's own numbers
+    evaluated = subprocess.run([sys.executable, str(ROOT / "projects/vqa/evaluate.py"), "--checkpoint", str(out / "model_final.pt"),
+                                "--split", "test", "--out-dir", str(tmp_path / "eval"), "--submission", "tiny"],
+                               env=clean_env(), capture_output=True, text=True, check=True)
+    report = json.loads(evaluated.stdout)
+    assert report["overall"] == summary["test_accuracy"]
+    assert report["submission"].endswith("vqa_OpenEnded_mscoco_test-dev2015_tiny_results.json")
 
 
 def test_resume_after_kill_matches_uninterrupted_run(data, tmp_path):

@@ -99,20 +99,35 @@ def test_llama_v1_consolidated_matches_hf(tmp_path, shards):
         torch.testing.assert_close(a(x), b(x))
 
 
-def test_real_smollm2_layer_from_gguf_matches_transformers():
-    """The embedded SmolLM2 loads offline; our tensor-by-tensor GGUF read equals transformers' full load."""
+def _gguf_last_layer_matches_transformers(name, model_type, hidden):
     from transformers import AutoModelForCausalLM
 
     with tempfile.TemporaryDirectory() as scratch:
-        gguf = assets.gguf_path("smollm2-135m", Path(scratch))
-        ours = load_layer_weights(gguf, [29], with_final_norm=True)
+        gguf = assets.gguf_path(name, Path(scratch))
         full = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    assert ours.config.model_type == "llama" and ours.config.hidden_size == 576
-    want = {k[len("model.layers.29."):]: v for k, v in full.state_dict().items() if k.startswith("model.layers.29.")}
-    assert sorted(ours.layers[29]) == sorted(want)
-    for name, tensor in want.items():
-        assert torch.equal(ours.layers[29][name], tensor), name
+        last = full.config.num_hidden_layers - 1
+        ours = load_layer_weights(gguf, [last], with_final_norm=True)
+    assert ours.config.model_type == model_type and ours.config.hidden_size == hidden
+    prefix = f"model.layers.{last}."
+    want = {k[len(prefix):]: v for k, v in full.state_dict().items() if k.startswith(prefix)}
+    assert sorted(ours.layers[last]) == sorted(want)
+    for key, tensor in want.items():
+        assert torch.equal(ours.layers[last][key], tensor), key
     assert torch.equal(ours.final_norm["weight"], full.state_dict()["model.norm.weight"])
+
+
+def test_real_smollm2_layer_from_gguf_matches_transformers():
+    """The embedded SmolLM2 loads offline; our tensor-by-tensor GGUF read equals transformers' full load."""
+    _gguf_last_layer_matches_transformers("smollm2-135m", "llama", 576)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,model_type,hidden", [("gemma3-270m", "gemma3_text", 640), ("qwen2.5-0.5b", "qwen2", 896)])
+def test_real_larger_assets_match_transformers(name, model_type, hidden):
+    """Gemma's (1 + w) norms and Qwen's q/k/v biases read right from GGUF (assets installed separately)."""
+    if not assets.get(name).installed():
+        pytest.skip(f"{name} not installed: {assets.get(name).pip}")
+    _gguf_last_layer_matches_transformers(name, model_type, hidden)
 
 
 def test_real_smollm2_asset_block_runs_offline():

@@ -50,6 +50,9 @@ def tiny_config(data: Path, out: Path, task: str = "vqa", block: str = "llm_bloc
         },
         "datasets": {
             "vqa": {"num_answers": 10, "max_text_len": 12, "image_pattern": "{image_id}.png", "splits": {"train": split, "val": split, "test": split}},
+            "retrieval": {"max_text_len": 12, "splits": {
+                "train": {"annotation": str(data / "captions_train.json"), "image_root": str(data / "images")},
+                "test": {"annotation": str(data / "captions_val.json"), "image_root": str(data / "images")}}},
             "captions": {"splits": {"train": {"annotation": str(data / "captions_train.json"), "image_root": str(data / "images")},
                                     "val": {"annotation": str(data / "captions_val.json"), "image_root": str(data / "images")}}},
         },

@@ -1,6 +1,7 @@
 """Helpers for distributed evaluation: exact sharding (no padded duplicates) and gathering."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
@@ -44,3 +45,32 @@ def predict(model: nn.Module, dataset: Dataset, collate: Callable, batch_size: i
         outputs.extend(step(model, cast_floats(batch, dtype, device)))
     model.train(was_training)
     return [o for part in distributed.all_gather_objects(outputs) for o in part]
+
+
+def load_trained(task_factory: Callable, checkpoint: str | Path, out_dir: str | Path | None = None,
+                 edit: Callable | None = None):
+    """(task, model, datasets) of a finished run, rebuilt from the config stored in its model file.
+
+    The model runs in the run's training precision: DeepSpeed bf16 casts every weight, so an
+    evaluation in fp32 would not reproduce the run's own numbers.
+    """
+    from omegaconf import OmegaConf
+
+    from ..errors import CheckpointError
+    from .trainer import load_model_file
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise CheckpointError(f"model file {checkpoint} does not exist")
+    blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    cfg = OmegaConf.create(blob["config"])
+    cfg.run.output_dir = str(out_dir or checkpoint.parent)
+    if edit is not None:
+        edit(cfg)
+    task = task_factory(cfg)
+    model = task.build_model()
+    load_model_file(model, checkpoint)
+    if cfg.run.get("precision", "bf16") == "bf16":
+        model.to(torch.bfloat16)
+    Path(cfg.run.output_dir).mkdir(parents=True, exist_ok=True)
+    return task, model, task.build_datasets()

@@ -26,33 +26,25 @@ def from_files(questions: str, annotations: str, results: str) -> dict:
 
 
 def from_checkpoint(checkpoint: str, split: str, out_dir: str | None, submission: str | None) -> dict:
-    import torch
-    from omegaconf import OmegaConf
-
     from mmllm.engine.checkpoint import write_json
-    from mmllm.engine.trainer import load_model_file
+    from mmllm.engine.evaluation import load_trained
     from mmllm_vqa.task import VQATask
 
-    blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    cfg = OmegaConf.create(blob["config"])
-    cfg.run.output_dir = out_dir or str(Path(checkpoint).parent)
-    vocab_file = Path(checkpoint).parent / "answer_vocab.json"
-    if vocab_file.is_file():
-        cfg.datasets.vqa.answer_vocab = str(vocab_file)
-    task = VQATask(cfg)
-    model = task.build_model()
-    load_model_file(model, checkpoint)
-    datasets = task.build_datasets()
+    def use_run_vocab(cfg):  # the answer vocabulary the model was trained with
+        vocab_file = Path(checkpoint).parent / "answer_vocab.json"
+        if vocab_file.is_file():
+            cfg.datasets.vqa.answer_vocab = str(vocab_file)
+
+    task, model, datasets = load_trained(VQATask, checkpoint, out_dir, use_run_vocab)
     if split not in datasets:
         raise MMLLMError(f"split {split!r} not in the config's datasets.vqa.splits {sorted(datasets)}")
     dataset = datasets[split]
     answers = task.predict_answers(model, dataset)
-    Path(cfg.run.output_dir).mkdir(parents=True, exist_ok=True)
-    write_json(Path(cfg.run.output_dir) / f"results_{split}.json", [{"question_id": q, "answer": a} for q, a in sorted(answers.items())])
+    out_dir = Path(task.cfg.run.output_dir)
+    write_json(out_dir / f"results_{split}.json", [{"question_id": q, "answer": a} for q, a in sorted(answers.items())])
     out = {}
     if submission:
-        spec = cfg.datasets.vqa.splits[split]
-        out["submission"] = str(write_submission(answers, spec.questions, cfg.run.output_dir, submission))
+        out["submission"] = str(write_submission(answers, task.cfg.datasets.vqa.splits[split].questions, out_dir, submission))
     if dataset.split.annotations:
         out.update(vqa_eval.evaluate(dataset.split.annotation_list(), answers))
     return out

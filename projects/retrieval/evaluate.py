@@ -1,0 +1,69 @@
+"""Retrieval Recall@1/5/10 (text and image retrieval, their means, and the overall mean).
+
+From a saved score file (rows/columns ordered as the annotation's images / captions):
+    python projects/retrieval/evaluate.py --scores scores.npz --annotation test.json
+From a trained model:
+    python projects/retrieval/evaluate.py --checkpoint runs/x/model_final.pt [--split test]
+``scores.npz`` holds ``scores_i2t`` [images x texts] and ``scores_t2i`` [texts x images].
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mmllm.data.captions import load_karpathy
+from mmllm.errors import DataError, MMLLMError
+from mmllm_retrieval.metrics import caption_index, retrieval_metrics
+
+
+def from_scores(scores: str, annotation: str) -> dict:
+    items = load_karpathy(annotation, Path(annotation).parent, check_images=False)
+    img2txt, txt2img = caption_index([len(i.captions) for i in items])
+    try:
+        data = np.load(scores)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{scores}: not a readable .npz file: {exc}") from exc
+    missing = {"scores_i2t", "scores_t2i"} - set(data.files)
+    if missing:
+        raise DataError(f"{scores}: lacks {sorted(missing)}")
+    return retrieval_metrics(data["scores_i2t"], data["scores_t2i"], img2txt, txt2img)
+
+
+def from_checkpoint(checkpoint: str, split: str, out_dir: str | None) -> dict:
+    from mmllm.engine.evaluation import load_trained
+    from mmllm_retrieval.task import RetrievalTask
+
+    task, model, datasets = load_trained(RetrievalTask, checkpoint, out_dir)
+    if split not in datasets or split == "train":
+        raise MMLLMError(f"split {split!r} is not an evaluation split of the config ({sorted(datasets)})")
+    return task.evaluate(model, datasets[split], split, Path(task.cfg.run.output_dir))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scores")
+    parser.add_argument("--annotation")
+    parser.add_argument("--checkpoint")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--out-dir")
+    args = parser.parse_args(argv)
+    try:
+        if args.checkpoint:
+            report = from_checkpoint(args.checkpoint, args.split, args.out_dir)
+        elif args.scores and args.annotation:
+            report = from_scores(args.scores, args.annotation)
+        else:
+            parser.error("give --scores and --annotation, or --checkpoint")
+    except MMLLMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

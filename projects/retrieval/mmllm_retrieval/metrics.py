@@ -1,0 +1,46 @@
+"""Recall@K for image–text retrieval, as reported for Flickr30k/COCO (Karpathy test splits).
+
+Text retrieval (image -> text): an image counts as retrieved at rank k if *any* of its
+captions is among its k best-scored texts. Image retrieval (text -> image): a caption
+counts if its image is among its k best-scored images. Percentages; means as in ALBEF/METER.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mmllm.errors import DataError
+
+
+def caption_index(captions_per_image: list[int]) -> tuple[list[list[int]], list[int]]:
+    """Image -> its text indices, text -> its image, with texts numbered image by image in order."""
+    img2txt, txt2img, t = [], [], 0
+    for i, n in enumerate(captions_per_image):
+        if n <= 0:
+            raise DataError(f"image {i} has no caption")
+        img2txt.append(list(range(t, t + n)))
+        txt2img += [i] * n
+        t += n
+    return img2txt, txt2img
+
+
+def retrieval_metrics(scores_i2t: np.ndarray, scores_t2i: np.ndarray, img2txt: list[list[int]], txt2img: list[int]) -> dict[str, float]:
+    scores_i2t, scores_t2i = np.asarray(scores_i2t), np.asarray(scores_t2i)
+    n_img, n_txt = len(img2txt), len(txt2img)
+    if scores_i2t.shape != (n_img, n_txt):
+        raise DataError(f"scores_i2t has shape {scores_i2t.shape}, the annotation implies {(n_img, n_txt)} [images x texts]")
+    if scores_t2i.shape != (n_txt, n_img):
+        raise DataError(f"scores_t2i has shape {scores_t2i.shape}, the annotation implies {(n_txt, n_img)} [texts x images]")
+    # rank of the best-ranked correct item (0 = first); stable sort on the negated score
+    order = np.argsort(-scores_i2t, axis=1, kind="stable")
+    position = np.empty_like(order)
+    np.put_along_axis(position, order, np.arange(n_txt)[None, :].repeat(n_img, 0), axis=1)
+    txt_rank = np.array([position[i, caps].min() for i, caps in enumerate(img2txt)])
+    order = np.argsort(-scores_t2i, axis=1, kind="stable")
+    img_rank = np.array([int(np.nonzero(order[t] == txt2img[t])[0][0]) for t in range(n_txt)])
+    out = {}
+    for name, ranks in (("txt", txt_rank), ("img", img_rank)):
+        for k in (1, 5, 10):
+            out[f"{name}_r{k}"] = 100.0 * float(np.mean(ranks < k))
+        out[f"{name}_r_mean"] = (out[f"{name}_r1"] + out[f"{name}_r5"] + out[f"{name}_r10"]) / 3
+    out["r_mean"] = (out["txt_r_mean"] + out["img_r_mean"]) / 2
+    return out
