@@ -43,7 +43,21 @@ setup(
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "psutil>=5.9",
+        "omegaconf==2.4.0",
+        # runtime modules LAVIS's framework imports (LAVIS itself: requirements-assets.txt, --no-deps)
+        "decord==0.6.0",
+        "iopath>=0.1.10",
+        "webdataset>=0.2",
     ],
     extras_require={"test": ["pytest==9.0.3"]},
-    entry_points={"console_scripts": ["mmllm=mmllm.cli:main"]},
+    package_data={"mmllm.lavis": ["defaults/*.yaml"], **{p: ["lavis_defaults/*.yaml"] for p in project_packages if "." not in p}},
+    entry_points={
+        "console_scripts": ["mmllm=mmllm.cli:main"],
+        # LAVIS registrations (mmllm.lavis.adapters.register_all); each project advertises its own
+        "mmllm.lavis": [
+            "core = mmllm.lavis.entries:entries",
+            "vqa = mmllm_vqa.lavis_entries:entries",
+            "retrieval = mmllm_retrieval.lavis_entries:entries",
+        ],
+    },
 )

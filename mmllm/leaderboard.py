@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 
+HEADLINE = ("accuracy", "r_mean", "em1")  # shown first
+
+
 def _block_label(block: Any) -> str:
     if not block or block.get("kind", "llm_block") == "none":
         return "none"
@@ -29,6 +32,7 @@ def collect(runs_dir: str | Path) -> list[dict[str, Any]]:
     for summary in sorted(Path(runs_dir).glob("**/summary.json")):
         data = json.loads(summary.read_text())
         metrics = {k[len("test_"):]: v for k, v in data.items() if k.startswith("test_")}
+        metrics = dict(sorted(metrics.items(), key=lambda kv: (kv[0] not in HEADLINE, kv[0])))
         rows.append({"run": summary.parent.name, "task": data.get("task", "?"), "llm_block": _block_label(data.get("llm_block")),
                      "steps": data.get("steps"), **metrics})
     return rows

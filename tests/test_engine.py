@@ -16,6 +16,15 @@ TRAIN = str(ROOT / "projects/vqa/train.py")
 DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
 
 
+def free_port() -> str:
+    """A port nobody listens on now: fixed ports collide with the previous launcher's lingering socket."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
 def clean_env():
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     env["DS_ACCELERATOR"] = "cpu"
@@ -107,7 +116,7 @@ def test_two_process_deepspeed_launcher(data, tmp_path):
     out = tmp_path / "ddp"
     cfg = tiny_config(data, out, max_epoch=1)
     deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    subprocess.run([deepspeed, "--num_nodes", "1", "--num_gpus", "2", "--master_port", "29731", TRAIN, "--config", str(cfg)],
+    subprocess.run([deepspeed, "--num_nodes", "1", "--num_gpus", "2", "--master_port", free_port(), TRAIN, "--config", str(cfg)],
                    env=clean_env(), capture_output=True, text=True, check=True, timeout=600)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2
@@ -117,7 +126,7 @@ def test_two_process_deepspeed_launcher(data, tmp_path):
 
 def test_pretrain_then_finetune(data, tmp_path):
     pre = tmp_path / "pre"
-    run_train(tiny_config(data, pre, task="itm_mlm", max_epoch=2))
+    run_train(tiny_config(data, pre, task="mmllm_itm_mlm", max_epoch=2))
     pre_metrics = [m for m in metrics(pre) if m.get("split") == "val"]
     assert {"mlm_acc", "itm_acc"} <= set(pre_metrics[-1])
     fine = tmp_path / "fine"

@@ -24,7 +24,7 @@ def test_emoji_captions_from_unicode_names():
 def test_tiny_retrieval_trains_and_evaluates(tmp_path):
     data = write_images_and_qa(tmp_path / "d")
     out = tmp_path / "run"
-    cfg = tiny_config(data, out, task="retrieval", max_epoch=4, k_test=4)
+    cfg = tiny_config(data, out, task="mmllm_retrieval", max_epoch=4, k_test=4)
     subprocess.run([sys.executable, str(SCRIPT / "train.py"), "--config", str(cfg)], env=clean_env(),
                    capture_output=True, text=True, check=True, timeout=600)
     train = [m for m in metrics(out) if m.get("split") == "train"]

@@ -37,7 +37,7 @@ def write_images_and_qa(folder: Path, n_images: int = 24, start_qid: int = 0):
     return folder
 
 
-def tiny_config(data: Path, out: Path, task: str = "vqa", block: str = "llm_block", **run) -> Path:
+def tiny_config(data: Path, out: Path, task: str = "mmllm_vqa", block: str = "llm_block", **run) -> Path:
     split = {"questions": str(data / "questions.json"), "annotations": str(data / "annotations.json"), "image_root": str(data / "images")}
     cfg = {
         "model": {
@@ -49,11 +49,11 @@ def tiny_config(data: Path, out: Path, task: str = "vqa", block: str = "llm_bloc
             "llm_block": {"kind": block, "source": "smollm2-135m", "layers": "last"},
         },
         "datasets": {
-            "vqa": {"num_answers": 10, "max_text_len": 12, "image_pattern": "{image_id}.png", "splits": {"train": split, "val": split, "test": split}},
-            "retrieval": {"max_text_len": 12, "splits": {
+            "mmllm_vqa": {"num_answers": 10, "max_text_len": 12, "image_pattern": "{image_id}.png", "splits": {"train": split, "val": split, "test": split}},
+            "mmllm_retrieval": {"max_text_len": 12, "splits": {
                 "train": {"annotation": str(data / "captions_train.json"), "image_root": str(data / "images")},
                 "test": {"annotation": str(data / "captions_val.json"), "image_root": str(data / "images")}}},
-            "captions": {"splits": {"train": {"annotation": str(data / "captions_train.json"), "image_root": str(data / "images")},
+            "mmllm_captions": {"splits": {"train": {"annotation": str(data / "captions_train.json"), "image_root": str(data / "images")},
                                     "val": {"annotation": str(data / "captions_val.json"), "image_root": str(data / "images")}}},
         },
         "run": {"task": task, "output_dir": str(out), "deepspeed_config": str(ROOT / "configs/deepspeed/zero0.json"),

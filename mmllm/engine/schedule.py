@@ -33,3 +33,6 @@ def warmup_linear(total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -
 
 
 SCHEDULES = {"cosine": warmup_cosine, "linear": warmup_linear, "constant": lambda total, warmup, m=0.0: (lambda s: 1.0)}
+# LAVIS's scheduler names, so one task config runs under LAVIS's runner and ours
+SCHEDULES["linear_warmup_cosine_lr"] = warmup_cosine
+SCHEDULES["constant_lr"] = SCHEDULES["constant"]

@@ -181,7 +181,10 @@ class Trainer:
             raise ConfigError(f"run.lr_sched must be one of {sorted(SCHEDULES)}")
         warmup = self.run.get("warmup_steps", None)
         warmup = int(warmup) if warmup is not None else int(float(self.run.get("warmup_ratio", 0.1)) * self.total_steps)
-        factor = SCHEDULES[schedule_name](self.total_steps, warmup, float(self.run.get("min_lr_ratio", 0.0)))
+        min_ratio = float(self.run.get("min_lr_ratio", 0.0))
+        if self.run.get("min_lr") is not None:  # LAVIS's absolute floor
+            min_ratio = float(self.run.min_lr) / lr
+        factor = SCHEDULES[schedule_name](self.total_steps, warmup, min_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         ds_config = deepspeed_config(self.run, self.world)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)

@@ -47,6 +47,7 @@ class VisionEncoder(nn.Module):
         self.visual = visual
         self.visual.output_tokens = True
         self.visual.pool_type = "none"  # keep every token; METER attends over all of them
+        self.visual.proj = None  # CLIP's projection to its joint space is unused here (and would idle under DDP)
         self.width = visual.transformer.width
         self.image_size = image_size
         self.mean, self.std = mean, std

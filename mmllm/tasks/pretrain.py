@@ -37,11 +37,12 @@ class CaptionPairs(Dataset):
 
 
 class ITMMLMTask(Task):
-    name = "itm_mlm"
+    name = "mmllm_itm_mlm"
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.data_cfg = require(cfg, "datasets.captions")
+        self.data_cfg = require(cfg, "datasets.mmllm_captions")
+        require(cfg, "datasets.mmllm_captions.splits")
         self.tokenizer = None
 
     def build_model(self):

@@ -33,18 +33,18 @@ def from_checkpoint(checkpoint: str, split: str, out_dir: str | None, submission
     def use_run_vocab(cfg):  # the answer vocabulary the model was trained with
         vocab_file = Path(checkpoint).parent / "answer_vocab.json"
         if vocab_file.is_file():
-            cfg.datasets.vqa.answer_vocab = str(vocab_file)
+            cfg.datasets.mmllm_vqa.answer_vocab = str(vocab_file)
 
     task, model, datasets = load_trained(VQATask, checkpoint, out_dir, use_run_vocab)
     if split not in datasets:
-        raise MMLLMError(f"split {split!r} not in the config's datasets.vqa.splits {sorted(datasets)}")
+        raise MMLLMError(f"split {split!r} not in the config's datasets.mmllm_vqa.splits {sorted(datasets)}")
     dataset = datasets[split]
     answers = task.predict_answers(model, dataset)
     out_dir = Path(task.cfg.run.output_dir)
     write_json(out_dir / f"results_{split}.json", [{"question_id": q, "answer": a} for q, a in sorted(answers.items())])
     out = {}
     if submission:
-        out["submission"] = str(write_submission(answers, task.cfg.datasets.vqa.splits[split].questions, out_dir, submission))
+        out["submission"] = str(write_submission(answers, task.cfg.datasets.mmllm_vqa.splits[split].questions, out_dir, submission))
     if dataset.split.annotations:
         out.update(vqa_eval.evaluate(dataset.split.annotation_list(), answers))
     return out

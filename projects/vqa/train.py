@@ -1,4 +1,4 @@
-"""Train a VQA model (``run.task: vqa``) or VL-pretrain its backbone (``run.task: itm_mlm``)
+"""Train a VQA model (``run.task: mmllm_vqa``) or VL-pretrain its backbone (``run.task: mmllm_itm_mlm``)
 from a LAVIS-style YAML config.
 
     python projects/vqa/train.py --config configs/vqa/easyvqa_meter_smollm2.yaml [--options run.max_epoch=2 ...]
@@ -6,7 +6,7 @@ from a LAVIS-style YAML config.
 """
 from mmllm.engine.cli import train_main
 
-TASKS = {"vqa": "mmllm_vqa.task:VQATask", "itm_mlm": "mmllm.tasks.pretrain:ITMMLMTask"}
+TASKS = {"mmllm_vqa": "mmllm_vqa.task:VQATask", "mmllm_itm_mlm": "mmllm.tasks.pretrain:ITMMLMTask"}
 PREPARERS = {"easy_vqa": "mmllm_vqa.easy_vqa_convert:ensure_converted"}
 
 if __name__ == "__main__":

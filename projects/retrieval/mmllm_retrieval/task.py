@@ -70,11 +70,12 @@ class RetrievalEvalSet:
 
 
 class RetrievalTask(Task):
-    name = "retrieval"
+    name = "mmllm_retrieval"
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.data_cfg = require(cfg, "datasets.retrieval")
+        self.data_cfg = require(cfg, "datasets.mmllm_retrieval")
+        require(cfg, "datasets.mmllm_retrieval.splits")
         self.tokenizer = None
 
     def build_model(self):

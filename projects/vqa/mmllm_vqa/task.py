@@ -20,11 +20,12 @@ from .model import create_vqa_model, vqa_loss
 
 
 class VQATask(Task):
-    name = "vqa"
+    name = "mmllm_vqa"
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.data_cfg = require(cfg, "datasets.vqa")
+        self.data_cfg = require(cfg, "datasets.mmllm_vqa")
+        require(cfg, "datasets.mmllm_vqa.splits")
         self._splits: dict[str, Any] = {}
         self.vocab: list[str] | None = None
         self.tokenizer = None

@@ -1,0 +1,89 @@
+"""Run a LAVIS task config, as LAVIS's own ``train.py`` does, with our models registered:
+
+    python -m mmllm.lavis.train --cfg-path configs/lavis/vqa_easyvqa.yaml [--options run.max_epoch=1 ...]
+    deepspeed --num_gpus 2 -m mmllm.lavis.train --cfg-path ...    (or torchrun --nproc_per_node 2 -m ...)
+
+``run.runner: runner_deepspeed`` trains through our DeepSpeed engine (ZeRO from
+``run.deepspeed_config``); ``run.runner: runner_base`` through LAVIS's own runner.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import uuid
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from ..errors import ConfigError
+from .adapters import register_all
+from .compat import import_lavis, patch_runner_for_cpu
+
+
+def check_config(path: str, registry) -> None:
+    """Clear errors for the mistakes LAVIS reports as bare assertions."""
+    if not Path(path).is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    raw = OmegaConf.load(path)
+    for section in ("model", "datasets", "run"):
+        if section not in raw:
+            raise ConfigError(f"{path}: missing section {section!r} (LAVIS task configs have model, datasets, run)")
+    mapping = registry.mapping
+    arch = raw.model.get("arch")
+    if arch not in mapping["model_name_mapping"]:
+        raise ConfigError(f"{path}: model.arch {arch!r} is not registered; registered: {sorted(mapping['model_name_mapping'])}")
+    task = raw.run.get("task")
+    if task not in mapping["task_name_mapping"]:
+        raise ConfigError(f"{path}: run.task {task!r} is not registered; registered: {sorted(mapping['task_name_mapping'])}")
+    for name in raw.datasets:
+        if name not in mapping["builder_name_mapping"]:
+            raise ConfigError(f"{path}: dataset {name!r} is not registered; registered: {sorted(mapping['builder_name_mapping'])}")
+    runner = raw.run.get("runner", "runner_base")
+    if runner not in mapping["runner_name_mapping"]:
+        raise ConfigError(f"{path}: run.runner {runner!r} is not registered; registered: {sorted(mapping['runner_name_mapping'])}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cfg-path", required=True)
+    parser.add_argument("--options", nargs="*", default=[], help="overrides like run.max_epoch=2")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    registry = import_lavis().registry
+    patch_runner_for_cpu()
+    entries = register_all()
+    check_config(args.cfg_path, registry)
+    raw = OmegaConf.merge(OmegaConf.load(args.cfg_path), OmegaConf.from_dotlist(list(args.options)))
+    from ..engine.cli import prepare_embedded_data
+
+    prepare_embedded_data(raw, {name: target for e in entries for name, target in e.preparers})
+    # LAVIS joins output_dir onto its own package folder unless it is absolute
+    args.options = list(args.options) + [f"run.output_dir={Path(raw.run.output_dir).resolve()}"]
+    if "device" not in raw.run:
+        import torch
+
+        args.options.append(f"run.device={'cuda' if torch.cuda.is_available() else 'cpu'}")
+    Config = sys.modules["lavis.common.config"].Config
+    dist_utils = sys.modules["lavis.common.dist_utils"]
+    cfg = Config(args)
+    dist_utils.init_distributed_mode(cfg.run_cfg)
+    from ..engine.trainer import seed_everything
+
+    seed_everything(int(cfg.run_cfg.get("seed", 42)) + dist_utils.get_rank())
+    task = registry.get_task_class(cfg.run_cfg.task).setup_task(cfg=cfg)
+    datasets = task.build_datasets(cfg)
+    model = task.build_model(cfg)
+    from ..engine.distributed import all_gather_objects
+
+    # one job folder for all ranks: rank 0 writes checkpoint_best.pth that every rank reloads
+    job_id = all_gather_objects(os.environ.get("MMLLM_JOB_ID") or uuid.uuid4().hex[:8])[0]
+    runner = registry.get_runner_class(cfg.run_cfg.get("runner", "runner_base"))(
+        cfg=cfg, job_id=job_id, task=task, model=model, datasets=datasets
+    )
+    return runner.train()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""LAVIS integration: the import path, registry names, bad configs, and LAVIS task configs that
+train and evaluate through LAVIS's Config -> setup_task -> build_datasets -> build_model ->
+runner.train() path, with our DeepSpeed runner and with LAVIS's own runner."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from mmllm.errors import ConfigError
+from test_engine import clean_env, free_port
+from tiny_vqa import tiny_config, write_images_and_qa
+
+LAVIS_RUN = {"lr_sched": "linear_warmup_cosine_lr", "min_lr": 0.0, "warmup_lr": 1e-6, "warmup_steps": 2, "amp": False,
+             "resume_ckpt_path": None, "evaluate": False, "world_size": 1, "dist_url": "env://", "distributed": True,
+             "num_workers": 0, "accum_grad_iters": 1}
+ARCH = {"mmllm_vqa": "mmllm_meter_vqa", "mmllm_retrieval": "mmllm_meter_retrieval", "mmllm_itm_mlm": "mmllm_meter_pretrain"}
+DATA = {"mmllm_vqa": "mmllm_vqa", "mmllm_retrieval": "mmllm_retrieval", "mmllm_itm_mlm": "mmllm_captions"}
+
+
+def lavis_config(data, out, task, runner, **run):
+    cfg = yaml.safe_load(tiny_config(data, out, task=task).read_text())
+    cfg["model"].update(arch=ARCH[task], model_type="default")
+    cfg["datasets"] = {DATA[task]: cfg["datasets"][DATA[task]]}
+    splits = list(cfg["datasets"][DATA[task]]["splits"])
+    cfg["run"].update(LAVIS_RUN, runner=runner, max_epoch=2, train_splits=["train"],
+                      valid_splits=[s for s in splits if s == "val"], test_splits=[s for s in splits if s == "test"], **run)
+    path = out.parent / f"{out.name}_lavis.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_images_and_qa(tmp_path_factory.mktemp("lavisdata"))
+
+
+def lavis_train(cfg, launcher=(), check=True):
+    cmd = [*launcher] if launcher else [sys.executable]
+    return subprocess.run([*cmd, "-m", "mmllm.lavis.train", "--cfg-path", str(cfg)], env=clean_env(), cwd=ROOT,
+                          capture_output=True, text=True, check=check, timeout=600)
+
+
+def test_framework_imports_without_the_model_zoo_and_patches_hold():
+    from mmllm.lavis.compat import FRAMEWORK_MODULES, import_lavis, patch_runner_for_cpu
+
+    registry = import_lavis().registry
+    patch_runner_for_cpu()
+    assert all(m in sys.modules for m in FRAMEWORK_MODULES)
+    assert not any(m.startswith("lavis.models.blip") for m in sys.modules)  # the zoo was not imported
+    assert {"linear_warmup_cosine_lr", "linear_warmup_step_lr"} <= set(registry.mapping["lr_scheduler_name_mapping"])
+    runner_base = sys.modules["lavis.runners.runner_base"]
+    assert runner_base.PrefetchLoader.__qualname__.endswith("PrefetchLoader") and runner_base.PrefetchLoader.__module__ == "mmllm.lavis.compat"
+    assert sys.modules["lavis.common.dist_utils"].init_distributed_mode.__module__ == "mmllm.lavis.compat"
+    assert sys.modules["lavis.common.logger"].SmoothedValue.synchronize_between_processes.__module__ == "mmllm.lavis.compat"
+    assert "runner_base" in registry.mapping["runner_name_mapping"]
+
+
+def test_registry_names_resolve():
+    from mmllm.lavis.adapters import register_all
+    from mmllm.lavis.compat import import_lavis
+
+    entries = register_all()
+    registry = import_lavis().registry
+    base_model = sys.modules["lavis.models.base_model"].BaseModel
+    base_task = sys.modules["lavis.tasks.base_task"].BaseTask
+    for task, arch in ARCH.items():
+        assert issubclass(registry.get_model_class(arch), base_model)
+        assert issubclass(registry.get_task_class(task), base_task)
+        assert registry.get_builder_class(DATA[task]) is not None
+        assert os.path.isfile(registry.get_model_class(arch).default_config_path("default"))
+    assert registry.get_runner_class("runner_deepspeed").__name__ == "DeepSpeedRunner"
+    assert {e.task_name for e in entries} == set(ARCH)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: c["model"].update(arch="blip2_opt"), "model.arch 'blip2_opt' is not registered"),
+    (lambda c: c.update(datasets={"coco_vqa": {}}), "dataset 'coco_vqa' is not registered"),
+    (lambda c: c["run"].update(task="vqa_v3"), "run.task 'vqa_v3' is not registered"),
+    (lambda c: c["run"].update(runner="runner_tpu"), "run.runner 'runner_tpu' is not registered"),
+    (lambda c: c.pop("datasets"), "missing section 'datasets'"),
+])
+def test_bad_configs_say_what_is_wrong(data, tmp_path, edit, message):
+    from mmllm.lavis import train
+
+    cfg = lavis_config(data, tmp_path / "bad", "mmllm_vqa", "runner_deepspeed")
+    content = yaml.safe_load(cfg.read_text())
+    edit(content)
+    cfg.write_text(yaml.safe_dump(content))
+    with pytest.raises(ConfigError, match=message):
+        train.main(["--cfg-path", str(cfg)])
+
+
+def test_missing_dataset_key_is_named(data, tmp_path):
+    cfg = lavis_config(data, tmp_path / "nosplits", "mmllm_vqa", "runner_deepspeed")
+    content = yaml.safe_load(cfg.read_text())
+    del content["datasets"]["mmllm_vqa"]["splits"]
+    cfg.write_text(yaml.safe_dump(content))
+    out = lavis_train(cfg, check=False)
+    assert out.returncode != 0 and "datasets.mmllm_vqa.splits" in out.stderr
+
+
+@pytest.mark.parametrize("task", ["mmllm_vqa", "mmllm_retrieval"])
+def test_deepspeed_runner_single_process(data, tmp_path, task):
+    out = tmp_path / "run"
+    lavis_train(lavis_config(data, out, task, "runner_deepspeed"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == task and summary["steps"] == 2 * (72 // 8 if task == "mmllm_vqa" else 24 // 8)
+    assert ("test_accuracy" if task == "mmllm_vqa" else "test_r_mean") in summary
+    # the same file runs through our own projects/*/train.py
+    ours = tmp_path / "ours"
+    project = "vqa" if task == "mmllm_vqa" else "retrieval"
+    subprocess.run([sys.executable, str(ROOT / f"projects/{project}/train.py"), "--config", str(lavis_config(data, out, task, "runner_deepspeed")),
+                    "--options", f"run.output_dir={ours}"], env=clean_env(), capture_output=True, text=True, check=True, timeout=600)
+    assert json.loads((ours / "summary.json").read_text())["steps"] == summary["steps"]
+
+
+def test_lavis_runner_base_single_process(data, tmp_path):
+    out = tmp_path / "run"
+    lavis_train(lavis_config(data, out, "mmllm_vqa", "runner_base"))
+    job = next(p for p in out.iterdir() if p.is_dir())
+    log = [json.loads(line) for line in (job / "log.txt").read_text().splitlines() if line.startswith('{"')]  # after the config dump
+    assert any("train_loss" in r for r in log) and any("val_agg_metrics" in r for r in log)
+    assert (job / "checkpoint_best.pth").is_file()
+    assert (out / "results_test.json").is_file() and (out / "accuracy_test.json").is_file()
+
+
+@pytest.mark.parametrize("runner", ["runner_deepspeed", "runner_base"])
+def test_two_processes(data, tmp_path, runner):
+    out = tmp_path / "run"
+    cfg = lavis_config(data, out, "mmllm_vqa", runner)
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    lavis_train(cfg, launcher=(torchrun, "--nproc_per_node", "2", "--master_port", free_port()))
+    if runner == "runner_deepspeed":
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["world_size"] == 2 and summary["steps"] == 2 * (72 // 16)
+    assert len(json.loads((out / "results_test.json").read_text())) == 72
+
+
+def test_pretrain_then_finetune_through_lavis(data, tmp_path):
+    pre = tmp_path / "pre"
+    lavis_train(lavis_config(data, pre, "mmllm_itm_mlm", "runner_deepspeed"))
+    assert (pre / "model_final.pt").is_file()
+    fine = tmp_path / "fine"
+    lavis_train(lavis_config(data, fine, "mmllm_vqa", "runner_deepspeed", init_from=str(pre / "model_final.pt"), init_prefixes=["backbone."]))
+    assert "test_accuracy" in json.loads((fine / "summary.json").read_text())
