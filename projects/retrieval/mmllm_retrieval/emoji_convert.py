@@ -9,6 +9,7 @@ import importlib.util
 import unicodedata
 from pathlib import Path
 
+from mmllm.data.embedded import MARKER, convert_once, link_folder
 from mmllm.engine.checkpoint import write_json
 from mmllm.errors import AssetMissingError
 
@@ -50,20 +51,14 @@ def convert(out_dir: str | Path) -> dict[str, str]:
         split = "test" if n % 10 == 0 else ("val" if n % 10 == 5 else "train")
         splits[split].append((name, cap))
     out.mkdir(parents=True, exist_ok=True)
-    link = out / "images"
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(folder, target_is_directory=True)
+    link = link_folder(out / "images", folder)
     write_json(out / "train.json", [{"image": n, "caption": c, "image_id": i} for i, (n, c) in enumerate(splits["train"])])
     for split in ("val", "test"):
         write_json(out / f"{split}.json", [{"image": n, "caption": [c]} for n, c in splits[split]])
     paths = {s: str(out / f"{s}.json") for s in splits} | {"image_root": str(link), "license": "Twemoji graphics CC-BY 4.0"}
-    write_json(out / "paths.json", paths)
+    write_json(out / MARKER, paths)
     return paths
 
 
 def ensure_converted(root: str | Path) -> Path:
-    root = Path(root)
-    if not (root / "paths.json").is_file():
-        convert(root)
-    return root
+    return convert_once(root, convert)

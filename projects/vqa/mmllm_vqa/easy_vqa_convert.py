@@ -12,6 +12,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from mmllm.data.embedded import MARKER, convert_once, link_folder
 from mmllm.engine.checkpoint import write_json
 from mmllm.errors import AssetMissingError
 
@@ -94,12 +95,8 @@ def convert(out_dir: str | Path, val_fraction: float = 0.1) -> dict[str, str]:
     # image folders of the package, used in place (nothing copied)
     train_root = Path(next(iter(ev.get_train_image_paths().values()))).parent
     test_root = Path(next(iter(ev.get_test_image_paths().values()))).parent
-    (out / "images").mkdir(parents=True, exist_ok=True)
     for name, root in (("train", train_root), ("test", test_root)):
-        link = out / "images" / name
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(root, target_is_directory=True)
+        link_folder(out / "images" / name, root)
     paths.update(train_image_root=str(out / "images" / "train"), test_image_root=str(out / "images" / "test"))
     # captions (Karpathy format): train one caption per row; val/test a list per image
     train_caps = captions_from_qa(tq, ta, tids)
@@ -109,13 +106,9 @@ def convert(out_dir: str | Path, val_fraction: float = 0.1) -> dict[str, str]:
     write_json(out / "captions_test.json", [{"image": f"{i}.png", "caption": [c]} for i, c in sorted(test_caps.items())])
     for name in ("train", "val", "test"):
         paths[f"captions_{name}"] = str(out / f"captions_{name}.json")
-    write_json(out / "paths.json", paths)
+    write_json(out / MARKER, paths)
     return paths
 
 
 def ensure_converted(root: str | Path) -> Path:
-    """Convert once; later runs reuse the files (``paths.json`` is written last)."""
-    root = Path(root)
-    if not (root / "paths.json").is_file():
-        convert(root)
-    return root
+    return convert_once(root, convert)
