@@ -108,7 +108,9 @@ class RetrievalTask(Task):
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def score_matrices(self, model, data: RetrievalEvalSet) -> tuple[np.ndarray, np.ndarray]:
-        """ITC similarities for every pair; each row's top-k candidates re-scored by ITM (others -100)."""
+        """ITC similarities for every pair; each row's top-k candidates re-scored as ITM score + ITC
+        similarity (as BLIP/LAVIS do: an uninformative ITM head then keeps the ITC order), others -100.
+        Also returns the ITC-only similarities."""
         batch_size = int(self.cfg.run.get("batch_size_eval", 64))
         k = int(self.cfg.run.get("k_test", 16))
 
@@ -156,18 +158,19 @@ class RetrievalTask(Task):
                     full[r, top] = scores
             return full
 
-        scores_i2t = rerank(len(images), len(texts), sims, lambda i, top: itm(np.full(len(top), i), top))
-        scores_t2i = rerank(len(texts), len(images), sims.T, lambda t, top: itm(top, np.full(len(top), t)))
+        scores_i2t = rerank(len(images), len(texts), sims, lambda i, top: itm(np.full(len(top), i), top) + sims[i, top])
+        scores_t2i = rerank(len(texts), len(images), sims.T, lambda t, top: itm(top, np.full(len(top), t)) + sims[top, t])
         model.train(was_training)
-        return scores_i2t, scores_t2i
+        return scores_i2t, scores_t2i, sims
 
     def evaluate(self, model, dataset, split: str, out_dir: Path) -> dict[str, float]:
-        scores_i2t, scores_t2i = self.score_matrices(model, dataset)
+        scores_i2t, scores_t2i, sims = self.score_matrices(model, dataset)
         metrics = retrieval_metrics(scores_i2t, scores_t2i, dataset.img2txt, dataset.txt2img)
+        itc_only = retrieval_metrics(sims, sims.T, dataset.img2txt, dataset.txt2img)  # before re-ranking
         if distributed.is_main():
             np.savez(Path(out_dir) / f"scores_{split}.npz", scores_i2t=scores_i2t, scores_t2i=scores_t2i)
-            write_json(Path(out_dir) / f"recall_{split}.json", metrics)
-        return {k: round(v, 2) for k, v in metrics.items()}
+            write_json(Path(out_dir) / f"recall_{split}.json", {**metrics, "itc_only": itc_only})
+        return {**{k: round(v, 2) for k, v in metrics.items()}, "itc_r_mean": round(itc_only["r_mean"], 2)}
 
     @property
     def main_metric(self) -> str:
