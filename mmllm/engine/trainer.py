@@ -194,12 +194,11 @@ class Trainer:
 
     def _state(self, epoch: int, step_in_epoch: int) -> dict[str, Any]:
         return {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self.engine.global_steps,
-                "rng": rng_state(), "fingerprints": block_fingerprints(self.engine.module), "best": self.best}
+                "rng": rng_state(), "fingerprints": block_fingerprints(self.engine.module)}
 
     # ------------------------------------------------------------------ loop
     def train(self) -> dict[str, float]:
         self._build()
-        self.best: dict[str, Any] = {}
         epoch, step_in_epoch = 0, 0
         pending_rng = None
         if self.run.get("resume", True):
@@ -209,7 +208,6 @@ class Trainer:
                 if state.get("fingerprints") and state["fingerprints"] != current:
                     raise CheckpointError("checkpoint was trained with different frozen LLM weights")
                 epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
-                self.best = state.get("best", {})
                 pending_rng = state["rng"]
                 self._log({"event": "resumed", "epoch": epoch, "step": self.engine.global_steps})
         if self.is_main:
@@ -261,11 +259,10 @@ class Trainer:
         save_final_model(self.engine, self.out_dir / FINAL_MODEL, self.cfg)
         distributed.barrier()
         results: dict[str, float] = {}
-        for split in ("test",):
-            if split in self.datasets:
-                metrics = self.task.evaluate(self.engine.module, self.datasets[split], split, self.out_dir)
-                self._log({"split": split, "step": self.engine.global_steps, **metrics})
-                results.update({f"{split}_{k}": v for k, v in metrics.items()})
+        if "test" in self.datasets:
+            metrics = self.task.evaluate(self.engine.module, self.datasets["test"], "test", self.out_dir)
+            self._log({"split": "test", "step": self.engine.global_steps, **metrics})
+            results = {f"test_{k}": v for k, v in metrics.items()}
         if self.is_main:
             summary = {"task": self.task.name, "output_dir": str(self.out_dir), "steps": self.engine.global_steps,
                        "world_size": self.world,
