@@ -1,0 +1,1 @@
+"""Data utilities shared by the projects."""

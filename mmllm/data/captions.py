@@ -1,0 +1,45 @@
+"""Image–caption data in the Karpathy-split format used by LAVIS/ALBEF for COCO and Flickr30k:
+train files hold one caption per row ``{"image", "caption", "image_id"?}``; val/test files
+hold ``{"image", "caption": [...]}`` per image. Captions are grouped per image either way."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DataError
+from .images import check_images_exist
+
+
+@dataclass
+class CaptionedImage:
+    image_path: str
+    captions: list[str] = field(default_factory=list)
+
+
+def load_karpathy(annotation: str | Path, image_root: str | Path, check_images: bool = True) -> list[CaptionedImage]:
+    """Images with their captions, in first-appearance order (which defines text indices in evaluation)."""
+    import datasets  # noqa: F401  (the json is small; we validate it ourselves for clear errors)
+
+    annotation = Path(annotation)
+    if not annotation.is_file():
+        raise DataError(f"{annotation} does not exist")
+    try:
+        rows = json.loads(annotation.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{annotation}: malformed JSON: {exc}") from exc
+    if not isinstance(rows, list):
+        raise DataError(f"{annotation}: expected a JSON list of {{'image', 'caption'}} records (Karpathy format)")
+    grouped: dict[str, CaptionedImage] = {}
+    for n, row in enumerate(rows):
+        if not isinstance(row, dict) or "image" not in row or "caption" not in row:
+            raise DataError(f"{annotation}: record {n} lacks 'image' or 'caption'")
+        caps = row["caption"] if isinstance(row["caption"], list) else [row["caption"]]
+        if not caps or any(not isinstance(c, str) or not c.strip() for c in caps):
+            raise DataError(f"{annotation}: record {n} ({row['image']}) has an empty caption list or an empty caption")
+        path = str(Path(image_root) / row["image"])
+        grouped.setdefault(path, CaptionedImage(path)).captions.extend(caps)
+    items = list(grouped.values())
+    if check_images:
+        check_images_exist([Path(i.image_path) for i in items], str(annotation))
+    return items
