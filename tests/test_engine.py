@@ -101,6 +101,9 @@ def test_resume_after_kill_matches_uninterrupted_run(data, tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     assert json.loads((killed / "summary.json").read_text())["steps"] == 27
+    # DeepSpeed checkpoints leave the frozen LLM weights out
+    saved = torch.load(next((killed / "checkpoints").glob("step*/mp_rank_00_model_states.pt")), map_location="cpu", weights_only=False)
+    assert not any("llm_block.layers" in k for k in saved["module"]) and any("llm_block.adapter_in" in k for k in saved["module"])
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])

@@ -191,6 +191,7 @@ class Trainer:
         self.dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32
         self.device = self.engine.device
         self.store = CheckpointStore(self.out_dir / "checkpoints", int(self.run.get("keep_checkpoints", 2)))
+        self.checkpoint_frozen = bool(self.run.get("checkpoint_frozen", False))  # frozen LLM weights reload from source
 
     def _state(self, epoch: int, step_in_epoch: int) -> dict[str, Any]:
         return {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self.engine.global_steps,
@@ -246,7 +247,7 @@ class Trainer:
                     running, count, t0 = 0.0, 0, time.perf_counter()
                 done = step >= self.total_steps
                 if step % every == 0 and step_in_epoch < self.steps_per_epoch and not done:
-                    self.store.save(self.engine, step, self._state(epoch, step_in_epoch))
+                    self.store.save(self.engine, step, self._state(epoch, step_in_epoch), self.checkpoint_frozen)
                 if done or step_in_epoch >= self.steps_per_epoch:
                     break
             bar.close()
@@ -255,7 +256,7 @@ class Trainer:
                     metrics = self.task.evaluate(self.engine.module, self.datasets["val"], "val", self.out_dir)
                     self._log({"split": "val", "epoch": epoch, "step": self.engine.global_steps, **metrics})
                 epoch, step_in_epoch = epoch + 1, 0
-            self.store.save(self.engine, self.engine.global_steps, self._state(epoch, step_in_epoch))
+            self.store.save(self.engine, self.engine.global_steps, self._state(epoch, step_in_epoch), self.checkpoint_frozen)
         save_final_model(self.engine, self.out_dir / FINAL_MODEL, self.cfg)
         distributed.barrier()
         results: dict[str, float] = {}
