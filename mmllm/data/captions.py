@@ -3,12 +3,12 @@ train files hold one caption per row ``{"image", "caption", "image_id"?}``; val/
 hold ``{"image", "caption": [...]}`` per image. Captions are grouped per image either way."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
 from .images import check_images_exist
+from .jsonfile import read_json
 
 
 @dataclass
@@ -19,15 +19,8 @@ class CaptionedImage:
 
 def load_karpathy(annotation: str | Path, image_root: str | Path, check_images: bool = True) -> list[CaptionedImage]:
     """Images with their captions, in first-appearance order (which defines text indices in evaluation)."""
-    import datasets  # noqa: F401  (the json is small; we validate it ourselves for clear errors)
-
     annotation = Path(annotation)
-    if not annotation.is_file():
-        raise DataError(f"{annotation} does not exist")
-    try:
-        rows = json.loads(annotation.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{annotation}: malformed JSON: {exc}") from exc
+    rows = read_json(annotation, "annotation file")
     if not isinstance(rows, list):
         raise DataError(f"{annotation}: expected a JSON list of {{'image', 'caption'}} records (Karpathy format)")
     grouped: dict[str, CaptionedImage] = {}

@@ -79,3 +79,17 @@ def run_variants(train_script: Path, default_config: Path, variants: Mapping[str
     from ..cli import main as cli
 
     return cli(["leaderboard", "--runs", args.runs])
+
+
+def print_report(compute) -> int:
+    """Run an evaluation script's ``compute()``: its JSON report on stdout (exit 0), or the
+    input error on stderr (exit 2) — bad files are user errors, not tracebacks."""
+    from ..errors import MMLLMError
+
+    try:
+        report = compute()
+    except (MMLLMError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=1))
+    return 0

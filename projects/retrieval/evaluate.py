@@ -9,13 +9,13 @@ From a trained model:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from mmllm.data.captions import load_karpathy
+from mmllm.engine.cli import print_report
 from mmllm.errors import DataError, MMLLMError
 from mmllm_retrieval.metrics import caption_index, retrieval_metrics
 
@@ -51,19 +51,11 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--out-dir")
     args = parser.parse_args(argv)
-    try:
-        if args.checkpoint:
-            report = from_checkpoint(args.checkpoint, args.split, args.out_dir)
-        elif args.scores and args.annotation:
-            report = from_scores(args.scores, args.annotation)
-        else:
-            parser.error("give --scores and --annotation, or --checkpoint")
-    except MMLLMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(report, indent=1))
-    return 0
-
+    if args.checkpoint:
+        return print_report(lambda: from_checkpoint(args.checkpoint, args.split, args.out_dir))
+    if args.scores and args.annotation:
+        return print_report(lambda: from_scores(args.scores, args.annotation))
+    parser.error("give --scores and --annotation, or --checkpoint")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,19 +9,19 @@ Prints JSON: overall, perQuestionType, perAnswerType (percent, 2 decimals).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from mmllm.engine.cli import print_report
 from mmllm.errors import MMLLMError
 from mmllm_vqa import vqa_eval
-from mmllm_vqa.data import _load_json_records
+from mmllm_vqa.data import load_json_records
 from mmllm_vqa.results import read_results, write_submission
 
 
 def from_files(questions: str, annotations: str, results: str) -> dict:
-    qids = {q["question_id"] for q in _load_json_records(questions, "questions")}
-    anns = [a for a in _load_json_records(annotations, "annotations") if a["question_id"] in qids]
+    qids = {q["question_id"] for q in load_json_records(questions, "questions")}
+    anns = [a for a in load_json_records(annotations, "annotations") if a["question_id"] in qids]
     return vqa_eval.evaluate(anns, read_results(results, qids))
 
 
@@ -60,19 +60,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir")
     parser.add_argument("--submission", metavar="METHOD", help="also write a VQAv2 test-dev submission file")
     args = parser.parse_args(argv)
-    try:
-        if args.checkpoint:
-            report = from_checkpoint(args.checkpoint, args.split, args.out_dir, args.submission)
-        elif args.questions and args.annotations and args.results:
-            report = from_files(args.questions, args.annotations, args.results)
-        else:
-            parser.error("give --questions, --annotations and --results, or --checkpoint")
-    except (MMLLMError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(report, indent=1))
-    return 0
-
+    if args.checkpoint:
+        return print_report(lambda: from_checkpoint(args.checkpoint, args.split, args.out_dir, args.submission))
+    if args.questions and args.annotations and args.results:
+        return print_report(lambda: from_files(args.questions, args.annotations, args.results))
+    parser.error("give --questions, --annotations and --results, or --checkpoint")
 
 if __name__ == "__main__":
     sys.exit(main())

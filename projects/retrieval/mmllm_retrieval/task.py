@@ -45,28 +45,23 @@ class RetrievalEvalSet:
         self.img2txt, self.txt2img = caption_index([len(item.captions) for item in items])
 
     def images(self) -> Dataset:
-        outer = self
-
-        class Images(Dataset):
-            def __len__(self):
-                return len(outer.items)
-
-            def __getitem__(self, i):
-                return {"index": i, "image": outer.transform(load_image(outer.items[i].image_path))}
-
-        return Images()
+        return _View(len(self.items), lambda i: {"index": i, "image": self.transform(load_image(self.items[i].image_path))})
 
     def captions(self) -> Dataset:
-        outer = self
+        return _View(len(self.texts), lambda t: {"index": t, "caption": self.texts[t]})
 
-        class Texts(Dataset):
-            def __len__(self):
-                return len(outer.texts)
 
-            def __getitem__(self, t):
-                return {"index": t, "caption": outer.texts[t]}
+class _View(Dataset):
+    """A sized, indexable view for the evaluation loops (images or captions of an eval set)."""
 
-        return Texts()
+    def __init__(self, size: int, get):
+        self.size, self.get = size, get
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i):
+        return self.get(i)
 
 
 class RetrievalTask(Task):

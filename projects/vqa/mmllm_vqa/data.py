@@ -5,7 +5,6 @@ and the embedded easy-VQA conversion; only ``image_pattern`` differs.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mmllm.data.images import check_images_exist, image_transform, load_image
+from mmllm.data.jsonfile import read_json
 from mmllm.errors import DataError
 
 from .vqa_eval import normalize_answer
@@ -22,18 +22,12 @@ from .vqa_eval import normalize_answer
 COCO_PATTERN = "COCO_{split}2014_{image_id:012d}.jpg"
 
 
-def _load_json_records(path: str | Path, field: str) -> list[dict[str, Any]]:
+def load_json_records(path: str | Path, field: str) -> list[dict[str, Any]]:
     """Records under ``field`` of a VQAv2 JSON file, read with the ``datasets`` library (Arrow-cached)."""
     import datasets
 
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} does not exist")
-    try:
-        with open(path) as handle:
-            head = json.load(handle)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: malformed JSON: {exc}") from exc
+    head = read_json(path, f"{field} file")
     if not isinstance(head, dict) or field not in head or not isinstance(head[field], list):
         raise DataError(f"{path}: expected a JSON object with a list under {field!r} (VQAv2 format)")
     if not head[field]:
@@ -65,7 +59,7 @@ class VQASplit:
 
 def load_split(name: str, questions: str | Path, annotations: str | Path | None, image_root: str | Path,
                image_pattern: str = COCO_PATTERN, image_split: str | None = None, check_images: bool = True) -> VQASplit:
-    qs = _load_json_records(questions, "questions")
+    qs = load_json_records(questions, "questions")
     for q in qs:
         _require(q, ("question_id", "image_id", "question"), str(questions))
     root = Path(image_root)
@@ -75,7 +69,7 @@ def load_split(name: str, questions: str | Path, annotations: str | Path | None,
         check_images_exist([Path(q["image_path"]) for q in qs], f"split {name!r} ({root})")
     anns = None
     if annotations:
-        records = _load_json_records(annotations, "annotations")
+        records = load_json_records(annotations, "annotations")
         for a in records:
             _require(a, ("question_id", "answers", "question_type", "answer_type"), str(annotations))
         anns = {a["question_id"]: a for a in records}

@@ -1,9 +1,9 @@
 """Official VQA result files: reading them with clear errors, writing leaderboard submissions."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from mmllm.data.jsonfile import read_json
 from mmllm.engine.checkpoint import write_json
 from mmllm.errors import DataError
 
@@ -11,12 +11,7 @@ from mmllm.errors import DataError
 def read_results(path: str | Path, question_ids: set[int] | None = None) -> dict[int, str]:
     """``[{"question_id": int, "answer": str}, ...]`` -> {question_id: answer}, validated."""
     path = Path(path)
-    try:
-        rows = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise DataError(f"results file {path} does not exist") from exc
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: malformed JSON: {exc}") from exc
+    rows = read_json(path, "results file")
     if not isinstance(rows, list):
         raise DataError(f"{path}: the official result format is a JSON list of {{question_id, answer}}")
     out: dict[int, str] = {}
@@ -40,9 +35,9 @@ def write_submission(answers: dict[int, str], questions_file: str | Path, out_di
                      method: str, subset: str = "test-dev2015") -> Path:
     """The file the VQAv2 evaluation server takes: one answer for every question of ``questions_file``,
     named ``vqa_OpenEnded_mscoco_<subset>_<method>_results.json``."""
-    from .data import _load_json_records
+    from .data import load_json_records
 
-    qids = [q["question_id"] for q in _load_json_records(questions_file, "questions")]
+    qids = [q["question_id"] for q in load_json_records(questions_file, "questions")]
     missing = [q for q in qids if q not in answers]
     if missing:
         raise DataError(f"{len(missing)} question(s) of {questions_file} have no answer, e.g. {missing[:5]}")
