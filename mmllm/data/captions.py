@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torch.utils.data import Dataset
+
 from ..errors import DataError
-from .images import check_images_exist
+from .images import check_images_exist, load_image
 from .jsonfile import read_json
 
 
@@ -36,3 +38,19 @@ def load_karpathy(annotation: str | Path, image_root: str | Path, check_images: 
     if check_images:
         check_images_exist([Path(i.image_path) for i in items], str(annotation))
     return items
+
+
+class CaptionPairs(Dataset):
+    """One (image, caption) pair per caption; ``image_index`` tells which captions share an image
+    (retrieval's contrastive loss treats them as positives of each other)."""
+
+    def __init__(self, items: list[CaptionedImage], transform):
+        self.pairs = [(i, item.image_path, cap) for i, item in enumerate(items) for cap in item.captions]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, n: int) -> dict:
+        i, path, caption = self.pairs[n]
+        return {"image": self.transform(load_image(path)), "caption": caption, "image_index": i}

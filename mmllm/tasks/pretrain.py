@@ -5,7 +5,6 @@ Fine-tuning tasks start from its final model with ``run.init_from`` and
 """
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
@@ -13,27 +12,12 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import require, to_dict
-from ..data.captions import load_karpathy
-from ..data.images import image_transform, load_image
+from ..data.captions import CaptionPairs, load_karpathy
+from ..data.images import image_transform
 from ..engine.evaluation import predict
 from ..engine.task import Task
 from ..models.meter import build_meter_backbone
 from ..models.pretrain_heads import PretrainModel, mask_tokens
-
-
-class CaptionPairs(Dataset):
-    """One (image, caption) pair per caption."""
-
-    def __init__(self, items, image_size: int, mean, std):
-        self.pairs = [(item.image_path, cap) for item in items for cap in item.captions]
-        self.transform = image_transform(image_size, mean, std)
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        path, caption = self.pairs[i]
-        return {"image": self.transform(load_image(path)), "caption": caption}
 
 
 class ITMMLMTask(Task):
@@ -54,7 +38,7 @@ class ITMMLMTask(Task):
         v = self.vision
         check = bool(self.data_cfg.get("check_images", True))
         return {
-            name: CaptionPairs(load_karpathy(spec.annotation, spec.image_root, check), v.image_size, v.mean, v.std)
+            name: CaptionPairs(load_karpathy(spec.annotation, spec.image_root, check), image_transform(v.image_size, v.mean, v.std))
             for name, spec in self.data_cfg.splits.items()
         }
 

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mmllm.config import require, to_dict
-from mmllm.data.captions import load_karpathy
+from mmllm.data.captions import CaptionPairs, load_karpathy
 from mmllm.data.images import image_transform, load_image
 from mmllm.engine import distributed
 from mmllm.engine.checkpoint import write_json
@@ -18,21 +18,6 @@ from mmllm.engine.task import Task
 
 from .metrics import caption_index, retrieval_metrics
 from .model import create_retrieval_model
-
-
-class CaptionPairs(Dataset):
-    """Training pairs; ``image_index`` marks captions of the same image as positives of each other."""
-
-    def __init__(self, items, transform):
-        self.pairs = [(i, item.image_path, cap) for i, item in enumerate(items) for cap in item.captions]
-        self.transform = transform
-
-    def __len__(self):
-        return len(self.pairs)
-
-    def __getitem__(self, n):
-        i, path, caption = self.pairs[n]
-        return {"image": self.transform(load_image(path)), "caption": caption, "image_index": i}
 
 
 class RetrievalEvalSet:
