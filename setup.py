@@ -53,11 +53,16 @@ setup(
     package_data={"mmllm.lavis": ["defaults/*.yaml"], **{p: ["lavis_defaults/*.yaml"] for p in project_packages if "." not in p}},
     entry_points={
         "console_scripts": ["mmllm=mmllm.cli:main"],
-        # LAVIS registrations (mmllm.lavis.adapters.register_all); each project advertises its own
-        "mmllm.lavis": [
-            "core = mmllm.lavis.entries:entries",
-            "vqa = mmllm_vqa.lavis_entries:entries",
-            "retrieval = mmllm_retrieval.lavis_entries:entries",
+        # the task registry (mmllm.engine.registry): each task package advertises its own entries
+        "mmllm.tasks": [
+            "pretrain = mmllm.tasks.registry:entries",
+            "vqa = mmllm_vqa.registry:entries",
+            "retrieval = mmllm_retrieval.registry:entries",
+            "3dvqa = mmllm_3dvqa.registry:entries",
+            "image_cls = vision.classification.registry:entries",
+            "pointcloud = vision.pointcloud.registry:entries",
+            "action = vision.action.registry:entries",
+            "motion = vision.motion.registry:entries",
         ],
     },
 )

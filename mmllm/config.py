@@ -30,6 +30,9 @@ def load_config(path: str | Path, options: Sequence[str] = ()) -> DictConfig:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(options)))
     except OmegaConfBaseException as exc:
         raise ConfigError(f"bad override in {list(options)}: {exc}") from exc
+    unknown = [str(k) for k in cfg if k not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level section(s) {unknown}; a task config has {SECTIONS}")
     missing = [s for s in SECTIONS if s not in cfg]
     if missing:
         raise ConfigError(f"{path}: missing section(s) {missing}; a task config has {SECTIONS}")

@@ -27,3 +27,7 @@ class ConfigError(MMLLMError, ValueError):
 
 class DataError(MMLLMError, ValueError):
     """A data or annotation file is missing, malformed, or inconsistent."""
+
+
+class TrainingError(MMLLMError):
+    """Training or evaluation produced a value that must not be reported (NaN/inf loss or metric)."""

@@ -54,3 +54,65 @@ def test_shape_mismatch_and_empty_captions():
         retrieval_metrics(np.zeros((3, 2)), np.zeros((3, 2)), img2txt, txt2img)
     with pytest.raises(DataError, match="no caption"):
         caption_index([2, 0])
+
+
+def _two_one_one():
+    """3 images with 2, 1, 1 captions -> 4 texts; the true pairs are (0,0) (0,1) (1,2) (2,3)."""
+    img2txt, txt2img = caption_index([2, 1, 1])
+    i2t, t2i = np.zeros((3, 4)), np.zeros((4, 3))
+    for t, i in enumerate(txt2img):
+        i2t[i, t] = t2i[t, i] = 1.0
+    return i2t, t2i, img2txt, txt2img
+
+
+def test_perfect_scores_give_100():
+    i2t, t2i, img2txt, txt2img = _two_one_one()
+    assert retrieval_metrics(i2t, t2i, img2txt, txt2img)["r_mean"] == 100.0
+
+
+def test_nan_everywhere_but_true_pairs_is_refused_not_100():
+    """NaN sorts last, so this used to score R@mean 100: 12 - 4 true pairs = 8 NaN entries per matrix."""
+    i2t, t2i, img2txt, txt2img = _two_one_one()
+    i2t[i2t == 0], t2i[t2i == 0] = np.nan, np.nan
+    with pytest.raises(DataError, match=r"scores_i2t has 8 non-finite entries of 12 \(8 NaN, 0 inf\)"):
+        retrieval_metrics(i2t, t2i, img2txt, txt2img)
+
+
+def test_all_nan_and_inf_are_refused_naming_the_matrix():
+    i2t, t2i, img2txt, txt2img = _two_one_one()
+    with pytest.raises(DataError, match=r"scores_i2t has 12 non-finite entries of 12 \(12 NaN, 0 inf\)"):
+        retrieval_metrics(np.full((3, 4), np.nan), np.full((4, 3), np.nan), img2txt, txt2img)
+    t2i[2, 0] = -np.inf
+    with pytest.raises(DataError, match=r"scores_t2i has 1 non-finite entry of 12 \(0 NaN, 1 inf\)"):
+        retrieval_metrics(i2t, t2i, img2txt, txt2img)
+
+
+def test_empty_annotation_is_refused_not_nan():
+    with pytest.raises(DataError, match="nothing to rank"):
+        retrieval_metrics(np.zeros((0, 0)), np.zeros((0, 0)), [], [])
+
+
+@pytest.mark.parametrize(
+    "i2t,t2i,message",
+    [
+        (np.zeros((3, 4)), np.zeros((3, 4)),
+         r"scores_t2i has shape \(3, 4\), the annotation implies \(4, 3\) \[texts x images\]"),
+        (np.zeros(12), np.zeros((4, 3)), r"scores_i2t has shape \(12,\)"),
+        (np.zeros((1, 3, 4)), np.zeros((4, 3)), r"scores_i2t has shape \(1, 3, 4\)"),
+        (np.full((3, 4), "a"), np.zeros((4, 3)), "scores_i2t has dtype <U1"),
+        (np.zeros((3, 4)), np.zeros((4, 3), dtype=bool), "scores_t2i has dtype bool"),
+        (np.zeros((3, 4)), np.zeros((4, 3), dtype=complex), "scores_t2i has dtype complex128"),
+    ],
+)
+def test_bad_shapes_and_dtypes(i2t, t2i, message):
+    _, _, img2txt, txt2img = _two_one_one()
+    with pytest.raises(DataError, match=message):
+        retrieval_metrics(i2t, t2i, img2txt, txt2img)
+
+
+def test_unsigned_int_scores_are_ranked_by_value():
+    """Negating uint8 wraps (-0 = 0 < -5 = 251): each image's own caption (score 5) must still rank first."""
+    img2txt, txt2img = caption_index([1, 1])
+    i2t = np.array([[5, 0], [0, 5]], dtype=np.uint8)
+    m = retrieval_metrics(i2t, i2t.T.copy(), img2txt, txt2img)
+    assert m["txt_r1"] == 100.0 and m["img_r1"] == 100.0

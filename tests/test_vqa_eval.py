@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from mmllm.errors import DataError
 from mmllm_vqa.vqa_eval import evaluate, normalize_answer, question_accuracy
 from conftest import ROOT
 
@@ -109,3 +110,59 @@ def test_evaluate_script_rejects_bad_results(tmp_path, capsys, results, message)
     code = script.main(["--questions", str(tmp_path / "q.json"), "--annotations", str(tmp_path / "a.json"),
                         "--results", str(tmp_path / "r.json")])
     assert code == 2 and message in capsys.readouterr().err
+
+
+def _five_questions():
+    """q1..q4 answered right (accuracy 1), q5 wrong (0): overall 4/5 = 80.0."""
+    anns = [{"question_id": q, "question_type": "is this", "answer_type": "yes/no", "answers": answers(("yes", 10))}
+            for q in (1, 2, 3, 4)]
+    anns.append({"question_id": 5, "question_type": "is this", "answer_type": "yes/no", "answers": answers(("no", 10))})
+    return anns, {q: "yes" for q in range(1, 6)}
+
+
+def test_five_questions_reference():
+    anns, results = _five_questions()
+    assert evaluate(anns, results)["overall"] == 80.0
+
+
+def test_duplicated_annotation_record_is_refused():
+    """Counted twice, q5 used to turn 80.0 into (4 + 0 + 0) / 6 = 66.67."""
+    anns, results = _five_questions()
+    with pytest.raises(DataError, match=r"a\.json: 1 duplicated annotation record\(s\), e\.g\. question\(s\) \[5\]"):
+        evaluate(anns + [dict(anns[4])], results, source="a.json")
+
+
+def test_results_must_cover_exactly_the_annotated_questions():
+    """The official VQA.loadRes asserts set(resQuesIds) == set(getQuesIds()), both ways."""
+    anns, results = _five_questions()
+    with pytest.raises(DataError, match=r"1 annotated question\(s\) of annotations have no result, e\.g\. \[5\]"):
+        evaluate(anns, {q: a for q, a in results.items() if q != 5})
+    with pytest.raises(DataError, match=r"1 result\(s\) answer questions not annotated in annotations, e\.g\. \[6\]"):
+        evaluate(anns, {**results, 6: "yes"})
+    with pytest.raises(DataError, match=r"2 result\(s\) answer questions not annotated"):
+        evaluate(anns[:3], results)  # annotations covering only some of the answered questions
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ({"answers": []}, r"a\.json: question 5: answers is \[\], expected a non-empty list"),
+        ({"answers": None}, r"question 5: answers is None"),
+        ({"answers": [{"answer_id": 1}]}, r"question 5: annotator record .* has no string 'answer'"),
+        ({"question_type": None}, r"question 5: question_type is None"),
+        ({"answer_type": 3}, r"question 5: answer_type is 3"),
+        ({"question_id": "5"}, r"annotation 4 has question_id '5', expected an int"),
+    ],
+)
+def test_malformed_annotation_is_named(bad, message):
+    anns, results = _five_questions()
+    anns[4].update(bad)
+    with pytest.raises(DataError, match=message):
+        evaluate(anns, results, source="a.json")
+
+
+def test_empty_annotations_and_empty_answer_list():
+    with pytest.raises(DataError, match="a.json: no annotated question"):
+        evaluate([], {}, source="a.json")
+    with pytest.raises(DataError, match="no annotator answer"):
+        question_accuracy("yes", [])

@@ -9,8 +9,23 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from ..jsonio import read_json
+from ..schema import DataSection, Section
 from .images import check_images_exist, load_image
-from .jsonfile import read_json
+
+
+class CaptionSplit(Section):
+    annotation: str
+    image_root: str
+
+
+class CaptionDataOptions(DataSection):
+    """A ``datasets.<name>`` section of Karpathy-format caption data (pretraining, retrieval)."""
+
+    splits: dict[str, CaptionSplit]
+    check_images: bool = True
+    max_text_len: int = 40
+    mlm_probability: float = 0.15
 
 
 @dataclass

@@ -1,7 +1,7 @@
-"""What every project's ``train.py`` and ``main.py`` do, written once.
+"""What ``mmllm train``, ``mmllm main`` and every task's shim scripts do, written once.
 
-A project names its tasks and embedded-data preparers as ``"module:attribute"`` strings
-(imported only when used) and calls :func:`train_main` / :func:`run_variants`.
+Everything a command needs to know about a task comes from the registry
+(:mod:`mmllm.engine.registry`); no script lists tasks or preparers.
 """
 from __future__ import annotations
 
@@ -10,86 +10,142 @@ import importlib
 import json
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
 from ..config import load_config
-from ..errors import ConfigError
+from ..errors import ConfigError, MMLLMError
+from .registry import TaskEntry, get_task, preparer
 
 
-def _resolve(target: str):
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
-def prepare_embedded_data(cfg: DictConfig, preparers: Mapping[str, str]) -> None:
+def prepare_embedded_data(cfg: DictConfig) -> None:
     """Dataset sections with ``prepare: NAME`` are converted from their registry package on first use."""
-    for name, spec in cfg.datasets.items():
-        kind = spec.get("prepare")
+    for name, spec in (cfg.get("datasets") or {}).items():
+        kind = spec.get("prepare") if hasattr(spec, "get") else None
         if not kind:
             continue
-        if kind not in preparers:
-            raise ConfigError(f"datasets.{name}.prepare: unknown {kind!r} (known: {sorted(preparers)})")
         if not spec.get("root"):
             raise ConfigError(f"datasets.{name}.prepare={kind} needs datasets.{name}.root")
-        _resolve(preparers[kind])(spec.root)
+        preparer(kind)(spec.root)
 
 
-def build_task(cfg: DictConfig, tasks: Mapping[str, str]):
-    name = cfg.run.get("task")
-    if name not in tasks:
-        raise ConfigError(f"run.task must be one of {sorted(tasks)}, got {name!r}")
-    return _resolve(tasks[name])(cfg)
+def task_for(cfg: DictConfig):
+    """The registered task a config names in ``run.task``, built (its sections validated)."""
+    run = cfg.get("run") or {}
+    return get_task(run.get("task")).build(cfg)
 
 
-def train_main(tasks: Mapping[str, str], preparers: Mapping[str, str] | None = None,
-               argv: Sequence[str] | None = None, description: str | None = None) -> dict:
+def import_modules(names: Sequence[str]) -> None:
+    """``--import my_pkg.tasks``: modules that call ``register_task`` for tasks outside any package."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"--import {name}: {exc}") from exc
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="task config (YAML with model, datasets, run)")
+    parser.add_argument("--options", nargs="*", default=[], help="overrides like run.max_epoch=2 model.llm_block.kind=none")
+    parser.add_argument("--resume", action="store_true", help="continue the run in output_dir even if its settings differ")
+    parser.add_argument("--overwrite", action="store_true", help="delete the run in output_dir and start anew")
+    parser.add_argument("--import", dest="imports", nargs="*", default=[], help="modules that register extra tasks")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+
+
+def config_from_args(args: argparse.Namespace) -> DictConfig:
+    import_modules(args.imports)
+    options = list(args.options)
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other")
+    if args.resume:
+        options.append("run.resume=always")
+    if args.overwrite:
+        options.append("run.overwrite=true")
+    return load_config(args.config, options)
+
+
+def train(args: argparse.Namespace) -> dict[str, float]:
     from .trainer import Trainer
 
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--options", nargs="*", default=[], help="overrides like run.max_epoch=2")
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    cfg = config_from_args(args)
+    task = task_for(cfg)  # validates every section before anything is converted or built
+    prepare_embedded_data(cfg)
+    return Trainer(cfg, task).train()
+
+
+def run_cli(main: Callable[[], Any]) -> int:
+    """Run a command: the project's own errors become one line on stderr and exit 2, not a traceback."""
+    try:
+        main()
+    except MMLLMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def train_main(argv: Sequence[str] | None = None, description: str | None = None) -> int:
+    """``mmllm train`` and the projects' ``train.py`` shims."""
+    parser = argparse.ArgumentParser(prog="mmllm train", description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_flags(parser)
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.options)
-    prepare_embedded_data(cfg, preparers or {})
-    results = Trainer(cfg, build_task(cfg, tasks)).train()
-    print(json.dumps(results, indent=1))
-    return results
+    return run_cli(lambda: print(json.dumps(train(args), indent=1)))
 
 
-def run_variants(train_script: Path, default_config: Path, variants: Mapping[str, Sequence[str]],
-                 description: str | None = None) -> int:
-    """Train each variant (a list of overrides) in its own process, then print the leaderboard."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", default="runs")
-    parser.add_argument("--config", default=str(default_config))
+def variants_main(task_name: str | None = None, argv: Sequence[str] | None = None, description: str | None = None) -> int:
+    """Train each variant of a task's registry entry in its own process, then print the leaderboard."""
+    parser = argparse.ArgumentParser(prog="mmllm main", description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    if task_name is None:
+        parser.add_argument("--task", required=True, help="registered task name (mmllm tasks)")
+    parser.add_argument("--runs", default="runs", help="folder of the runs and the leaderboard")
+    parser.add_argument("--config", default=None, help="default: the task's registered config")
     parser.add_argument("--options", nargs="*", default=[], help="overrides applied to every variant")
     parser.add_argument("--only", nargs="*", default=None, help="run only these variants")
-    args = parser.parse_args()
-    for name, extra in variants.items():
+    parser.add_argument("--overwrite", action="store_true", help="retrain variants whose folders hold a run")
+    args = parser.parse_args(argv)
+    return run_cli(lambda: run_variants(get_task(task_name or args.task), args))
+
+
+def run_variants(entry: TaskEntry, args: argparse.Namespace) -> None:
+    config = args.config or entry.default_config
+    if config is None:
+        raise ConfigError(f"task {entry.name!r} registers no default config: pass --config")
+    unknown = sorted(set(args.only or ()) - set(entry.variants))
+    if unknown:
+        raise ConfigError(f"--only {unknown}: task {entry.name!r} has variants {sorted(entry.variants)}")
+    for name, extra in entry.variants.items():
         if args.only and name not in args.only:
             continue
-        print(f"=== {name}", flush=True)
-        cmd = [sys.executable, str(train_script), "--config", args.config, "--options",
-               f"run.output_dir={Path(args.runs) / name}", *extra, *args.options]
-        subprocess.run(cmd, check=True)
+        print(f"=== {entry.name}: {name}", flush=True)
+        cmd = [sys.executable, "-m", "mmllm.cli", "train", "--config", str(config), "--options",
+               f"run.output_dir={Path(args.runs) / f'{entry.name}_{name}'}", *extra, *args.options]
+        if args.overwrite:
+            cmd.append("--overwrite")
+        if subprocess.run(cmd).returncode != 0:
+            raise ConfigError(f"variant {name!r} failed (command: {' '.join(cmd)})")
     from ..cli import main as cli
 
-    return cli(["leaderboard", "--runs", args.runs])
+    if cli(["leaderboard", "--runs", args.runs]) != 0:
+        raise ConfigError(f"no leaderboard could be made from {args.runs}")
 
 
 def print_report(compute) -> int:
     """Run an evaluation script's ``compute()``: its JSON report on stdout (exit 0), or the
     input error on stderr (exit 2) — bad files are user errors, not tracebacks."""
-    from ..errors import MMLLMError
-
     try:
         report = compute()
-    except (MMLLMError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (MMLLMError, KeyError, OSError) as exc:
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, even for multi-line messages
         return 2
-    print(json.dumps(report, indent=1))
+    try:
+        text = json.dumps(report, indent=1, allow_nan=False)  # NaN/Infinity are not JSON, and not a result
+    except ValueError as exc:
+        print(f"error: the report holds a non-finite number ({exc})", file=sys.stderr)
+        return 2
+    print(text)
     return 0

@@ -30,10 +30,10 @@ def shard(dataset: Dataset) -> Dataset:
 
 @torch.no_grad()
 def predict(model: nn.Module, dataset: Dataset, collate: Callable, batch_size: int,
-            step: Callable[[nn.Module, dict[str, Any]], Iterable[Any]], desc: str = "eval") -> list[Any]:
-    """Run ``step(model, batch)`` over this rank's shard and gather every rank's outputs."""
-    from .trainer import cast_floats
+            step: Callable[[nn.Module, dict[str, Any]], Iterable[Any]], desc: str = "eval", *, task) -> list[Any]:
+    """Run ``step(model, batch)`` over this rank's shard and gather every rank's outputs.
 
+    Batches are moved by ``task.move_batch`` (only the task's compute-dtype inputs are cast)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -42,13 +42,12 @@ def predict(model: nn.Module, dataset: Dataset, collate: Callable, batch_size: i
     outputs: list[Any] = []
     main = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     for batch in tqdm(loader, desc=desc, disable=not main, mininterval=2.0):
-        outputs.extend(step(model, cast_floats(batch, dtype, device)))
+        outputs.extend(step(model, task.move_batch(batch, device, dtype)))
     model.train(was_training)
     return [o for part in distributed.all_gather_objects(outputs) for o in part]
 
 
-def load_trained(task_factory: Callable, checkpoint: str | Path, out_dir: str | Path | None = None,
-                 edit: Callable | None = None):
+def load_trained(checkpoint: str | Path, out_dir: str | Path | None = None, edit: Callable | None = None):
     """(task, model, datasets) of a finished run, rebuilt from the config stored in its model file.
 
     The model runs in the run's training precision: DeepSpeed bf16 casts every weight, so an
@@ -56,21 +55,21 @@ def load_trained(task_factory: Callable, checkpoint: str | Path, out_dir: str | 
     """
     from omegaconf import OmegaConf
 
-    from ..errors import CheckpointError
-    from .trainer import load_model_file
+    from ..checkpointing import load_model_file, read_model_file
+    from .registry import get_task
+    from .trainer import compute_precision
 
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise CheckpointError(f"model file {checkpoint} does not exist")
-    blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    blob = read_model_file(checkpoint)
     cfg = OmegaConf.create(blob["config"])
-    cfg.run.output_dir = str(out_dir or checkpoint.parent)
+    cfg.run.output_dir = str(out_dir or Path(checkpoint).parent)
+    cfg.run.resume = "auto"
     if edit is not None:
         edit(cfg)
-    task = task_factory(cfg)
+    task = get_task(cfg.run.get("task")).build(cfg)
+    task.build_preprocess()
     model = task.build_model()
     load_model_file(model, checkpoint)
-    if cfg.run.get("precision", "bf16") == "bf16":
+    if compute_precision(task) == "bf16":
         model.to(torch.bfloat16)
     Path(cfg.run.output_dir).mkdir(parents=True, exist_ok=True)
     return task, model, task.build_datasets()

@@ -1,21 +1,21 @@
-"""Generic adapters that present one of our :class:`~mmllm.engine.task.Task` classes to LAVIS
-as a registered model, task and dataset builder.
+"""Every registered task (:mod:`mmllm.engine.registry`) presented to LAVIS as a model, a task and a
+dataset builder, generically: this module never names a task.
 
-LAVIS builds datasets before the model (``setup_task -> build_datasets -> build_model``);
-our tasks need the model first (its image transform, tokenizer, answer vocabulary), so the
-LAVIS task builds our model inside ``build_datasets`` and hands the same object out in
-``build_model``. Batches are collated by our task (LAVIS calls ``dataset.collater``).
+LAVIS builds datasets before the model (``setup_task -> build_datasets -> build_model``). Our
+tasks build their preprocessing from the config alone, so datasets come first here too, and
+the model is built once, by :func:`mmllm.engine.trainer.build_model` (which applies
+``run.init_from``). Batches are collated by our task (LAVIS calls ``dataset.collater``).
 """
 from __future__ import annotations
 
-import importlib.metadata
-from dataclasses import dataclass
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
+from ..engine.registry import TaskEntry, all_tasks
 from ..errors import ConfigError
 from .compat import import_lavis
 
@@ -42,33 +42,19 @@ class LavisDataset(Dataset):
         return self.dataset[i]
 
 
-@dataclass(frozen=True)
-class LavisEntry:
-    """What a project registers: our task class under LAVIS names, plus default config files."""
-
-    task_cls: type
-    task_name: str
-    model_arch: str
-    builder_name: str
-    model_default_config: Path
-    dataset_default_config: Path
-    model_factory: Callable[[DictConfig], Any]  # model section -> nn.Module (for LAVIS's from_config)
-    preparers: tuple[tuple[str, str], ...] = ()  # ("easy_vqa", "module:function") for ``prepare:`` keys
-
-
-def register(entry: LavisEntry) -> None:
-    """Register ``entry`` in LAVIS's registry (idempotent)."""
-    if entry.task_name in _REGISTERED:
+def register(entry: TaskEntry) -> None:
+    """Register ``entry``'s model arch, task and dataset builder in LAVIS's registry (idempotent)."""
+    if entry.name in _REGISTERED:
         return
-    import sys
-
     registry = import_lavis().registry
     BaseModel = sys.modules["lavis.models.base_model"].BaseModel
     BaseTask = sys.modules["lavis.tasks.base_task"].BaseTask
     BaseDatasetBuilder = sys.modules["lavis.datasets.builders.base_dataset_builder"].BaseDatasetBuilder
+    model_config = entry.lavis_model_config or entry.default_config
+    dataset_config = entry.lavis_dataset_config or entry.default_config
 
     class Model(BaseModel):
-        PRETRAINED_MODEL_CONFIG_DICT = {"default": str(entry.model_default_config)}
+        PRETRAINED_MODEL_CONFIG_DICT = {"default": str(model_config)}
 
         def __init__(self, net, task=None):
             super().__init__()
@@ -77,18 +63,19 @@ def register(entry: LavisEntry) -> None:
 
         @classmethod
         def from_config(cls, cfg):
-            return cls(entry.model_factory(cfg))
+            raise ConfigError(f"{entry.model_arch} is built by its task {entry.name!r} (run.task), "
+                              "which knows its data (answer vocabulary, tokenizer)")
 
         def forward(self, samples):
             if self.task is None:
-                raise ConfigError(f"{entry.model_arch} computes its loss through task {entry.task_name!r}")
+                raise ConfigError(f"{entry.model_arch} computes its loss through task {entry.name!r}")
             loss, logs = self.task.training_loss(self.net, samples)
             return {"loss": loss, **{k: v for k, v in logs.items() if "loss" in k}}
 
     class Task(BaseTask):
         def __init__(self, cfg):
             super().__init__()
-            self.ours = entry.task_cls(native_config(cfg))
+            self.ours = entry.build(native_config(cfg))
             self.model = None
             self.splits: dict[str, Any] = {}
             self._eval_split = None
@@ -98,20 +85,18 @@ def register(entry: LavisEntry) -> None:
             return cls(cfg)
 
         def build_datasets(self, cfg):
-            net = self.ours.build_model()
-            run = self.ours.cfg.run
-            if run.get("init_from"):  # stage transfer for LAVIS's own runner too (ours applies it again: same weights)
-                from ..engine.trainer import load_model_file
-
-                load_model_file(net, run.init_from, list(run.get("init_prefixes", []) or []))
-            self.model = Model(net, self.ours)
+            self.ours.build_preprocess()
             self.splits = self.ours.build_datasets()
             wrapped = {name: LavisDataset(ds, self.ours.collate) for name, ds in self.splits.items()}
-            return {entry.builder_name: wrapped}
+            return {entry.dataset: wrapped}
 
         def build_model(self, cfg):
+            from ..engine.trainer import build_model
+
             if self.model is None:
-                self.build_datasets(cfg)
+                if not self.splits:
+                    raise ConfigError("LAVIS built the model before the datasets; call build_datasets first")
+                self.model = Model(build_model(self.ours), self.ours)
             return self.model
 
         def before_evaluation(self, model, dataset, **kwargs):
@@ -123,35 +108,34 @@ def register(entry: LavisEntry) -> None:
 
             net = model.net if hasattr(model, "net") else model.module.net
             split = self._eval_split or "eval"
-            out_dir = Path(self.ours.cfg.run.output_dir)
+            out_dir = Path(self.ours.run.output_dir)
             if distributed.is_main():
                 out_dir.mkdir(parents=True, exist_ok=True)
             return self.ours.evaluate(net, self.splits[split], split, out_dir)
 
         def after_evaluation(self, val_result, split_name, epoch, **kwargs):
             metrics = dict(val_result)
-            metrics["agg_metrics"] = metrics.get(self.ours.main_metric, 0.0)
+            main = metrics.get(self.ours.main_metric, 0.0)
+            metrics["agg_metrics"] = main if self.ours.higher_is_better else -main  # LAVIS keeps the largest
             return metrics
 
     class Builder(BaseDatasetBuilder):
-        DATASET_CONFIG_DICT = {"default": str(entry.dataset_default_config)}
+        DATASET_CONFIG_DICT = {"default": str(dataset_config)}
 
         def build_datasets(self):
-            raise ConfigError(f"{entry.builder_name} datasets are built by task {entry.task_name!r} (run.task)")
+            raise ConfigError(f"{entry.dataset} datasets are built by task {entry.name!r} (run.task)")
 
     registry.register_model(entry.model_arch)(Model)
-    registry.register_task(entry.task_name)(Task)
-    registry.register_builder(entry.builder_name)(Builder)
-    _REGISTERED.add(entry.task_name)
+    registry.register_task(entry.name)(Task)
+    registry.register_builder(entry.dataset)(Builder)
+    _REGISTERED.add(entry.name)
 
 
-def register_all() -> list[LavisEntry]:
-    """Register every entry our packages advertise (entry-point group ``mmllm.lavis``)."""
-    entries = []
-    for ep in importlib.metadata.entry_points(group="mmllm.lavis"):
-        for entry in ep.load()():
-            register(entry)
-            entries.append(entry)
+def register_all() -> list[TaskEntry]:
+    """Register every task of our registry in LAVIS's, and our DeepSpeed runner."""
+    entries = list(all_tasks().values())
+    for entry in entries:
+        register(entry)
     from .runner import register_runner
 
     register_runner()

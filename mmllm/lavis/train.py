@@ -21,11 +21,12 @@ from .adapters import register_all
 from .compat import import_lavis, patch_runner_for_cpu
 
 
-def check_config(path: str, registry) -> None:
-    """Clear errors for the mistakes LAVIS reports as bare assertions."""
-    if not Path(path).is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    raw = OmegaConf.load(path)
+def check_config(path: str, options, registry):
+    """The config with ``options`` applied, after clear errors for the mistakes LAVIS reports as
+    bare assertions or ``'NoneType' object has no attribute`` (an unknown task, say)."""
+    from ..config import load_config
+
+    raw = load_config(path, options)
     for section in ("model", "datasets", "run"):
         if section not in raw:
             raise ConfigError(f"{path}: missing section {section!r} (LAVIS task configs have model, datasets, run)")
@@ -42,9 +43,17 @@ def check_config(path: str, registry) -> None:
     runner = raw.run.get("runner", "runner_base")
     if runner not in mapping["runner_name_mapping"]:
         raise ConfigError(f"{path}: run.runner {runner!r} is not registered; registered: {sorted(mapping['runner_name_mapping'])}")
+    return raw
 
 
-def main(argv=None):
+def main(argv=None) -> int:
+    """The LAVIS entry point; our own errors become one line and exit 2."""
+    from ..engine.cli import run_cli
+
+    return run_cli(lambda: _main(argv))
+
+
+def _main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg-path", required=True)
     parser.add_argument("--options", nargs="*", default=[], help="overrides like run.max_epoch=2")
@@ -53,12 +62,14 @@ def main(argv=None):
 
     registry = import_lavis().registry
     patch_runner_for_cpu()
-    entries = register_all()
-    check_config(args.cfg_path, registry)
-    raw = OmegaConf.merge(OmegaConf.load(args.cfg_path), OmegaConf.from_dotlist(list(args.options)))
+    register_all()
+    raw = check_config(args.cfg_path, args.options, registry)
+    from ..engine.registry import get_task
+
+    get_task(raw.run.task).build(raw)  # every section validated (typed) before LAVIS sees it
     from ..engine.cli import prepare_embedded_data
 
-    prepare_embedded_data(raw, {name: target for e in entries for name, target in e.preparers})
+    prepare_embedded_data(raw)
     # LAVIS joins output_dir onto its own package folder unless it is absolute
     args.options = list(args.options) + [f"run.output_dir={Path(raw.run.output_dir).resolve()}"]
     if "device" not in raw.run:
@@ -86,4 +97,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

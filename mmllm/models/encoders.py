@@ -7,12 +7,13 @@ folder or an embedded text-encoder asset (``minilm-l6``), or a random-init BERT 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from ..schema import Section
 
 TEXT_ENCODER_ASSETS = {
     # name: (module, folder inside it, pip command)
@@ -57,14 +58,55 @@ class VisionEncoder(nn.Module):
         return tokens
 
 
-def build_vision_encoder(cfg: Mapping[str, Any]) -> VisionEncoder:
+class VisionOptions(Section):
+    """``{name: ViT-B-16, checkpoint: /path/open_clip.bin}`` or ``{vit: {image_size, patch_size, width, layers, heads}}``."""
+
+    name: str = "ViT-B-16"
+    checkpoint: str | None = None
+    vit: dict[str, Any] | None = None
+
+
+class TextOptions(Section):
+    """``{name: minilm-l6}`` / ``{path: folder}``; ``random_init`` keeps architecture and tokenizer, not weights."""
+
+    name: str = "minilm-l6"
+    path: str | None = None
+    random_init: bool = False
+    config_overrides: dict[str, Any] = {}
+
+
+def vision_input_spec(cfg: VisionOptions) -> tuple[int, tuple, tuple]:
+    """(image size, mean, std) of a vision config, without building the encoder (preprocessing apart from the model)."""
+    from open_clip import get_model_config
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    if cfg.vit is not None:
+        if "image_size" not in cfg.vit:
+            raise ConfigError("model.vision.vit needs image_size")
+        size = cfg.vit["image_size"]
+    else:
+        model_cfg = get_model_config(cfg.name)
+        if model_cfg is None:
+            raise ConfigError(f"model.vision.name: unknown open_clip model {cfg.name!r}")
+        size = model_cfg["vision_cfg"]["image_size"]
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    return int(size), OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+
+def build_tokenizer(cfg: TextOptions):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(text_encoder_path(cfg.path or cfg.name)), local_files_only=True)
+
+
+def build_vision_encoder(cfg: VisionOptions) -> VisionEncoder:
     """``{name: ViT-B-16, checkpoint: /path/open_clip.bin}`` or ``{vit: {image_size, patch_size, width, layers, heads}}``."""
     import open_clip
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
     from open_clip.transformer import VisionTransformer
 
-    if "vit" in cfg:
-        vit = dict(cfg["vit"])
+    if cfg.vit is not None:
+        vit = dict(cfg.vit)
         vit.setdefault("mlp_ratio", 4.0)
         vit.setdefault("output_dim", vit["width"])
         try:
@@ -72,8 +114,7 @@ def build_vision_encoder(cfg: Mapping[str, Any]) -> VisionEncoder:
         except TypeError as exc:
             raise ConfigError(f"model.vision.vit: {exc}") from exc
         return VisionEncoder(visual, int(vit["image_size"]), OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)
-    name = cfg.get("name", "ViT-B-16")
-    checkpoint = cfg.get("checkpoint")
+    name, checkpoint = cfg.name, cfg.checkpoint
     if checkpoint and not Path(checkpoint).is_file():
         raise CheckpointError(f"model.vision.checkpoint: {checkpoint} does not exist")
     model = open_clip.create_model(name, pretrained=checkpoint or None)
@@ -94,17 +135,16 @@ class TextEncoder(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
-def build_text_encoder(cfg: Mapping[str, Any]) -> tuple[TextEncoder, Any]:
-    """(encoder, tokenizer). ``{name: minilm-l6}`` / ``{path: folder}``; ``random_init: true`` keeps
-    the architecture and tokenizer but not the weights (for tests and controls)."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+def build_text_encoder(cfg: TextOptions) -> TextEncoder:
+    """The encoder (its tokenizer: :func:`build_tokenizer`). ``random_init: true`` keeps the
+    architecture but not the weights (for tests and controls)."""
+    from transformers import AutoConfig, AutoModel
 
-    folder = text_encoder_path(cfg.get("path") or cfg.get("name", "minilm-l6"))
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    overrides = dict(cfg.get("config_overrides", {}) or {})
-    if cfg.get("random_init", False):
+    folder = text_encoder_path(cfg.path or cfg.name)
+    overrides = dict(cfg.config_overrides)
+    if cfg.random_init:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True, **overrides)
         model = AutoModel.from_config(config, add_pooling_layer=False)
     else:
         model = AutoModel.from_pretrained(str(folder), local_files_only=True, add_pooling_layer=False, **overrides)
-    return TextEncoder(model), tokenizer
+    return TextEncoder(model)

@@ -7,16 +7,32 @@ self-attention, cross-attention to the other stream, feed-forward (post-norm, as
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Literal, Mapping, NamedTuple
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from ..block import build_visual_llm_layer
+from ..blocks import build_visual_llm_layer
 from ..errors import ConfigError
-from .encoders import build_text_encoder, build_vision_encoder
+from ..schema import ModelSection
+from .encoders import TextOptions, VisionOptions, build_text_encoder, build_vision_encoder
 
 LLM_BLOCK_PLACES = ("vision", "text", "both", "none")
+
+
+class METEROptions(ModelSection):
+    """The ``model`` section of every METER-style task (VQA, retrieval, pretraining, 3D VQA's text side)."""
+
+    vision: VisionOptions = Field(default_factory=VisionOptions)
+    text: TextOptions = Field(default_factory=TextOptions)
+    hidden_size: int = Field(768, gt=0, description="shared width of the fusion layers")
+    fusion_layers: int = Field(6, ge=0)
+    num_heads: int = Field(12, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    llm_block: dict[str, Any] | None = Field(None, description="block options (kind, source, layers, ...)")
+    llm_block_on: Literal["vision", "text", "both", "none"] = Field(
+        "vision", description="which fused stream the block processes")
 
 
 class CrossModalLayer(nn.Module):
@@ -110,17 +126,10 @@ class METERBackbone(nn.Module):
         return self.fuse(self.encode_image(images), self.encode_text(input_ids, attention_mask), text_pad)
 
 
-def build_meter_backbone(model_cfg: Mapping[str, Any]) -> tuple[METERBackbone, Any]:
-    """(backbone, tokenizer) from the ``model`` section of a task config."""
-    vision = build_vision_encoder(dict(model_cfg.get("vision", {})))
-    text, tokenizer = build_text_encoder(dict(model_cfg.get("text", {})))
-    backbone = METERBackbone(
-        vision, text,
-        hidden=int(model_cfg.get("hidden_size", 768)),
-        fusion_layers=int(model_cfg.get("fusion_layers", 6)),
-        heads=int(model_cfg.get("num_heads", 12)),
-        dropout=float(model_cfg.get("dropout", 0.1)),
-        llm_block=model_cfg.get("llm_block"),
-        llm_block_on=model_cfg.get("llm_block_on", "vision"),
+def build_meter_backbone(options: METEROptions) -> METERBackbone:
+    """The backbone from the typed ``model`` section of a task config."""
+    return METERBackbone(
+        build_vision_encoder(options.vision), build_text_encoder(options.text),
+        hidden=options.hidden_size, fusion_layers=options.fusion_layers, heads=options.num_heads,
+        dropout=options.dropout, llm_block=options.llm_block, llm_block_on=options.llm_block_on,
     )
-    return backbone, tokenizer

@@ -11,43 +11,38 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..config import require, to_dict
-from ..data.captions import CaptionPairs, load_karpathy
+from ..data.captions import CaptionDataOptions, CaptionPairs, load_karpathy
 from ..data.images import image_transform
 from ..engine.evaluation import predict
 from ..engine.task import Task
-from ..models.meter import build_meter_backbone
+from ..models.encoders import build_tokenizer, vision_input_spec
+from ..models.meter import METEROptions, build_meter_backbone
 from ..models.pretrain_heads import PretrainModel, mask_tokens
 
 
 class ITMMLMTask(Task):
-    name = "mmllm_itm_mlm"
+    ModelOptions = METEROptions
+    DataOptions = CaptionDataOptions
+    compute_dtype_inputs = ("images",)
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.data_cfg = require(cfg, "datasets.mmllm_captions")
-        require(cfg, "datasets.mmllm_captions.splits")
-        self.tokenizer = None
+    def build_preprocess(self) -> None:
+        self.tokenizer = build_tokenizer(self.model_cfg.text)
+        self.transform = image_transform(*vision_input_spec(self.model_cfg.vision))
 
     def build_model(self):
-        backbone, self.tokenizer = build_meter_backbone(to_dict(self.cfg.model))
-        self.vision = backbone.vision
-        return PretrainModel(backbone, len(self.tokenizer))
+        return PretrainModel(build_meter_backbone(self.model_cfg), len(self.tokenizer))
 
     def build_datasets(self) -> dict[str, Dataset]:
-        v = self.vision
-        check = bool(self.data_cfg.get("check_images", True))
-        return {
-            name: CaptionPairs(load_karpathy(spec.annotation, spec.image_root, check), image_transform(v.image_size, v.mean, v.std))
-            for name, spec in self.data_cfg.splits.items()
-        }
+        d = self.data_cfg
+        return {name: CaptionPairs(load_karpathy(spec.annotation, spec.image_root, d.check_images), self.transform)
+                for name, spec in d.splits.items()}
 
     def collate(self, samples: list[dict[str, Any]], generator: torch.Generator | None = None) -> dict[str, Any]:
         captions = [s["caption"] for s in samples]
         text = self.tokenizer(captions, padding="longest", truncation=True,
-                              max_length=int(self.data_cfg.get("max_text_len", 40)), return_tensors="pt")
+                              max_length=self.data_cfg.max_text_len, return_tensors="pt")
         masked, labels = mask_tokens(text["input_ids"], text["attention_mask"], self.tokenizer,
-                                     float(self.data_cfg.get("mlm_probability", 0.15)), generator)
+                                     self.data_cfg.mlm_probability, generator)
         rolled = captions[-1:] + captions[:-1]
         return {
             "images": torch.stack([s["image"] for s in samples]),
@@ -73,11 +68,6 @@ class ITMMLMTask(Task):
         def collate(samples):
             return self.collate(samples, gen)
 
-        batch_size = int(self.cfg.run.get("batch_size_eval", 64))
-        parts = predict(model, dataset, collate, batch_size, step, desc=f"eval {split}")
+        parts = predict(model, dataset, collate, self.run.batch_size_eval, step, desc=f"eval {split}", task=self)
         mh, mn, ih, inum = (sum(p[i] for p in parts) for i in range(4))
         return {"mlm_acc": round(100 * mh / max(1, mn), 2), "itm_acc": round(100 * ih / max(1, inum), 2)}
-
-    @property
-    def main_metric(self) -> str:
-        return "itm_acc"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,25 +23,36 @@ from mmllm_retrieval.metrics import caption_index, retrieval_metrics
 
 def from_scores(scores: str, annotation: str) -> dict:
     items = load_karpathy(annotation, Path(annotation).parent, check_images=False)
+    if not items:
+        raise DataError(f"{annotation}: the annotation lists no image, there is nothing to rank")
     img2txt, txt2img = caption_index([len(i.captions) for i in items])
     try:
-        data = np.load(scores)
+        data = np.load(scores)  # allow_pickle=False: object arrays are refused
     except (OSError, ValueError) as exc:
         raise DataError(f"{scores}: not a readable .npz file: {exc}") from exc
-    missing = {"scores_i2t", "scores_t2i"} - set(data.files)
-    if missing:
-        raise DataError(f"{scores}: lacks {sorted(missing)}")
-    return retrieval_metrics(data["scores_i2t"], data["scores_t2i"], img2txt, txt2img)
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise DataError(f"{scores}: a single array, expected an .npz archive with scores_i2t and scores_t2i")
+    with data:
+        missing = {"scores_i2t", "scores_t2i"} - set(data.files)
+        if missing:
+            raise DataError(f"{scores}: lacks {sorted(missing)}")
+        try:
+            i2t, t2i = data["scores_i2t"], data["scores_t2i"]
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise DataError(f"{scores}: unreadable score array: {exc}") from exc
+    try:
+        return retrieval_metrics(i2t, t2i, img2txt, txt2img)
+    except DataError as exc:
+        raise DataError(f"{scores} against {annotation}: {exc}") from exc
 
 
 def from_checkpoint(checkpoint: str, split: str, out_dir: str | None) -> dict:
     from mmllm.engine.evaluation import load_trained
-    from mmllm_retrieval.task import RetrievalTask
 
-    task, model, datasets = load_trained(RetrievalTask, checkpoint, out_dir)
+    task, model, datasets = load_trained(checkpoint, out_dir)
     if split not in datasets or split == "train":
         raise MMLLMError(f"split {split!r} is not an evaluation split of the config ({sorted(datasets)})")
-    return task.evaluate(model, datasets[split], split, Path(task.cfg.run.output_dir))
+    return task.evaluate(model, datasets[split], split, Path(task.run.output_dir))
 
 
 def main(argv=None) -> int:

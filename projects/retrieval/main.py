@@ -1,17 +1,11 @@
-"""Retrieval on the embedded emoji data with and without the frozen SmolLM2 block, then the leaderboard.
+"""Retrieval on the embedded emoji data with and without the frozen SmolLM2 block, then the
+leaderboard (the same as ``mmllm main --task mmllm_retrieval``).
 
     python projects/retrieval/main.py [--runs runs] [--options ...]
 """
 import sys
-from pathlib import Path
 
-from mmllm.engine.cli import run_variants
-
-HERE = Path(__file__).resolve().parent
-VARIANTS = {
-    "emoji_smollm2_block": [],
-    "emoji_no_block": ["model.llm_block.kind=none"],
-}
+from mmllm.engine.cli import variants_main
 
 if __name__ == "__main__":
-    sys.exit(run_variants(HERE / "train.py", HERE.parents[1] / "configs/retrieval/emoji_meter_smollm2.yaml", VARIANTS, __doc__))
+    sys.exit(variants_main("mmllm_retrieval", description=__doc__))

@@ -1,12 +1,11 @@
-"""Train image–text retrieval (``run.task: mmllm_retrieval``) or VL-pretrain the backbone (``mmllm_itm_mlm``).
+"""Train a task config (retrieval: ``run.task: mmllm_retrieval``; VL pretraining: ``mmllm_itm_mlm``): the same as ``mmllm train``.
 
-    python projects/retrieval/train.py --config configs/retrieval/emoji_meter_smollm2.yaml [--options ...]
-    deepspeed --num_gpus 2 projects/retrieval/train.py --config ...
+    python projects/retrieval/train.py --config configs/retrieval/emoji_meter_smollm2.yaml [--options run.max_epoch=2 ...]
+    deepspeed --num_gpus 2 projects/retrieval/train.py --config ...      (on CPU: DS_ACCELERATOR=cpu, gloo)
 """
+import sys
+
 from mmllm.engine.cli import train_main
 
-TASKS = {"mmllm_retrieval": "mmllm_retrieval.task:RetrievalTask", "mmllm_itm_mlm": "mmllm.tasks.pretrain:ITMMLMTask"}
-PREPARERS = {"twemoji": "mmllm_retrieval.emoji_convert:ensure_converted"}
-
 if __name__ == "__main__":
-    train_main(TASKS, PREPARERS, description=__doc__)
+    sys.exit(train_main(description=__doc__))

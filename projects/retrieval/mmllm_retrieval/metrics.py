@@ -23,13 +23,40 @@ def caption_index(captions_per_image: list[int]) -> tuple[list[list[int]], list[
     return img2txt, txt2img
 
 
-def retrieval_metrics(scores_i2t: np.ndarray, scores_t2i: np.ndarray, img2txt: list[list[int]], txt2img: list[int]) -> dict[str, float]:
-    scores_i2t, scores_t2i = np.asarray(scores_i2t), np.asarray(scores_t2i)
+def _checked_scores(name: str, scores, shape: tuple[int, int], axes: str) -> np.ndarray:
+    """A real-valued, finite score matrix of the expected shape.
+
+    NaN sorts last under argsort, so a NaN-filled matrix whose true pairs hold numbers would
+    score R@1 = 100: non-finite scores are refused, not ranked.
+    """
+    try:
+        scores = np.asarray(scores)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{name} is not a numeric matrix: {exc}") from exc
+    real = np.issubdtype(scores.dtype, np.integer) or np.issubdtype(scores.dtype, np.floating)
+    if scores.dtype == bool or not real:
+        raise DataError(f"{name} has dtype {scores.dtype}, expected real-valued (float or int) scores")
+    if scores.shape != shape:
+        raise DataError(f"{name} has shape {scores.shape}, the annotation implies {shape} [{axes}]")
+    bad = int(np.count_nonzero(~np.isfinite(scores)))
+    if bad:
+        n_nan = int(np.count_nonzero(np.isnan(scores)))
+        raise DataError(f"{name} has {bad} non-finite entr{'y' if bad == 1 else 'ies'} of {scores.size} "
+                        f"({n_nan} NaN, {bad - n_nan} inf): refusing to rank them")
+    return scores.astype(np.float64, copy=False)  # unsigned ints would wrap when negated for sorting
+
+
+def retrieval_metrics(scores_i2t: np.ndarray, scores_t2i: np.ndarray, img2txt: list[list[int]],
+                      txt2img: list[int]) -> dict[str, float]:
+    """R@1/5/10 per direction, their means and the overall mean (percent).
+
+    ``scores_i2t`` is [images x texts], ``scores_t2i`` [texts x images]; both must be finite.
+    """
     n_img, n_txt = len(img2txt), len(txt2img)
-    if scores_i2t.shape != (n_img, n_txt):
-        raise DataError(f"scores_i2t has shape {scores_i2t.shape}, the annotation implies {(n_img, n_txt)} [images x texts]")
-    if scores_t2i.shape != (n_txt, n_img):
-        raise DataError(f"scores_t2i has shape {scores_t2i.shape}, the annotation implies {(n_txt, n_img)} [texts x images]")
+    if n_img == 0 or n_txt == 0:
+        raise DataError(f"nothing to rank: the annotation has {n_img} image(s) and {n_txt} caption(s)")
+    scores_i2t = _checked_scores("scores_i2t", scores_i2t, (n_img, n_txt), "images x texts")
+    scores_t2i = _checked_scores("scores_t2i", scores_t2i, (n_txt, n_img), "texts x images")
     # rank of the best-ranked correct item (0 = first); stable sort on the negated score
     order = np.argsort(-scores_i2t, axis=1, kind="stable")
     position = np.empty_like(order)

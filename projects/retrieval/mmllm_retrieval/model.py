@@ -5,13 +5,18 @@ contrastive similarities (Li et al., ALBEF, NeurIPS 2021)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
-from mmllm.models.meter import build_meter_backbone
+from mmllm.models.meter import METEROptions, build_meter_backbone
+
+
+class RetrievalModelOptions(METEROptions):
+    embed_dim: int = Field(256, gt=0, description="width of the contrastive (ITC) space")
+    temperature: float = Field(0.07, gt=0, description="initial ITC temperature")
 
 
 class RetrievalModel(nn.Module):
@@ -63,6 +68,6 @@ class RetrievalModel(nn.Module):
         return {"loss": itc + itm, "itc_loss": itc, "itm_loss": itm}
 
 
-def create_retrieval_model(model_cfg: Mapping[str, Any]):
-    backbone, tokenizer = build_meter_backbone(model_cfg)
-    return RetrievalModel(backbone, int(model_cfg.get("embed_dim", 256)), float(model_cfg.get("temperature", 0.07))), tokenizer
+def create_retrieval_model(options: RetrievalModelOptions) -> RetrievalModel:
+    """Factory: the model from the typed ``model`` section of a task config."""
+    return RetrievalModel(build_meter_backbone(options), options.embed_dim, options.temperature)

@@ -6,18 +6,24 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch.utils.data import Dataset
 
-from mmllm.config import require, to_dict
-from mmllm.data.captions import CaptionPairs, load_karpathy
+from mmllm.data.captions import CaptionDataOptions, CaptionPairs, load_karpathy
 from mmllm.data.images import image_transform, load_image
 from mmllm.engine import distributed
-from mmllm.engine.checkpoint import write_json
 from mmllm.engine.evaluation import model_dtype, predict
+from mmllm.engine.run_config import RunConfig
 from mmllm.engine.task import Task
+from mmllm.jsonio import write_json
+from mmllm.models.encoders import build_tokenizer, vision_input_spec
 
 from .metrics import caption_index, retrieval_metrics
-from .model import create_retrieval_model
+from .model import RetrievalModelOptions, create_retrieval_model
+
+
+class RetrievalRunOptions(RunConfig):
+    k_test: int = Field(16, gt=0, description="ITM re-ranks each query's top k_test contrastive candidates")
 
 
 class RetrievalEvalSet:
@@ -50,22 +56,20 @@ class _View(Dataset):
 
 
 class RetrievalTask(Task):
-    name = "mmllm_retrieval"
+    ModelOptions = RetrievalModelOptions
+    DataOptions = CaptionDataOptions
+    RunOptions = RetrievalRunOptions
+    compute_dtype_inputs = ("images",)
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.data_cfg = require(cfg, "datasets.mmllm_retrieval")
-        require(cfg, "datasets.mmllm_retrieval.splits")
-        self.tokenizer = None
+    def build_preprocess(self) -> None:
+        self.tokenizer = build_tokenizer(self.model_cfg.text)
+        self.transform = image_transform(*vision_input_spec(self.model_cfg.vision))
 
     def build_model(self):
-        model, self.tokenizer = create_retrieval_model(to_dict(self.cfg.model))
-        v = model.backbone.vision
-        self.transform = image_transform(v.image_size, v.mean, v.std)
-        return model
+        return create_retrieval_model(self.model_cfg)
 
     def build_datasets(self):
-        check = bool(self.data_cfg.get("check_images", True))
+        check = self.data_cfg.check_images
         out = {}
         for name, spec in self.data_cfg.splits.items():
             items = load_karpathy(spec.annotation, spec.image_root, check)
@@ -74,7 +78,7 @@ class RetrievalTask(Task):
 
     def _tokenize(self, captions):
         return self.tokenizer(captions, padding="longest", truncation=True,
-                              max_length=int(self.data_cfg.get("max_text_len", 40)), return_tensors="pt")
+                              max_length=self.data_cfg.max_text_len, return_tensors="pt")
 
     def collate(self, samples):
         text = self._tokenize([s["caption"] for s in samples])
@@ -91,8 +95,8 @@ class RetrievalTask(Task):
         """ITC similarities for every pair; each row's top-k candidates re-scored as ITM score + ITC
         similarity (as BLIP/LAVIS do: an uninformative ITM head then keeps the ITC order), others -100.
         Also returns the ITC-only similarities."""
-        batch_size = int(self.cfg.run.get("batch_size_eval", 64))
-        k = int(self.cfg.run.get("k_test", 16))
+        batch_size = self.run.batch_size_eval
+        k = self.run.k_test
 
         def image_step(m, batch):
             tokens, feat = m.image_features(batch["images"])
@@ -109,8 +113,8 @@ class RetrievalTask(Task):
             text = self._tokenize([x["caption"] for x in s])
             return {"index": torch.tensor([x["index"] for x in s]), **text}
 
-        images = sorted(predict(model, data.images(), image_collate, batch_size, image_step, "eval images"), key=lambda r: r[0])
-        texts = sorted(predict(model, data.captions(), text_collate, batch_size, text_step, "eval texts"), key=lambda r: r[0])
+        images = sorted(predict(model, data.images(), image_collate, batch_size, image_step, "eval images", task=self), key=lambda r: r[0])
+        texts = sorted(predict(model, data.captions(), text_collate, batch_size, text_step, "eval texts", task=self), key=lambda r: r[0])
         img_tok = torch.stack([r[1] for r in images])
         img_feat = torch.stack([r[2] for r in images])
         width = max(r[1].shape[0] for r in texts)
@@ -151,7 +155,3 @@ class RetrievalTask(Task):
             np.savez(Path(out_dir) / f"scores_{split}.npz", scores_i2t=scores_i2t, scores_t2i=scores_t2i)
             write_json(Path(out_dir) / f"recall_{split}.json", {**metrics, "itc_only": itc_only})
         return {**{k: round(v, 2) for k, v in metrics.items()}, "itc_r_mean": round(itc_only["r_mean"], 2)}
-
-    @property
-    def main_metric(self) -> str:
-        return "r_mean"

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mmllm.data.images import check_images_exist, image_transform, load_image
-from mmllm.data.jsonfile import read_json
+from mmllm.jsonio import read_json
 from mmllm.errors import DataError
 
 from .vqa_eval import normalize_answer

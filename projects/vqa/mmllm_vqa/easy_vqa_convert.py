@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from mmllm.data.embedded import MARKER, convert_once, link_folder
-from mmllm.engine.checkpoint import write_json
+from mmllm.jsonio import write_json
 from mmllm.errors import AssetMissingError
 
 PIP = "pip install easy-vqa==1.0"

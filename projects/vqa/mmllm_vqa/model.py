@@ -1,13 +1,11 @@
 """METER-style VQA model: backbone (with the frozen LLM block after fusion) + answer classifier."""
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mmllm.models.meter import build_meter_backbone
+from mmllm.models.meter import METEROptions, build_meter_backbone
 
 
 class VQAModel(nn.Module):
@@ -27,7 +25,6 @@ def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), targets.float()) * targets.shape[1]
 
 
-def create_vqa_model(model_cfg: Mapping[str, Any], num_answers: int):
-    """Factory: (model, tokenizer) from the ``model`` section of a task config."""
-    backbone, tokenizer = build_meter_backbone(model_cfg)
-    return VQAModel(backbone, num_answers), tokenizer
+def create_vqa_model(options: METEROptions, num_answers: int) -> VQAModel:
+    """Factory: the model from the typed ``model`` section of a task config."""
+    return VQAModel(build_meter_backbone(options), num_answers)

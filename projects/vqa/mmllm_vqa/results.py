@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmllm.data.jsonfile import read_json
-from mmllm.engine.checkpoint import write_json
+from mmllm.jsonio import read_json
+from mmllm.jsonio import write_json
 from mmllm.errors import DataError
 
 

@@ -1,71 +1,96 @@
 """VQA fine-tuning task for the shared engine."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
 from torch.utils.data import Dataset
 
-from mmllm.config import require, to_dict
 from mmllm.engine import distributed
-from mmllm.engine.checkpoint import write_json
 from mmllm.engine.evaluation import predict
 from mmllm.engine.task import Task
 from mmllm.errors import DataError
+from mmllm.jsonio import read_json, write_json
+from mmllm.models.encoders import build_tokenizer, vision_input_spec
+from mmllm.models.meter import METEROptions
+from mmllm.schema import DataSection, Section
 
 from . import vqa_eval
 from .data import COCO_PATTERN, VQADataset, build_answer_vocab, load_split, make_collate
 from .model import create_vqa_model, vqa_loss
 
 
-class VQATask(Task):
-    name = "mmllm_vqa"
+class VQAModelOptions(METEROptions):
+    num_answers: int | None = Field(None, description="LAVIS default-config key; the vocabulary sets the real size")
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.data_cfg = require(cfg, "datasets.mmllm_vqa")
-        require(cfg, "datasets.mmllm_vqa.splits")
+
+class VQASplitSpec(Section):
+    questions: str
+    annotations: str | None = None
+    image_root: str | None = None
+    image_pattern: str | None = None
+    image_split: str | None = None
+
+
+class VQADataOptions(DataSection):
+    splits: dict[str, VQASplitSpec]
+    image_root: str | None = None
+    image_pattern: str = COCO_PATTERN
+    answer_vocab: str | None = Field(None, description="JSON list of answers; default: top num_answers of train")
+    num_answers: int = Field(3129, gt=0)
+    max_text_len: int = Field(40, gt=0)
+    check_images: bool = True
+
+
+class VQATask(Task):
+    ModelOptions = VQAModelOptions
+    DataOptions = VQADataOptions
+    compute_dtype_inputs = ("images",)  # soft-score targets stay fp32
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self._splits: dict[str, Any] = {}
         self.vocab: list[str] | None = None
-        self.tokenizer = None
 
     # --- data
     def _split(self, name: str):
         if name not in self._splits:
-            spec = self.data_cfg.splits[name]
-            self._splits[name] = load_split(
-                name, spec.questions, spec.get("annotations"), spec.get("image_root", self.data_cfg.get("image_root")),
-                spec.get("image_pattern", self.data_cfg.get("image_pattern", COCO_PATTERN)), spec.get("image_split"),
-                bool(self.data_cfg.get("check_images", True)),
-            )
+            d = self.data_cfg
+            spec = d.splits[name]
+            root = spec.image_root or d.image_root
+            if root is None:
+                raise DataError(f"datasets.{self.dataset_key}.splits.{name} needs image_root")
+            self._splits[name] = load_split(name, spec.questions, spec.annotations, root,
+                                            spec.image_pattern or d.image_pattern, spec.image_split, d.check_images)
         return self._splits[name]
 
     def _vocab(self) -> list[str]:
         if self.vocab is None:
-            vocab_file = self.data_cfg.get("answer_vocab")
+            vocab_file = self.data_cfg.answer_vocab
             if vocab_file and Path(vocab_file).is_file():
-                self.vocab = json.loads(Path(vocab_file).read_text())
+                self.vocab = read_json(vocab_file, "answer vocabulary")
             else:
-                self.vocab = build_answer_vocab(self._split("train"), int(self.data_cfg.get("num_answers", 3129)))
+                self.vocab = build_answer_vocab(self._split("train"), self.data_cfg.num_answers)
             if not self.vocab:
                 raise DataError("empty answer vocabulary")
         return self.vocab
 
+    def build_preprocess(self) -> None:
+        self.tokenizer = build_tokenizer(self.model_cfg.text)
+        self.image_spec = vision_input_spec(self.model_cfg.vision)
+
     def build_model(self):
-        model, self.tokenizer = create_vqa_model(to_dict(self.cfg.model), len(self._vocab()))
-        self.vision = model.backbone.vision
-        return model
+        return create_vqa_model(self.model_cfg, len(self._vocab()))
 
     def build_datasets(self) -> dict[str, Dataset]:
-        out_dir = Path(self.cfg.run.output_dir)
+        out_dir = Path(self.run.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "answer_vocab.json", self._vocab())
-        v = self.vision
-        return {name: VQADataset(self._split(name), self._vocab(), v.image_size, v.mean, v.std) for name in self.data_cfg.splits}
+        return {name: VQADataset(self._split(name), self._vocab(), *self.image_spec) for name in self.data_cfg.splits}
 
     def collate(self, samples):
-        return make_collate(self.tokenizer, len(self._vocab()), int(self.data_cfg.get("max_text_len", 40)))(samples)
+        return make_collate(self.tokenizer, len(self._vocab()), self.data_cfg.max_text_len)(samples)
 
     # --- objective
     def training_loss(self, model, batch):
@@ -80,8 +105,8 @@ class VQATask(Task):
             best = logits.argmax(-1).tolist()
             return zip(batch["question_id"].tolist(), (vocab[i] for i in best))
 
-        batch_size = int(self.cfg.run.get("batch_size_eval", 64))
-        return dict(predict(model, dataset, self.collate, batch_size, step, desc=f"eval {dataset.split.name}"))
+        return dict(predict(model, dataset, self.collate, self.run.batch_size_eval, step,
+                            desc=f"eval {dataset.split.name}", task=self))
 
     def evaluate(self, model, dataset, split: str, out_dir: Path) -> dict[str, float]:
         answers = self.predict_answers(model, dataset)
@@ -95,7 +120,3 @@ class VQATask(Task):
             if distributed.is_main():
                 write_json(Path(out_dir) / f"accuracy_{split}.json", acc)
         return metrics
-
-    @property
-    def main_metric(self) -> str:
-        return "accuracy"

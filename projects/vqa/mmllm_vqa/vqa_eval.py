@@ -18,6 +18,8 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
+from mmllm.errors import DataError
+
 _CONTRACTIONS_TABLE = """
 aint ain't|arent aren't|cant can't|couldve could've|couldnt couldn't|couldn'tve couldn't've
 couldnt've couldn't've|didnt didn't|doesnt doesn't|dont don't|hadnt hadn't|hadnt've hadn't've
@@ -78,6 +80,8 @@ def question_accuracy(result_answer: str, gt_answers: list[Mapping]) -> float:
     """Accuracy in [0, 1] of one answer against the annotators' answer records."""
     answer = normalize_answer(result_answer)
     records = [dict(r) for r in gt_answers]
+    if not records:
+        raise DataError("no annotator answer to score against (answers: [])")
     if len({r["answer"] for r in records}) > 1:
         for r in records:
             r["answer"] = process_punctuation(r["answer"])
@@ -88,28 +92,63 @@ def question_accuracy(result_answer: str, gt_answers: list[Mapping]) -> float:
     return sum(scores) / len(scores)
 
 
-def evaluate(annotations: Iterable[Mapping], results: Mapping[int, str]) -> dict:
+def _check_annotation(ann: object, n: int, source: str) -> None:
+    """One VQAv2 annotation record, with errors naming the file and the question id."""
+    if not isinstance(ann, Mapping):
+        raise DataError(f"{source}: annotation {n} is not a record: {ann!r}")
+    qid = ann.get("question_id")
+    if not isinstance(qid, int) or isinstance(qid, bool):
+        raise DataError(f"{source}: annotation {n} has question_id {qid!r}, expected an int")
+    for key in ("question_type", "answer_type"):
+        if not isinstance(ann.get(key), str):
+            raise DataError(f"{source}: question {qid}: {key} is {ann.get(key)!r}, expected a string")
+    answers = ann.get("answers")
+    if not isinstance(answers, list) or not answers:
+        raise DataError(f"{source}: question {qid}: answers is {answers!r}, expected a non-empty list of "
+                        "annotator records (VQAv2 has 10)")
+    for a in answers:
+        if not isinstance(a, Mapping) or not isinstance(a.get("answer"), str):
+            raise DataError(f"{source}: question {qid}: annotator record {a!r} has no string 'answer'")
+
+
+def evaluate(annotations: Iterable[Mapping], results: Mapping[int, str], source: str = "annotations") -> dict:
     """Official-format accuracy: ``annotations`` are VQAv2 annotation records, ``results`` question_id -> answer.
 
-    Every annotated question must have a result (the official code fails otherwise).
+    As in the official API (``VQA.loadRes`` asserts ``set(resQuesIds) == set(self.getQuesIds())``), the
+    results must answer exactly the annotated questions; a question annotated twice would be counted
+    twice, so it is refused too. ``source`` (the annotation file) names the input in errors.
     """
+    anns = list(annotations)
+    if not anns:
+        raise DataError(f"{source}: no annotated question to evaluate")
+    seen: set[int] = set()
+    duplicated: list[int] = []
+    for n, ann in enumerate(anns):
+        _check_annotation(ann, n, source)
+        if ann["question_id"] in seen:
+            duplicated.append(ann["question_id"])
+        seen.add(ann["question_id"])
+    if duplicated:
+        raise DataError(f"{source}: {len(duplicated)} duplicated annotation record(s), e.g. question(s) "
+                        f"{sorted(set(duplicated))[:5]}: each question must be annotated once")
+    missing = sorted(seen - set(results))
+    if missing:
+        raise DataError(f"{len(missing)} annotated question(s) of {source} have no result, e.g. {missing[:5]}")
+    unannotated = sorted(set(results) - seen, key=str)
+    if unannotated:
+        raise DataError(f"{len(unannotated)} result(s) answer questions not annotated in {source}, "
+                        f"e.g. {unannotated[:5]}")
     overall: list[float] = []
     per_q: dict[str, list[float]] = defaultdict(list)
     per_a: dict[str, list[float]] = defaultdict(list)
-    missing = []
-    for ann in annotations:
+    for ann in anns:
         qid = ann["question_id"]
-        if qid not in results:
-            missing.append(qid)
-            continue
+        if not isinstance(results[qid], str):
+            raise DataError(f"the result for question {qid} is {results[qid]!r}, expected a string")
         acc = question_accuracy(results[qid], ann["answers"])
         overall.append(acc)
         per_q[ann["question_type"]].append(acc)
         per_a[ann["answer_type"]].append(acc)
-    if missing:
-        raise KeyError(f"{len(missing)} annotated question(s) have no result, e.g. {missing[:5]}")
-    if not overall:
-        raise ValueError("no annotated question to evaluate")
     pct = lambda xs: round(100 * float(sum(xs)) / len(xs), 2)  # noqa: E731
     return {
         "overall": pct(overall),

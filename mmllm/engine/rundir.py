@@ -1,0 +1,77 @@
+"""An output folder holds one run: resume it only when it is the same run, never overwrite it silently.
+
+Re-running a command resumes its run. Re-running with *different* settings into the same
+folder used to resume the old run under the old schedule while recording the new settings,
+then overwrite its results; now it is refused unless ``run.resume=always`` (continue the old
+run under the new settings) or ``run.overwrite=true`` (delete the old run) says what to do.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..jsonio import read_json
+from .run_config import RunConfig
+
+CONFIG_FILE = "config.json"
+RUN_FILES = ("checkpoints", "model_final.pt", "summary.json", "metrics.jsonl", CONFIG_FILE)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every setting that makes the runs different (harmless run keys ignored)."""
+    harmless = {f"run.{k}" for k in RunConfig.HARMLESS}
+    a, b = _flatten(old), _flatten(new)
+    keys = sorted((set(a) | set(b)) - harmless)
+    return [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+def holds_a_run(out_dir: Path) -> bool:
+    return any((out_dir / name).exists() for name in RUN_FILES)
+
+
+def prepare_output_dir(out_dir: Path, task, resolve) -> str:
+    """Decide what to do with ``out_dir``: ``"new"`` or ``"resume"``; refuse a folder that holds another run.
+
+    ``resolve(raw_config_dict)`` gives the resolved (typed, defaults filled) config of a stored run,
+    so a run is "the same" when its resolved settings match, whatever spelling its file used.
+    """
+    run: RunConfig = task.run
+    if not holds_a_run(out_dir):
+        return "new"
+    if run.overwrite:
+        for name in RUN_FILES:
+            path = out_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        return "new"
+    stored_file = out_dir / CONFIG_FILE
+    what = f"output_dir {out_dir} already holds a run"
+    how = "pass --overwrite (run.overwrite=true) to delete it, or choose another run.output_dir"
+    if run.resume == "never":
+        raise ConfigError(f"{what} and run.resume=never; {how}")
+    if not stored_file.is_file():
+        raise ConfigError(f"{what} without its {CONFIG_FILE} (not written by this version?); {how}")
+    stored_raw = read_json(stored_file, "stored run config")
+    try:
+        stored = resolve(stored_raw)
+    except Exception as exc:  # noqa: BLE001 - a stored config that no longer parses is a different run
+        stored = {"unparseable": str(exc)}
+    differences = config_differences(stored, task.resolved_config())
+    if differences and run.resume != "always":
+        listed = "; ".join(differences[:8]) + (f" (+{len(differences) - 8} more)" if len(differences) > 8 else "")
+        raise ConfigError(f"{what} with different settings: {listed}. Pass --resume (run.resume=always) to "
+                          f"continue that run under the new settings, or {how}")
+    return "resume"

@@ -1,0 +1,19 @@
+"""Registry entry of image–text retrieval (Karpathy format; embedded emoji data)."""
+from pathlib import Path
+
+from mmllm.engine.registry import TaskEntry
+
+ROOT = Path(__file__).resolve().parents[3]
+DEFAULTS = Path(__file__).resolve().parent / "lavis_defaults"
+
+
+def entries() -> list[TaskEntry]:
+    return [TaskEntry(
+        name="mmllm_retrieval", task="mmllm_retrieval.task:RetrievalTask", dataset="mmllm_retrieval",
+        model_arch="mmllm_meter_retrieval", metric="r_mean",
+        default_config=ROOT / "configs/retrieval/emoji_meter_smollm2.yaml",
+        preparers={"twemoji": "mmllm_retrieval.emoji_convert:ensure_converted"},
+        lavis_model_config=DEFAULTS / "mmllm_meter_retrieval.yaml",
+        lavis_dataset_config=DEFAULTS / "mmllm_retrieval.yaml",
+        description="METER-style ITC + ITM retrieval with the frozen LLM block after fusion; Recall@K",
+    )]
