@@ -42,6 +42,20 @@ class LavisDataset(Dataset):
         return self.dataset[i]
 
 
+def _minimal_default(name: str, content: dict) -> Path:
+    """LAVIS loads a default config file for every model type and builder; a task that ships none
+    (registered from user code) gets one naming only what LAVIS requires."""
+    import tempfile
+
+    import yaml
+
+    folder = Path(tempfile.gettempdir()) / "mmllm_lavis_defaults"
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    path.write_text(yaml.safe_dump(content))
+    return path
+
+
 def register(entry: TaskEntry) -> None:
     """Register ``entry``'s model arch, task and dataset builder in LAVIS's registry (idempotent)."""
     if entry.name in _REGISTERED:
@@ -50,8 +64,10 @@ def register(entry: TaskEntry) -> None:
     BaseModel = sys.modules["lavis.models.base_model"].BaseModel
     BaseTask = sys.modules["lavis.tasks.base_task"].BaseTask
     BaseDatasetBuilder = sys.modules["lavis.datasets.builders.base_dataset_builder"].BaseDatasetBuilder
-    model_config = entry.lavis_model_config or entry.default_config
-    dataset_config = entry.lavis_dataset_config or entry.default_config
+    model_config = entry.lavis_model_config or entry.default_config or _minimal_default(
+        f"{entry.model_arch}_model.yaml", {"model": {"arch": entry.model_arch, "model_type": "default"}})
+    dataset_config = entry.lavis_dataset_config or entry.default_config or _minimal_default(
+        f"{entry.dataset}_dataset.yaml", {"datasets": {entry.dataset: {"data_type": "images"}}})
 
     class Model(BaseModel):
         PRETRAINED_MODEL_CONFIG_DICT = {"default": str(model_config)}
