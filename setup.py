@@ -4,11 +4,14 @@ Projects live in ``projects/<name>/`` (``3dvqa`` is not a Python identifier), so
 project keeps its library code in a uniquely named package ``projects/<name>/mmllm_<name>/``
 that is installed here, and its scripts (``train.py``, ``evaluate.py``) are run by path.
 """
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
+# the version lives in one place: mmllm/__init__.py
+VERSION = re.search(r'^__version__ = "([^"]+)"', (ROOT / "mmllm/__init__.py").read_text(), re.M).group(1)
 
 # Project packages: projects/<name>/mmllm_<name>[/sub...]
 package_dir = {}
@@ -20,7 +23,7 @@ for project in sorted((ROOT / "projects").glob("*/")):
 
 setup(
     name="mmllm",
-    version="0.1.0",
+    version=VERSION,
     description="Frozen transformer blocks of pretrained LLMs as visual encoder layers",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
@@ -44,12 +47,16 @@ setup(
         "matplotlib>=3.8",
         "psutil>=5.9",
         "omegaconf==2.4.0",
+        "pydantic>=2.6,<3",
+        "h5py>=3.10",       # ModelNet40 / ScanObjectNN .h5 releases
+        "trimesh==5.2.0",   # mesh sampling (embedded point clouds and 3D scenes; .ply scenes)
+        "av==18.1.0",       # video decoding/writing beside decord
         # runtime modules LAVIS's framework imports (LAVIS itself: requirements-assets.txt, --no-deps)
         "decord==0.6.0",
         "iopath>=0.1.10",
         "webdataset>=0.2",
     ],
-    extras_require={"test": ["pytest==9.0.3"]},
+    extras_require={"test": ["pytest==9.0.3", "ruff==0.17.6"]},
     package_data={"mmllm.lavis": ["defaults/*.yaml"], **{p: ["lavis_defaults/*.yaml"] for p in project_packages if "." not in p}},
     entry_points={
         "console_scripts": ["mmllm=mmllm.cli:main"],

@@ -1,6 +1,15 @@
 """mmllm: a frozen transformer block of a pretrained LLM as a visual encoder layer."""
 from .architectures import ARCHITECTURES, supported_model_types
-from .block import AdapterMLP, FrozenLLMBlock, LLMBlockConfig, NoBlock, build_visual_llm_layer
+from .blocks import (
+    AdapterMLP,
+    FrozenLLMBlock,
+    LLMBlockConfig,
+    NoBlock,
+    block_kinds,
+    build_block,
+    build_visual_llm_layer,
+    register_block,
+)
 from .errors import (
     AssetMissingError,
     CheckpointError,
@@ -11,7 +20,8 @@ from .errors import (
     UnsupportedArchitectureError,
 )
 from .layer_selection import resolve_layers
-from .loading import load_layer_weights, read_config
+from .loading import load_extra_tensors, load_layer_weights, read_config
+from .precision import resolve_dtype, resolve_precision
 
 __all__ = [
     "ARCHITECTURES",
@@ -26,10 +36,16 @@ __all__ = [
     "MMLLMError",
     "NoBlock",
     "UnsupportedArchitectureError",
+    "block_kinds",
+    "build_block",
     "build_visual_llm_layer",
+    "load_extra_tensors",
     "load_layer_weights",
     "read_config",
+    "register_block",
+    "resolve_dtype",
     "resolve_layers",
+    "resolve_precision",
     "supported_model_types",
 ]
 __version__ = "0.1.0"

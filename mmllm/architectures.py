@@ -1,5 +1,6 @@
 """One spec per supported LLM family: which transformers class is its decoder layer,
-where its layers and final norm live in a checkpoint, and how its norm is built.
+where its layers, final norm and other named tensors (the token embedding table, ...)
+live in each checkpoint format, and how its norm is built.
 
 The decoder layers themselves are transformers' own classes; nothing here
 re-implements attention or MLPs, so a layer behaves exactly as in the LLM.
@@ -7,19 +8,72 @@ re-implements attention or MLPs, so a layer behaves exactly as in the LLM.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from .errors import UnsupportedArchitectureError
+from .errors import ConfigError, UnsupportedArchitectureError
 
 
 def _import(path: str):
     module, _, name = path.rpartition(".")
     return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class ExtraTensor:
+    """A tensor of the LLM outside its decoder layers, by name, with where each format keeps it.
+
+    ``hf``: candidate keys in a Hugging Face checkpoint (first match wins); ``gguf``: the
+    GGUF tensor name; ``llama_v1``: (key, dim the model-parallel shards split it along, None
+    if every shard holds it whole); ``shape``: expected shape from the config; ``tied_to``:
+    the tensor it equals when the config ties them (``tie_word_embeddings``) and the
+    checkpoint leaves it out.
+    """
+
+    name: str
+    hf: tuple[str, ...]
+    shape: Callable[[PretrainedConfig], tuple[int, ...]]
+    gguf: str | None = None
+    llama_v1: tuple[str, int | None] | None = None
+    tied_to: str | None = None
+    description: str = ""
+
+
+def _embedding_width(config: PretrainedConfig) -> int:
+    return getattr(config, "word_embed_proj_dim", None) or config.hidden_size  # OPT-350m projects 512 -> 1024
+
+
+def _llama_extras(hf_prefixes: tuple[str, ...]) -> tuple[ExtraTensor, ...]:
+    return (
+        ExtraTensor("word_embeddings", tuple(p + "embed_tokens.weight" for p in hf_prefixes),
+                    lambda c: (c.vocab_size, c.hidden_size), gguf="token_embd.weight",
+                    llama_v1=("tok_embeddings.weight", 1),
+                    description="token embedding table [vocab, hidden] (Gemma multiplies it by sqrt(hidden) "
+                                "at lookup; the table itself is unscaled)"),
+        ExtraTensor("final_norm", tuple(p + "norm.weight" for p in hf_prefixes), lambda c: (c.hidden_size,),
+                    gguf="output_norm.weight", llama_v1=("norm.weight", None),
+                    description="weight of the RMSNorm after the last layer"),
+        ExtraTensor("lm_head", ("lm_head.weight", "language_model.lm_head.weight"),
+                    lambda c: (c.vocab_size, c.hidden_size), gguf="output.weight", llama_v1=("output.weight", 0),
+                    tied_to="word_embeddings", description="output projection to the vocabulary [vocab, hidden]"),
+    )
+
+
+_OPT_PREFIXES = ("model.decoder.", "decoder.")
+_OPT_EXTRAS = (
+    ExtraTensor("word_embeddings", tuple(p + "embed_tokens.weight" for p in _OPT_PREFIXES),
+                lambda c: (c.vocab_size, _embedding_width(c)), description="token embedding table"),
+    ExtraTensor("final_norm", tuple(p + "final_layer_norm.weight" for p in _OPT_PREFIXES),
+                lambda c: (c.hidden_size,), description="weight of the LayerNorm after the last layer"),
+    ExtraTensor("final_norm_bias", tuple(p + "final_layer_norm.bias" for p in _OPT_PREFIXES),
+                lambda c: (c.hidden_size,), description="bias of the LayerNorm after the last layer"),
+    ExtraTensor("lm_head", ("lm_head.weight",), lambda c: (c.vocab_size, _embedding_width(c)),
+                tied_to="word_embeddings", description="output projection to the vocabulary"),
+)
 
 
 @dataclass(frozen=True)
@@ -35,6 +89,19 @@ class ArchitectureSpec:
     rotary: bool
     gguf_arch: str | None = None
     norm_is_layernorm: bool = False
+    extra_tensors: tuple[ExtraTensor, ...] = ()
+
+    def extra(self, name: str) -> ExtraTensor:
+        """The named extra tensor, or a ConfigError listing this family's names."""
+        known = [t.name for t in self.extra_tensors]
+        for tensor in self.extra_tensors:
+            if tensor.name == name:
+                return tensor
+        import difflib
+
+        close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{self.name} has no extra tensor {name!r}{hint}; known: {known}")
 
     def build_layer(self, config: PretrainedConfig, index: int) -> nn.Module:
         return _import(self.layer_class)(config, layer_idx=index)
@@ -56,8 +123,10 @@ class ArchitectureSpec:
         return True
 
 
-_LLAMA_PREFIXES = ("model.layers.", "layers.", "model.language_model.layers.", "language_model.model.layers.")
-_LLAMA_NORM = ("model.norm.", "norm.", "model.language_model.norm.", "language_model.model.norm.")
+_LLAMA_MODEL = ("model.", "", "model.language_model.", "language_model.model.")
+_LLAMA_PREFIXES = tuple(p + "layers." for p in _LLAMA_MODEL)
+_LLAMA_NORM = tuple(p + "norm." for p in _LLAMA_MODEL)
+_LLAMA_EXTRAS = _llama_extras(_LLAMA_MODEL)
 
 ARCHITECTURES: dict[str, ArchitectureSpec] = {
     spec.name: spec
@@ -71,6 +140,7 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
             final_norm_prefixes=_LLAMA_NORM,
             rotary=True,
             gguf_arch="llama",
+            extra_tensors=_LLAMA_EXTRAS,
         ),
         ArchitectureSpec(
             name="qwen2",
@@ -81,6 +151,7 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
             final_norm_prefixes=_LLAMA_NORM,
             rotary=True,
             gguf_arch="qwen2",
+            extra_tensors=_LLAMA_EXTRAS,
         ),
         ArchitectureSpec(
             name="gemma3",
@@ -91,6 +162,7 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
             final_norm_prefixes=_LLAMA_NORM,
             rotary=True,
             gguf_arch="gemma3",
+            extra_tensors=_LLAMA_EXTRAS,
         ),
         ArchitectureSpec(
             name="opt",
@@ -101,6 +173,7 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
             final_norm_prefixes=("model.decoder.final_layer_norm.", "decoder.final_layer_norm."),
             rotary=False,
             norm_is_layernorm=True,
+            extra_tensors=_OPT_EXTRAS,
         ),
     )
 }

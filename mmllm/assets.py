@@ -3,24 +3,28 @@
 ``prepare(name)`` finds (or assembles) the GGUF file inside the installed package,
 dequantizes it through transformers' own GGUF loader, and caches a bf16
 safetensors folder, so later loads read one layer in seconds. The cache lives in
-``$MMLLM_CACHE`` (default ``~/.cache/mmllm``) and is written atomically.
+``$MMLLM_CACHE`` (default ``~/.cache/mmllm``) and is written atomically, with the
+SHA-256 of every file and every tensor (:mod:`mmllm.loading.integrity`): a load checks
+the tensors it reads, ``Asset.cached()`` whole files, and a changed or truncated cache
+is refused with the command that rebuilds it.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .errors import AssetMissingError, CheckpointError
+from .loading.integrity import MARKER as _MARKER
+from .loading.integrity import Integrity, record
+from .loading.integrity import file_digest as sha256_of
 
 CACHE_ENV = "MMLLM_CACHE"
-_MARKER = "mmllm_asset.json"
 
 
 def cache_root() -> Path:
@@ -34,21 +38,13 @@ def _package_dir(module: str, pip: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def sha256_of(path: Path, chunk: int = 1 << 24) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class Asset:
     name: str
     description: str
     pip: str
     license: str
-    locate_gguf: Callable[["Asset", Path], Path]  # (asset, scratch dir) -> GGUF path
+    locate_gguf: Callable[[Asset, Path], Path]  # (asset, scratch dir) -> GGUF path
     sha256: str | None = None
     size: int | None = None
     packages: tuple[str, ...] = ()
@@ -59,8 +55,24 @@ class Asset:
     def cache_dir(self) -> Path:
         return cache_root() / self.name
 
+    def integrity(self) -> Integrity | None:
+        """The cache's recorded hashes; None when it is not built (or built before hashes were recorded)."""
+        return Integrity.read(self.cache_dir())
+
     def cached(self) -> bool:
-        return (self.cache_dir() / _MARKER).is_file()
+        """True when the cache is built and every file still has its recorded size and SHA-256."""
+        try:
+            self.verify_cache()
+        except (CheckpointError, OSError):
+            return False
+        return True
+
+    def verify_cache(self) -> None:
+        """Whole-file check of the cache: CheckpointError (with how to rebuild it) when it changed."""
+        integrity = self.integrity()
+        if integrity is None:
+            raise CheckpointError(f"asset {self.name} is not prepared; run `mmllm assets prepare {self.name}`")
+        integrity.check_files()
 
 
 def _file_in_package(filename: str) -> Callable[[Asset, Path], Path]:
@@ -170,10 +182,16 @@ def _verify(asset: Asset, gguf_path: Path) -> None:
 
 
 def prepare(name: str, force: bool = False) -> Path:
-    """Path of the cached bf16 safetensors folder of asset ``name``, building it if needed."""
+    """Path of the cached bf16 safetensors folder of asset ``name``, building it if needed.
+
+    A built cache is checked cheaply here (file sizes: a truncated file is a CheckpointError
+    that says how to rebuild); each load then checks the hashes of the tensors it reads.
+    """
     asset = get(name)
     target = asset.cache_dir()
-    if asset.cached() and not force:
+    integrity = asset.integrity()
+    if integrity is not None and not force:
+        integrity.check_sizes()
         return target
     import torch
     from transformers import AutoModelForCausalLM
@@ -191,13 +209,22 @@ def prepare(name: str, force: bool = False) -> Path:
         staging = scratch_dir / "model"
         model.save_pretrained(str(staging))
         del model
-        (staging / _MARKER).write_text(
-            json.dumps({"asset": name, "gguf": str(gguf_path.name), "description": asset.description}, indent=1)
-        )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)  # atomic: a half-written cache is never seen as ready
+        marker = record(staging, name, {"gguf": str(gguf_path.name), "description": asset.description})
+        (staging / _MARKER).write_text(json.dumps(marker, indent=1))
+        _swap_in(staging, target, scratch_dir)
     return target
+
+
+def _swap_in(staging: Path, target: Path, scratch: Path) -> None:
+    """Put the finished ``staging`` folder at ``target`` by renames only: a reader never sees a
+    half-written cache, and two processes preparing at once both end with a complete one."""
+    if target.exists():
+        os.replace(target, scratch / "old")  # same file system: a rename
+    try:
+        os.replace(staging, target)
+    except OSError:
+        if Integrity.read(target) is None:  # not another process's finished cache
+            raise
 
 
 def gguf_path(name: str, scratch: Path) -> Path:

@@ -1,4 +1,10 @@
-"""Turning a user's layer spec ("last", -2, [28, 29], "-2:", "middle") into layer indices."""
+"""Which of the LLM's decoder layers the block takes: a user's spec ("last", -2, [28, 29], "-2:",
+"middle") as layer indices.
+
+This is the LLM *depth* the block comes from (the paper's Fig. 2 varies it). It is not the
+paper's head/middle/tail ablation (its Table D), which is *where in the visual encoder* the
+block is inserted: that is the host model's choice, not this module's.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -10,7 +16,6 @@ LayerSpec = int | str | Sequence[int] | range
 _NAMED = {
     "last": lambda n: [n - 1],
     "first": lambda n: [0],
-    "head": lambda n: [0],
     "middle": lambda n: [n // 2],
 }
 
@@ -30,13 +35,18 @@ def resolve_layers(spec: LayerSpec, num_layers: int) -> list[int]:
     """Sorted, unique, non-negative layer indices, in the order the block applies them.
 
     Accepts an int (negative counts from the end), a list/range of ints, the names
-    ``last`` (the paper's default), ``first``/``head`` and ``middle`` (the paper's
-    position ablation), and Python slices as strings (``"-2:"`` = last two blocks).
+    ``last`` (the paper's default: the LLM's last layer), ``first`` and ``middle``
+    (layer ``n // 2``), and Python slices as strings (``"-2:"`` = the last two layers).
     """
     if isinstance(spec, str):
         text = spec.strip().lower()
         if text in _NAMED:
             return _NAMED[text](num_layers)
+        if text in ("head", "tail"):
+            raise LayerIndexError(
+                f"layer spec {spec!r}: head/middle/tail in the paper (Table D) is where the block sits in the "
+                "visual encoder, not which LLM layer it is; for LLM layers use 'first', 'middle', 'last' or an int"
+            )
         if ":" in text:
             try:
                 parts = [int(p) if p.strip() else None for p in text.split(":")]

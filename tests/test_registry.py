@@ -7,8 +7,8 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import ROOT
+
 from mmllm.engine.registry import TaskEntry, all_tasks, get_task, register_task
 from mmllm.errors import ConfigError
 

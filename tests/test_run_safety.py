@@ -8,17 +8,17 @@ import sys
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-
 import toy_task  # noqa: F401 - registers toy_tokens
 from conftest import ROOT
+from omegaconf import OmegaConf
+from test_registry import env, toy_config
+
 from mmllm.checkpointing import save_model_file
 from mmllm.config import load_config
 from mmllm.engine.checkpoint import LATEST, MANIFEST, CheckpointStore
 from mmllm.engine.cli import task_for
 from mmllm.engine.rundir import prepare_output_dir
 from mmllm.errors import CheckpointError, ConfigError
-from test_registry import env, toy_config
 
 
 def build(tmp_path, *options, **run):

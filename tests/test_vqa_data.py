@@ -1,8 +1,8 @@
 """VQAv2-format loading, answer vocabulary, soft scores, easy-VQA conversion, and bad inputs."""
 import json
-import shutil
 
 import pytest
+from tiny_vqa import write_images_and_qa
 
 from mmllm.config import load_config
 from mmllm.data.captions import load_karpathy
@@ -10,7 +10,6 @@ from mmllm.data.images import load_image
 from mmllm.errors import ConfigError, DataError
 from mmllm_vqa.data import build_answer_vocab, load_split, soft_scores
 from mmllm_vqa.results import write_submission
-from tiny_vqa import write_images_and_qa
 
 
 @pytest.fixture()
@@ -61,6 +60,17 @@ def test_question_without_annotation(data):
     anns["annotations"] = anns["annotations"][1:]
     (data / "annotations.json").write_text(json.dumps(anns))
     with pytest.raises(DataError, match="have no annotation"):
+        split(data)
+
+
+def test_training_split_refuses_duplicated_annotations_and_empty_questions(data):
+    anns = json.loads((data / "annotations.json").read_text())
+    anns["annotations"].append(anns["annotations"][0])
+    (data / "annotations.json").write_text(json.dumps(anns))
+    with pytest.raises(DataError, match="annotated twice"):
+        split(data)
+    (data / "questions.json").write_text(json.dumps({"questions": []}))
+    with pytest.raises(DataError, match="question list of split .* is empty"):
         split(data)
 
 

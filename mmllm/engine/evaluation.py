@@ -1,8 +1,9 @@
 """Helpers for distributed evaluation: exact sharding (no padded duplicates) and gathering."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn

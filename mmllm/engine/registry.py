@@ -60,10 +60,10 @@ class TaskEntry:
     )  # what the task's main command trains: name -> config overrides
     description: str = ""
 
-    def task_class(self) -> type["Task"]:
+    def task_class(self) -> type[Task]:
         return resolve_target(self.task)
 
-    def build(self, cfg: "DictConfig") -> "Task":
+    def build(self, cfg: DictConfig) -> Task:
         return self.task_class()(cfg, entry=self)
 
 

@@ -81,7 +81,7 @@ class RunConfig(Section):
         return value
 
     @model_validator(mode="after")
-    def _check(self) -> "RunConfig":
+    def _check(self) -> RunConfig:
         from .schedule import SCHEDULES
 
         if self.lr_sched not in SCHEDULES:

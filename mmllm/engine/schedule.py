@@ -3,7 +3,7 @@ LR ratios â€” METER's fusion/head multipliers, the paper's adapter multiplier â€
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> Callable[[int], float]:

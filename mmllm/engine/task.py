@@ -40,7 +40,7 @@ class Task(ABC):
     DataOptions: ClassVar[type[DataSection]] = DataSection
     compute_dtype_inputs: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, cfg: DictConfig, entry: "TaskEntry | None" = None):
+    def __init__(self, cfg: DictConfig, entry: TaskEntry | None = None):
         self.cfg = cfg
         self.entry = entry or self._own_entry()
         self.run = self.RunOptions.parse(to_dict(cfg.get("run")), "run")
@@ -49,7 +49,7 @@ class Task(ABC):
 
     # ------------------------------------------------------------------ identity
     @classmethod
-    def _own_entry(cls) -> "TaskEntry":
+    def _own_entry(cls) -> TaskEntry:
         from .registry import all_tasks
 
         mine = [e for e in all_tasks().values() if e.task is cls or e.task == f"{cls.__module__}:{cls.__qualname__}"]
@@ -96,7 +96,8 @@ class Task(ABC):
     # ------------------------------------------------------------------ what a task implements
     def build_preprocess(self) -> None:
         """Build transforms/tokenizer from the config alone (open_clip's create_model_and_transforms
-        split): called before the datasets, never needs the model."""
+        split): called before the datasets, never needs the model. Tasks without preprocessing keep this."""
+        return None
 
     @abstractmethod
     def build_model(self) -> nn.Module: ...

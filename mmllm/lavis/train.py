@@ -14,8 +14,6 @@ import sys
 import uuid
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from ..errors import ConfigError
 from .adapters import register_all
 from .compat import import_lavis, patch_runner_for_cpu

@@ -1,21 +1,44 @@
-"""Find out what a checkpoint source is and read only the layers we need from it.
+"""Find out what a checkpoint source is and read only the tensors we need from it.
 
 A source is a Hugging Face model folder, a ``.gguf`` file, a LLaMA-v1 folder
 (``params.json`` + ``consolidated.*.pth``), or the name of an embedded asset
 (see :mod:`mmllm.assets`). Nothing is ever downloaded.
+
+Readers hand tensors over one at a time; each is checked, cast to the wanted dtype (no
+copy when it already has it) and its source dropped before the next is read, so loading
+one layer holds that layer once, not twice.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from transformers import PretrainedConfig
 
-from ..architectures import ArchitectureSpec, spec_for_config
-from ..errors import CheckpointError
+from ..architectures import ArchitectureSpec, ExtraTensor, spec_for_config
+from ..errors import CheckpointError, ConfigError
 from . import gguf_file, hf_folder, llama_v1
-from .weights import LayerWeights, check_tensors, expected_shapes, final_norm_template, layer_template
+from .weights import (
+    LayerWeights,
+    cast,
+    check_shape,
+    check_tensors,
+    expected_shapes,
+    final_norm_template,
+    fingerprint,
+    fingerprint_piece,
+    layer_template,
+)
 
-__all__ = ["LayerWeights", "resolve_source", "read_config", "load_layer_weights"]
+__all__ = [
+    "LayerWeights",
+    "extra_tensor_names",
+    "load_extra_tensors",
+    "load_layer_weights",
+    "read_config",
+    "resolve_source",
+]
 
 
 def resolve_source(source: str | Path) -> tuple[str, Path]:
@@ -54,8 +77,10 @@ def load_layer_weights(
     layer_indices: list[int],
     with_final_norm: bool,
     config: PretrainedConfig | None = None,
+    dtype: torch.dtype | None = None,
 ) -> LayerWeights:
-    """Tensors of ``layer_indices`` (and the final norm if asked), checked against the config."""
+    """Tensors of ``layer_indices`` (and the final norm if asked), checked against the config and
+    cast to ``dtype`` (None: as stored; GGUF: dequantized fp32) tensor by tensor."""
     fmt, path = resolve_source(source)
     if config is None:
         config = read_config(source)
@@ -67,12 +92,84 @@ def load_layer_weights(
     norm_expected = expected_shapes(final_norm_template(spec, config)) if with_final_norm else None
     norm_names = list(norm_expected) if norm_expected is not None else None
     if fmt == "hf":
-        layers, final = hf_folder.read_tensors(path, spec, names, norm_names)
+        items = hf_folder.iter_layer_tensors(path, spec, names, norm_names)
     elif fmt == "gguf":
-        layers, final = gguf_file.read_tensors(path, spec, config, names, norm_names)
+        items = gguf_file.iter_layer_tensors(path, spec, config, names, norm_names)
     else:
-        layers, final = llama_v1.read_tensors(path, config, names, norm_names)
+        items = llama_v1.iter_layer_tensors(path, config, names, norm_names)
+    layers: dict[int, dict[str, torch.Tensor]] = {i: {} for i in layer_indices}
+    final: dict[str, torch.Tensor] = {}
+    pieces: dict[tuple[int, str], bytes] = {}
+    for group, name, tensor in items:
+        if group == "final_norm":
+            check_shape(tensor, norm_expected[name], name, "final norm", str(path))
+            final[name] = cast(tensor, dtype)
+        else:
+            check_shape(tensor, expected[group][name], name, f"layer {group}", str(path))
+            pieces[(group, name)] = fingerprint_piece(group, name, tensor)
+            layers[group][name] = cast(tensor, dtype)
+        del tensor  # the source (a mapped or dequantized copy) goes before the next tensor is read
     checked = {i: check_tensors(layers[i], expected[i], f"layer {i}", str(path)) for i in layer_indices}
-    if norm_expected is not None:
-        final = check_tensors(final or {}, norm_expected, "final norm", str(path))
-    return LayerWeights(config=config, layers=checked, final_norm=final, source=str(path))
+    final_norm = check_tensors(final, norm_expected, "final norm", str(path)) if norm_expected is not None else None
+    return LayerWeights(config=config, layers=checked, final_norm=final_norm, source=str(path),
+                        fingerprint=fingerprint(pieces))
+
+
+def extra_tensor_names(config: PretrainedConfig) -> list[str]:
+    """Names :func:`load_extra_tensors` accepts for this LLM family."""
+    return [t.name for t in spec_for_config(config).extra_tensors]
+
+
+def load_extra_tensors(
+    source: str | Path,
+    names: Sequence[str],
+    config: PretrainedConfig | None = None,
+    dtype: torch.dtype | None = None,
+) -> dict[str, torch.Tensor]:
+    """Named tensors outside the decoder layers (``word_embeddings``, ``final_norm``, ``lm_head``, ...;
+    see ``ArchitectureSpec.extra_tensors``), read without loading anything else, in transformers'
+    layout (GGUF: dequantized, Gemma's ``1 + w`` norm undone; LLaMA-v1: shards merged)."""
+    if isinstance(names, str):
+        raise ConfigError(f"names must be a list of tensor names, got the string {names!r}")
+    fmt, path = resolve_source(source)
+    if config is None:
+        config = read_config(source)
+    spec = spec_for_config(config)
+    wanted = {name: spec.extra(name) for name in dict.fromkeys(names)}
+    found = _read_extras(fmt, path, spec, config, wanted, dtype)
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    for name, extra in wanted.items():
+        if name in found:
+            continue
+        if extra.tied_to is not None and tied:
+            source_name = extra.tied_to
+            if source_name not in found:
+                found.update(_read_extras(fmt, path, spec, config, {source_name: spec.extra(source_name)}, dtype))
+            if source_name in found:
+                found[name] = found[source_name]
+                continue
+        raise CheckpointError(f"{path}: no tensor {name!r} (looked for {_where(fmt, extra)})")
+    return {name: found[name] for name in wanted}
+
+
+def _where(fmt: str, extra: ExtraTensor) -> list[str] | str | None:
+    return {"hf": list(extra.hf), "gguf": extra.gguf, "llama_v1": extra.llama_v1 and extra.llama_v1[0]}[fmt]
+
+
+def _read_extras(
+    fmt: str, path: Path, spec: ArchitectureSpec, config: PretrainedConfig, wanted: dict[str, ExtraTensor],
+    dtype: torch.dtype | None,
+) -> dict[str, torch.Tensor]:
+    if fmt == "hf":
+        items = hf_folder.iter_named_tensors(path, {n: e.hf for n, e in wanted.items()})
+    elif fmt == "gguf":
+        items = gguf_file.iter_named_tensors(
+            path, spec, config, {n: (e.gguf, e.hf[0]) for n, e in wanted.items() if e.gguf is not None})
+    else:
+        items = llama_v1.iter_named_tensors(path, {n: e.llama_v1 for n, e in wanted.items() if e.llama_v1})
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in items:
+        check_shape(tensor, wanted[name].shape(config), name, "extra", str(path))
+        out[name] = cast(tensor, dtype)
+        del tensor
+    return out

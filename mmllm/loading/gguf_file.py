@@ -1,4 +1,4 @@
-"""Read selected layers from a GGUF file tensor by tensor (memory-mapped), dequantized to fp32.
+"""Read selected tensors from a GGUF file one by one (memory-mapped), dequantized to fp32.
 
 GGUF stores some tensors in llama.cpp's layout, not transformers': its converter
 interleaves the rows of LLaMA's q/k projections per head (for its rotary kernel)
@@ -7,6 +7,7 @@ the Hugging Face checkpoint the GGUF was converted from.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -70,38 +71,51 @@ def _fix_layout(spec: ArchitectureSpec, config: PretrainedConfig, hf_name: str, 
     return tensor
 
 
-def read_tensors(
-    path: Path,
-    spec: ArchitectureSpec,
-    config: PretrainedConfig,
-    layer_names: dict[int, list[str]],
-    final_norm_names: list[str] | None,
-) -> tuple[dict[int, dict[str, torch.Tensor]], dict[str, torch.Tensor] | None]:
+def _reader_and_names(path: Path, spec: ArchitectureSpec, config: PretrainedConfig):
     import gguf
 
     if spec.gguf_arch is None:
         raise UnsupportedArchitectureError(f"{path}: GGUF loading is not supported for {spec.name}")
     reader = open_reader(path)
     arch = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[spec.gguf_arch]
-    name_map = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
-    by_name = {t.name: t for t in reader.tensors}
+    return reader, gguf.get_tensor_name_map(arch, config.num_hidden_layers), {t.name: t for t in reader.tensors}
 
-    def load(hf_key: str) -> torch.Tensor | None:
+
+def _dequantized(tensor) -> torch.Tensor:
+    """One GGUF tensor as a writable fp32 torch tensor in transformers' (row-major) shape."""
+    import gguf
+
+    values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
+    values = np.asarray(values, dtype=np.float32).reshape(shape)
+    if not values.flags.writeable or not values.flags.owndata:  # a view of the memory-mapped file
+        values = values.copy()
+    return torch.from_numpy(values)
+
+
+def iter_layer_tensors(
+    path: Path,
+    spec: ArchitectureSpec,
+    config: PretrainedConfig,
+    layer_names: dict[int, list[str]],
+    final_norm_names: list[str] | None,
+) -> Iterator[tuple[int | str, str, torch.Tensor]]:
+    """(layer index or "final_norm", name, fp32 tensor) per requested tensor, dequantized one at a time."""
+    _, name_map, by_name = _reader_and_names(path, spec, config)
+    wanted = [(i, n, f"model.layers.{i}.{n}") for i, names in layer_names.items() for n in names]
+    wanted += [("final_norm", n, f"model.norm.{n}") for n in final_norm_names or ()]
+    for group, name, hf_key in wanted:
         gguf_name = name_map.get_name(hf_key, try_suffixes=(".weight", ".bias"))  # keeps the suffix
         tensor = by_name.get(gguf_name) if gguf_name else None
-        if tensor is None:
-            return None
-        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-        shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
-        out = torch.from_numpy(np.array(values, dtype=np.float32).reshape(shape))  # a writable copy
-        return _fix_layout(spec, config, hf_key, out)
+        if tensor is not None:
+            yield group, name, _fix_layout(spec, config, hf_key, _dequantized(tensor))
 
-    layers: dict[int, dict[str, torch.Tensor]] = {}
-    for i, names in layer_names.items():
-        found = {n: load(f"model.layers.{i}.{n}") for n in names}
-        layers[i] = {n: t for n, t in found.items() if t is not None}
-    final = None
-    if final_norm_names is not None:
-        found = {n: load(f"model.norm.{n}") for n in final_norm_names}
-        final = {n: t for n, t in found.items() if t is not None}
-    return layers, final
+
+def iter_named_tensors(
+    path: Path, spec: ArchitectureSpec, config: PretrainedConfig, wanted: dict[str, tuple[str, str]]
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, fp32 tensor) for each name -> (GGUF tensor name, transformers key) the file holds."""
+    _, _, by_name = _reader_and_names(path, spec, config)
+    for name, (gguf_name, hf_key) in wanted.items():
+        if gguf_name in by_name:
+            yield name, _fix_layout(spec, config, hf_key, _dequantized(by_name[gguf_name]))

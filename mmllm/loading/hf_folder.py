@@ -1,13 +1,16 @@
-"""Read selected layers from a Hugging Face model folder without loading the rest.
+"""Read selected tensors from a Hugging Face model folder without loading the rest.
 
-safetensors files are opened lazily (only the requested tensors are read, only the
-shards that hold them are opened); ``.bin`` files are memory-mapped with
-``weights_only=True``, so no pickled code ever runs.
+safetensors files are opened lazily, one tensor at a time (only the requested tensors are
+read, only the shards that hold them are opened, and a tensor's pages leave memory when
+it is dropped); ``.bin`` files are memory-mapped with ``weights_only=True``, so no pickled
+code ever runs. Folders written by :mod:`mmllm.assets` carry hashes: each tensor read is
+checked against them.
 """
 from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -16,6 +19,8 @@ from transformers import AutoConfig, PretrainedConfig
 
 from ..architectures import ArchitectureSpec, text_config
 from ..errors import CheckpointError
+from .integrity import Integrity
+from .weights import release_file_pages
 
 SAFE_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -33,15 +38,15 @@ def read_config(folder: Path) -> PretrainedConfig:
     return text_config(config)
 
 
-def safe_load_torch(path: Path) -> dict[str, torch.Tensor]:
-    """torch.load that refuses pickled code and maps the file instead of reading it all."""
+def safe_load_torch(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """(tensors, memory-mapped?) of a torch file, refusing pickled code; mapped instead of read when it can."""
     try:
         try:
-            return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            return torch.load(path, map_location="cpu", mmap=True, weights_only=True), True
         except RuntimeError as exc:
             if "mmap" not in str(exc):
                 raise
-            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+            return torch.load(path, map_location="cpu", weights_only=True), False  # legacy (non-zip) format
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path}: refusing to load: the file needs unpickling of code or objects that are not "
@@ -51,13 +56,16 @@ def safe_load_torch(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: cannot read checkpoint (truncated or corrupt?): {exc}") from exc
 
 
-class _KeyIndex:
+class KeyIndex:
     """Which file holds each tensor; opens a file only when one of its tensors is read."""
 
     def __init__(self, folder: Path):
         self.folder = folder
+        self.integrity = Integrity.read(folder)
+        if self.integrity is not None:
+            self.integrity.check_sizes()
         self.key_to_file: dict[str, Path] = {}
-        self._bins: dict[Path, dict[str, torch.Tensor]] = {}
+        self._bins: dict[Path, tuple[dict[str, torch.Tensor], bool]] = {}
         if (folder / SAFE_INDEX).is_file():
             self._from_index(folder / SAFE_INDEX)
         elif (folder / "model.safetensors").is_file():
@@ -65,7 +73,7 @@ class _KeyIndex:
         elif (folder / BIN_INDEX).is_file():
             self._from_index(folder / BIN_INDEX)
         elif (folder / "pytorch_model.bin").is_file():
-            self.key_to_file = {k: folder / "pytorch_model.bin" for k in self._bin(folder / "pytorch_model.bin")}
+            self.key_to_file = {k: folder / "pytorch_model.bin" for k in self._bin(folder / "pytorch_model.bin")[0]}
         elif list(folder.glob("*.safetensors")):
             self._scan_safetensors(sorted(folder.glob("*.safetensors")))
         else:
@@ -73,6 +81,9 @@ class _KeyIndex:
                 f"{folder}: no weights found (expected model.safetensors, {SAFE_INDEX}, "
                 f"pytorch_model.bin or {BIN_INDEX})"
             )
+
+    def _hint(self) -> str:
+        return f"; {self.integrity.rebuild_hint}" if self.integrity is not None else ""
 
     def _from_index(self, index: Path) -> None:
         try:
@@ -87,33 +98,38 @@ class _KeyIndex:
                 with safe_open(f, framework="pt") as handle:
                     self.key_to_file.update({k: f for k in handle.keys()})
             except Exception as exc:  # safetensors raises its own error types
-                raise CheckpointError(f"{f}: not a readable safetensors file: {exc}") from exc
+                raise CheckpointError(f"{f}: not a readable safetensors file: {exc}{self._hint()}") from exc
 
-    def _bin(self, path: Path) -> dict[str, torch.Tensor]:
+    def _bin(self, path: Path) -> tuple[dict[str, torch.Tensor], bool]:
         if path not in self._bins:
             self._bins[path] = safe_load_torch(path)
         return self._bins[path]
 
-    def read(self, keys: list[str]) -> dict[str, torch.Tensor]:
-        by_file: dict[Path, list[str]] = {}
-        for k in keys:
-            by_file.setdefault(self.key_to_file[k], []).append(k)
-        out: dict[str, torch.Tensor] = {}
-        for path, names in by_file.items():
+    def first(self, candidates: tuple[str, ...]) -> str | None:
+        """The first of ``candidates`` the checkpoint holds."""
+        return next((k for k in candidates if k in self.key_to_file), None)
+
+    def iter_tensors(self, keys: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+        """(key, tensor) one at a time; the caller drops each before asking for the next."""
+        for key in keys:
+            path = self.key_to_file[key]
             if not path.is_file():
-                raise CheckpointError(f"{path}: shard listed in the index is missing")
+                raise CheckpointError(f"{path}: shard listed in the index is missing{self._hint()}")
             if path.suffix == ".safetensors":
                 try:
-                    with safe_open(path, framework="pt") as handle:
-                        out.update({k: handle.get_tensor(k) for k in names})
-                except CheckpointError:
-                    raise
+                    with safe_open(path, framework="pt") as handle:  # one mapping per tensor, unmapped when dropped
+                        tensor, file_backed = handle.get_tensor(key), False
                 except Exception as exc:
-                    raise CheckpointError(f"{path}: cannot read tensors {names[:3]}...: {exc}") from exc
+                    raise CheckpointError(f"{path}: cannot read tensor {key!r}: {exc}{self._hint()}") from exc
             else:
-                tensors = self._bin(path)
-                out.update({k: tensors[k] for k in names})
-        return out
+                tensors, file_backed = self._bin(path)
+                tensor = tensors[key]
+            if self.integrity is not None:
+                self.integrity.check_tensor(key, tensor)
+            yield key, tensor
+            if file_backed:  # the whole .bin stays mapped: drop this tensor's pages now that it is consumed
+                release_file_pages(tensor)
+            del tensor
 
 
 def _pick_prefix(prefixes: tuple[str, ...], keys: dict[str, Path], probe: str, folder: Path) -> str:
@@ -123,28 +139,30 @@ def _pick_prefix(prefixes: tuple[str, ...], keys: dict[str, Path], probe: str, f
     raise CheckpointError(f"{folder}: no tensor named like {[p + probe for p in prefixes]}")
 
 
-def read_tensors(
+def iter_layer_tensors(
     folder: Path,
     spec: ArchitectureSpec,
     layer_names: dict[int, list[str]],
     final_norm_names: list[str] | None,
-) -> tuple[dict[int, dict[str, torch.Tensor]], dict[str, torch.Tensor] | None]:
-    index = _KeyIndex(folder)
+) -> Iterator[tuple[int | str, str, torch.Tensor]]:
+    """(layer index or "final_norm", name, tensor) for each requested tensor the folder holds."""
+    index = KeyIndex(folder)
     prefix = _pick_prefix(spec.layer_prefixes, index.key_to_file, "0.", folder)
     wanted = {f"{prefix}{i}.{n}": (i, n) for i, names in layer_names.items() for n in names}
-    present = [k for k in wanted if k in index.key_to_file]
-    loaded = index.read(present)
-    layers: dict[int, dict[str, torch.Tensor]] = {i: {} for i in layer_names}
-    for key, tensor in loaded.items():
-        i, name = wanted[key]
-        layers[i][name] = tensor
-    final = None
     if final_norm_names is not None:
         norm_prefix = next(
             (p for p in spec.final_norm_prefixes if any(k.startswith(p) for k in index.key_to_file)), None
         )
         if norm_prefix is None:
             raise CheckpointError(f"{folder}: no final norm tensor (looked for {spec.final_norm_prefixes})")
-        keys = [norm_prefix + n for n in final_norm_names if norm_prefix + n in index.key_to_file]
-        final = {k[len(norm_prefix):]: v for k, v in index.read(keys).items()}
-    return layers, final
+        wanted.update({norm_prefix + n: ("final_norm", n) for n in final_norm_names})
+    for key, tensor in index.iter_tensors([k for k in wanted if k in index.key_to_file]):
+        yield (*wanted[key], tensor)
+
+
+def iter_named_tensors(folder: Path, candidates: dict[str, tuple[str, ...]]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for each name whose candidate checkpoint keys the folder holds (first match)."""
+    index = KeyIndex(folder)
+    found = {key: name for name, keys in candidates.items() if (key := index.first(keys)) is not None}
+    for key, tensor in index.iter_tensors(list(found)):
+        yield found[key], tensor

@@ -10,6 +10,7 @@ conversion script does, so both formats give the same tensors.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from transformers import LlamaConfig, PretrainedConfig
 
 from ..errors import CheckpointError
 from .hf_folder import safe_load_torch
+from .weights import release_file_pages
 
 # transformers name -> (Meta name, concat dim across shards; None = replicated)
 _META_NAMES = {
@@ -50,11 +52,15 @@ def read_config(folder: Path) -> PretrainedConfig:
     except (json.JSONDecodeError, KeyError) as exc:
         raise CheckpointError(f"{folder}/params.json: malformed ({exc!r})") from exc
     # The FFN width is derived from a rounding rule in Meta's code; reading it off w1 is exact.
-    shards = [safe_load_torch(p) for p in _shards(folder)]
+    shards = [safe_load_torch(p)[0] for p in _shards(folder)]
     key = "layers.0.feed_forward.w1.weight"
     if key not in shards[0]:
         raise CheckpointError(f"{folder}: {key} not in {_shards(folder)[0].name}")
     intermediate = sum(s[key].shape[0] for s in shards)
+    # the vocabulary size is the embedding table's row count (params.json often says -1)
+    embeddings = shards[0].get("tok_embeddings.weight")
+    vocab = params.get("vocab_size", -1)
+    vocab = embeddings.shape[0] if embeddings is not None else (vocab if vocab > 0 else 32000)
     return LlamaConfig(
         hidden_size=dim,
         num_attention_heads=n_heads,
@@ -62,7 +68,7 @@ def read_config(folder: Path) -> PretrainedConfig:
         num_hidden_layers=n_layers,
         intermediate_size=intermediate,
         rms_norm_eps=params.get("norm_eps", 1e-6),
-        vocab_size=params.get("vocab_size", -1) if params.get("vocab_size", -1) > 0 else 32000,
+        vocab_size=vocab,
     )
 
 
@@ -72,40 +78,52 @@ def interleaved_to_half_split(weight: torch.Tensor, num_heads: int) -> torch.Ten
     return weight.reshape(num_heads, rows // num_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
-def read_tensors(
+class _Shards:
+    """The model-parallel shards of a folder, memory-mapped; tensors merged across them on request."""
+
+    def __init__(self, folder: Path):
+        loaded = [safe_load_torch(p) for p in _shards(folder)]
+        self.tensors = [t for t, _ in loaded]
+        self.mapped = all(m for _, m in loaded)
+
+    def parts(self, meta_key: str) -> list[torch.Tensor] | None:
+        parts = [s.get(meta_key) for s in self.tensors]
+        return None if any(p is None for p in parts) else parts
+
+    def iter_merged(self, wanted: list[tuple[object, str, int | None]]) -> Iterator[tuple[object, torch.Tensor]]:
+        """(tag, tensor) for each (tag, Meta key, concat dim) present; the shards' pages of a tensor
+        leave resident memory once the consumer has moved on."""
+        for tag, meta_key, dim in wanted:
+            parts = self.parts(meta_key)
+            if parts is None:
+                continue
+            merged = parts[0] if dim is None or len(parts) == 1 else torch.cat(parts, dim=dim)
+            yield tag, merged
+            del merged
+            if self.mapped:
+                for part in parts:
+                    release_file_pages(part)
+
+
+def iter_layer_tensors(
     folder: Path,
     config: PretrainedConfig,
     layer_names: dict[int, list[str]],
     final_norm_names: list[str] | None,
-) -> tuple[dict[int, dict[str, torch.Tensor]], dict[str, torch.Tensor] | None]:
-    shards = [safe_load_torch(p) for p in _shards(folder)]
-
-    def merged(meta_key: str, dim: int | None) -> torch.Tensor | None:
-        parts = [s.get(meta_key) for s in shards]
-        if any(p is None for p in parts):
-            return None
-        if dim is None or len(parts) == 1:
-            return parts[0]
-        return torch.cat(parts, dim=dim)
-
-    layers: dict[int, dict[str, torch.Tensor]] = {}
-    for i, names in layer_names.items():
-        tensors: dict[str, torch.Tensor] = {}
-        for name in names:
-            if name not in _META_NAMES:
-                continue
-            meta_name, dim = _META_NAMES[name]
-            t = merged(f"layers.{i}.{meta_name}", dim)
-            if t is None:
-                continue
-            if name == "self_attn.q_proj.weight":
-                t = interleaved_to_half_split(t, config.num_attention_heads)
-            elif name == "self_attn.k_proj.weight":
-                t = interleaved_to_half_split(t, config.num_key_value_heads)
-            tensors[name] = t
-        layers[i] = tensors
-    final = None
+) -> Iterator[tuple[int | str, str, torch.Tensor]]:
+    """(layer index or "final_norm", name, tensor) in transformers' names and layout."""
+    wanted = [((i, name), f"layers.{i}.{_META_NAMES[name][0]}", _META_NAMES[name][1])
+              for i, names in layer_names.items() for name in names if name in _META_NAMES]
     if final_norm_names is not None:
-        t = merged("norm.weight", None)
-        final = {"weight": t} if t is not None else {}
-    return layers, final
+        wanted.append((("final_norm", "weight"), "norm.weight", None))
+    for (group, name), t in _Shards(folder).iter_merged(wanted):
+        if name == "self_attn.q_proj.weight":
+            t = interleaved_to_half_split(t, config.num_attention_heads)
+        elif name == "self_attn.k_proj.weight":
+            t = interleaved_to_half_split(t, config.num_key_value_heads)
+        yield group, name, t
+
+
+def iter_named_tensors(folder: Path, wanted: dict[str, tuple[str, int | None]]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for each name -> (Meta key, concat dim across shards) the shards hold."""
+    yield from _Shards(folder).iter_merged([(name, key, dim) for name, (key, dim) in wanted.items()])

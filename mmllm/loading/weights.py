@@ -1,6 +1,11 @@
-"""The result every checkpoint reader returns, and the checks shared by all readers."""
+"""The result every checkpoint reader returns, and what is shared by all readers: shape checks,
+the fingerprint of the loaded weights, and tensor-by-tensor casting that never holds a layer twice."""
 from __future__ import annotations
 
+import ctypes
+import hashlib
+import mmap
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -12,12 +17,17 @@ from ..errors import CheckpointError
 
 @dataclass
 class LayerWeights:
-    """Tensors of the selected decoder layers, named as in transformers' layer modules."""
+    """Tensors of the selected decoder layers, named as in transformers' layer modules.
+
+    ``fingerprint`` hashes the layers' names, shapes and first values as stored in the
+    checkpoint (before any cast), so it does not depend on the dtype they were loaded in.
+    """
 
     config: PretrainedConfig
     layers: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     final_norm: dict[str, torch.Tensor] | None = None
     source: str = ""
+    fingerprint: str | None = None
 
 
 def expected_shapes(module: torch.nn.Module) -> dict[str, torch.Size]:
@@ -35,6 +45,13 @@ def final_norm_template(spec: ArchitectureSpec, config: PretrainedConfig) -> tor
         return spec.build_final_norm(config)
 
 
+def check_shape(tensor: torch.Tensor, shape: tuple[int, ...], name: str, where: str, source: str) -> None:
+    if tuple(tensor.shape) != tuple(shape):
+        raise CheckpointError(
+            f"{source}: {where} tensor {name!r} has shape {tuple(tensor.shape)}, the config implies {tuple(shape)}"
+        )
+
+
 def check_tensors(
     found: dict[str, torch.Tensor], expected: dict[str, torch.Size], where: str, source: str
 ) -> dict[str, torch.Tensor]:
@@ -43,9 +60,53 @@ def check_tensors(
     if missing:
         raise CheckpointError(f"{source}: {where} is missing tensor(s) {missing}")
     for name, shape in expected.items():
-        if tuple(found[name].shape) != tuple(shape):
-            raise CheckpointError(
-                f"{source}: {where} tensor {name!r} has shape {tuple(found[name].shape)}, "
-                f"the config implies {tuple(shape)}"
-            )
+        check_shape(found[name], shape, name, where, source)
     return {name: found[name] for name in expected}
+
+
+def fingerprint_piece(index: int, name: str, tensor: torch.Tensor) -> bytes:
+    """What a layer tensor adds to the fingerprint (unchanged since the first release: old
+    checkpoints' fingerprints stay valid)."""
+    head = tensor.flatten()[:16].float().numpy().tobytes()
+    return f"{index}.{name}{tuple(tensor.shape)}".encode() + head
+
+
+def fingerprint(pieces: dict[tuple[int, str], bytes]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(pieces):
+        digest.update(pieces[key])
+    return digest.hexdigest()[:16]
+
+
+def cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``tensor`` in ``dtype``: the same tensor (no copy) when it already is, else one new tensor."""
+    if dtype is None or tensor.dtype == dtype:
+        return tensor
+    return tensor.to(dtype)
+
+
+_MADV_DONTNEED = 4
+_libc = None
+
+
+def release_file_pages(tensor: torch.Tensor) -> None:
+    """madvise(MADV_DONTNEED) on the whole pages inside a file-mapped tensor's bytes (Linux only).
+
+    A ``torch.load(mmap=True)`` checkpoint is one private mapping of the whole file: a tensor
+    read from it stays resident until every tensor of the file is freed, so a cast copy would
+    otherwise sit beside its source. The pages are clean (never written), so a later read of
+    the same tensor faults them in again from the file. Call it only on tensors whose storage
+    is a file mapping: on anonymous memory the kernel would zero the pages.
+    """
+    global _libc
+    if not sys.platform.startswith("linux") or tensor.device.type != "cpu" or tensor.numel() == 0:
+        return
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    page = mmap.PAGESIZE
+    first, last = -(-start // page) * page, end // page * page  # whole pages only
+    if last > first:
+        _libc.madvise(first, last - first, _MADV_DONTNEED)

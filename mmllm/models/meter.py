@@ -7,7 +7,8 @@ self-attention, cross-attention to the other stream, feed-forward (post-norm, as
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, Literal, NamedTuple
 
 import torch
 from pydantic import Field

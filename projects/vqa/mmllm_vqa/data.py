@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import Dataset
 
 from mmllm.data.images import check_images_exist, image_transform, load_image
-from mmllm.jsonio import read_json
 from mmllm.errors import DataError
+from mmllm.jsonio import read_json
 
 from .vqa_eval import normalize_answer
 
@@ -60,6 +60,8 @@ class VQASplit:
 def load_split(name: str, questions: str | Path, annotations: str | Path | None, image_root: str | Path,
                image_pattern: str = COCO_PATTERN, image_split: str | None = None, check_images: bool = True) -> VQASplit:
     qs = load_json_records(questions, "questions")
+    if not qs:
+        raise DataError(f"{questions}: the question list of split {name!r} is empty")
     for q in qs:
         _require(q, ("question_id", "image_id", "question"), str(questions))
     root = Path(image_root)
@@ -72,7 +74,11 @@ def load_split(name: str, questions: str | Path, annotations: str | Path | None,
         records = load_json_records(annotations, "annotations")
         for a in records:
             _require(a, ("question_id", "answers", "question_type", "answer_type"), str(annotations))
-        anns = {a["question_id"]: a for a in records}
+        anns = {}
+        for a in records:
+            if a["question_id"] in anns:
+                raise DataError(f"{annotations}: question {a['question_id']} is annotated twice")
+            anns[a["question_id"]] = a
         unannotated = [q["question_id"] for q in qs if q["question_id"] not in anns]
         if unannotated:
             raise DataError(f"{questions}: {len(unannotated)} question(s) have no annotation in {annotations}, e.g. {unannotated[:5]}")

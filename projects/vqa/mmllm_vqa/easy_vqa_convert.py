@@ -9,12 +9,11 @@ in the Karpathy format.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from pathlib import Path
 
 from mmllm.data.embedded import MARKER, convert_once, link_folder
-from mmllm.jsonio import write_json
 from mmllm.errors import AssetMissingError
+from mmllm.jsonio import write_json
 
 PIP = "pip install easy-vqa==1.0"
 QUESTION_TYPES = ("what color is", "what shape is", "what shape does", "what is the", "is there", "does the image", "is")

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmllm.jsonio import read_json
-from mmllm.jsonio import write_json
 from mmllm.errors import DataError
+from mmllm.jsonio import read_json, write_json
 
 
 def read_results(path: str | Path, question_ids: set[int] | None = None) -> dict[int, str]:
