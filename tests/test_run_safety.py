@@ -189,3 +189,13 @@ def test_disk_full_writing_the_final_model(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="disk full"):
         save_model_file(tmp_path / "model_final.pt", {}, {}, {})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_truncated_model_file_is_named(tmp_path):
+    from mmllm.checkpointing import read_model_file
+
+    path = tmp_path / "model_final.pt"
+    save_model_file(path, {"w": torch.ones(1000)}, {}, {"run": {}})
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match=r"model_final\.pt is truncated or corrupt"):
+        read_model_file(path)

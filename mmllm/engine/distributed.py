@@ -26,7 +26,16 @@ def init_distributed() -> tuple[int, int]:
     if not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         deepspeed.init_distributed(dist_backend=backend)
-    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    cores = os.cpu_count() or 1
+    if rank == 0 and world > 1 and not torch.cuda.is_available() and world >= cores:
+        import warnings
+
+        warnings.warn(f"{world} CPU processes on {cores} cores: each process gets at most one core and gloo "
+                      "adds communication, so this is slower than one process (measured on 2 cores: 13.3 vs "
+                      "1.45 s/step); use one process on CPU unless you are testing the distributed path",
+                      stacklevel=2)
+    return rank, world
 
 
 def device() -> torch.device:

@@ -274,6 +274,9 @@ class Trainer:
             self._save(epoch, step_in_epoch)
         bar.close()
         train_seconds = time.perf_counter() - started
+        if step_in_epoch and "val" in self.datasets and run.evaluate_val:  # a run shorter than its epoch
+            metrics = self._evaluate("val")
+            self._log({"split": "val", "epoch": epoch, "step": self.engine.global_steps, **metrics})
         trained = OmegaConf.create(to_dict(self.cfg))
         trained.run.precision = self.precision  # evaluation must run in the precision the run trained in
         save_final_model(self.engine, self.out_dir / FINAL_MODEL, trained)
@@ -286,10 +289,43 @@ class Trainer:
         if self.is_main:
             summary = {"task": self.task.name, "output_dir": str(self.out_dir), "steps": self.engine.global_steps,
                        "world_size": self.world, "seed": run.seed, "precision": self.precision,
-                       "train_seconds": round(train_seconds, 1),
+                       "train_seconds": round(train_seconds, 1), "device": describe_device(self.device),
+                       "git_commit": git_commit(), "config_sha256": config_hash(self.task),
                        "llm_block": _block_options(self.cfg), **results}
             write_json(self.out_dir / "summary.json", summary)
         return results
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    from ..precision import cpu_name
+
+    return f"cpu ({cpu_name()})"
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (with ``+dirty`` for uncommitted changes): which code made a number."""
+    import subprocess
+
+    from .paths import REPO_ROOT
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if sha.returncode != 0:
+        return None
+    return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def config_hash(task: Task) -> str:
+    """SHA-256 of the resolved config: two summaries with the same hash ran the same settings."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(task.resolved_config(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _block_options(cfg: DictConfig) -> Any:
