@@ -46,6 +46,19 @@ class Task(ABC):
         self.run = self.RunOptions.parse(to_dict(cfg.get("run")), "run")
         self.model_cfg = self.ModelOptions.parse(to_dict(cfg.get("model")), "model")
         self.data_cfg = self.DataOptions.parse(to_dict(self._data_section(cfg)), f"datasets.{self.dataset_key}")
+        self.block_cfg = self._check_block_options()
+
+    def _check_block_options(self):
+        """``model.llm_block`` checked against its kind's own options now, not when the model is built."""
+        options = getattr(self.model_cfg, "llm_block", None)
+        if options is None:
+            return None
+        from ..blocks import parse_block_options
+
+        try:
+            return parse_block_options(options, visual_dim=1)  # the host model sets the real width
+        except ConfigError as exc:
+            raise ConfigError(f"model.llm_block: {exc}") from None
 
     # ------------------------------------------------------------------ identity
     @classmethod
@@ -90,8 +103,10 @@ class Task(ABC):
 
     def resolved_config(self) -> dict[str, Any]:
         """The config with every default filled in (``mmllm config --show``)."""
-        return {"model": self.model_cfg.to_dict(), "datasets": {self.dataset_key: self.data_cfg.to_dict()},
-                "run": self.run.to_dict()}
+        model = self.model_cfg.to_dict()
+        if self.block_cfg is not None:
+            model["llm_block"] = {k: v for k, v in self.block_cfg.to_dict().items() if k != "visual_dim"}
+        return {"model": model, "datasets": {self.dataset_key: self.data_cfg.to_dict()}, "run": self.run.to_dict()}
 
     # ------------------------------------------------------------------ what a task implements
     def build_preprocess(self) -> None:
