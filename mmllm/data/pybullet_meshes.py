@@ -14,6 +14,7 @@ Two sources, both offline and pip-installed with ``pybullet``:
 seed), by default normalised to the unit sphere (centre of the bounding box at the origin, the
 farthest vertex at radius 1, as ModelNet's point clouds are).
 """
+
 from __future__ import annotations
 
 import functools

@@ -14,6 +14,7 @@ Coordinates stay fp32 throughout the grouping (bf16 has 8 mantissa bits: a 1 m s
 quantised to ~4 mm and neighbour order would flip); the grouped, centred values are cast to the
 model dtype only when they enter the mini-PointNet.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,8 +22,14 @@ from torch import nn
 
 from ..errors import DataError
 
-__all__ = ["farthest_point_sample", "knn_indices", "gather_points", "min_points_required",
-           "PointGroupTokenizer", "PointPositionEmbed"]
+__all__ = [
+    "farthest_point_sample",
+    "knn_indices",
+    "gather_points",
+    "min_points_required",
+    "PointGroupTokenizer",
+    "PointPositionEmbed",
+]
 
 
 def _check_xyz(xyz: torch.Tensor, name: str = "xyz") -> None:
@@ -100,8 +107,7 @@ class PointGroupTokenizer(nn.Module):
     MLP (2·hidden→2·hidden→dim), max-pooled over the group.
     """
 
-    def __init__(self, num_groups: int, group_size: int, in_channels: int = 0, dim: int = 384,
-                 hidden: int = 256):
+    def __init__(self, num_groups: int, group_size: int, in_channels: int = 0, dim: int = 384, hidden: int = 256):
         super().__init__()
         for key, value in (("num_groups", num_groups), ("group_size", group_size), ("dim", dim), ("hidden", hidden)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -111,24 +117,33 @@ class PointGroupTokenizer(nn.Module):
         if not isinstance(in_channels, int) or in_channels < 0:
             raise DataError(f"PointGroupTokenizer: in_channels must be an int >= 0, got {in_channels!r}")
         self.num_groups, self.group_size, self.in_channels, self.dim = num_groups, group_size, in_channels, dim
-        self.first = nn.Sequential(nn.Conv1d(3 + in_channels, hidden // 2, 1), nn.BatchNorm1d(hidden // 2),
-                                   nn.ReLU(inplace=True), nn.Conv1d(hidden // 2, hidden, 1))
-        self.second = nn.Sequential(nn.Conv1d(2 * hidden, 2 * hidden, 1), nn.BatchNorm1d(2 * hidden),
-                                    nn.ReLU(inplace=True), nn.Conv1d(2 * hidden, dim, 1))
+        self.first = nn.Sequential(
+            nn.Conv1d(3 + in_channels, hidden // 2, 1),
+            nn.BatchNorm1d(hidden // 2),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(hidden // 2, hidden, 1),
+        )
+        self.second = nn.Sequential(
+            nn.Conv1d(2 * hidden, 2 * hidden, 1),
+            nn.BatchNorm1d(2 * hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(2 * hidden, dim, 1),
+        )
 
     @property
     def min_points(self) -> int:
         return min_points_required(self.num_groups, self.group_size)
 
-    def group(self, xyz: torch.Tensor, features: torch.Tensor | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+    def group(self, xyz: torch.Tensor, features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """fp32 ``(groups [B, G, K, 3 + C], centers [B, G, 3])``; group coordinates relative to their centre."""
         _check_xyz(xyz)
         batch, n, _ = xyz.shape
         if n < self.min_points:
-            raise DataError(f"point cloud has {n} points; {self.num_groups} groups of {self.group_size} "
-                            f"(overlapping kNN groups) need at least max({self.num_groups}, {self.group_size}) "
-                            f"= {self.min_points}")
+            raise DataError(
+                f"point cloud has {n} points; {self.num_groups} groups of {self.group_size} "
+                f"(overlapping kNN groups) need at least max({self.num_groups}, {self.group_size}) "
+                f"= {self.min_points}"
+            )
         if not torch.isfinite(xyz).all():
             bad = (~torch.isfinite(xyz)).flatten(1).any(1).nonzero().flatten().tolist()
             raise DataError(f"point coordinates contain NaN/inf (batch rows {bad})")
@@ -145,8 +160,7 @@ class PointGroupTokenizer(nn.Module):
             groups = torch.cat([groups, gather_points(features.float(), idx)], dim=-1)
         return groups, centers
 
-    def forward(self, xyz: torch.Tensor, features: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, xyz: torch.Tensor, features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``xyz`` [B, N, 3] (fp32), ``features`` [B, N, C] or None -> (tokens [B, G, dim], centers [B, G, 3] fp32)."""
         groups, centers = self.group(xyz, features)
         batch, g, k, c = groups.shape

@@ -1,0 +1,1 @@
+"""Point-cloud classification: a Point-BERT-style encoder with the frozen LLM block."""

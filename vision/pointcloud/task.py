@@ -1,0 +1,130 @@
+"""Point-cloud classification task for the shared engine (ModelNet40 / ScanObjectNN / embedded pybullet set)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from mmllm.engine import distributed
+from mmllm.engine.evaluation import predict
+from mmllm.engine.task import Task
+from mmllm.errors import ConfigError
+from mmllm.jsonio import write_json
+from mmllm.models.point_groups import min_points_required
+
+from .data import PointCloudDataOptions, PointCloudDataset, collate_clouds, load_class_names, load_source
+from .evaluate import classification_metrics
+from .model import PointBERTOptions, create_pointbert_model
+
+MAIN_SPLITS = ("train", "val", "test")
+
+
+class PointCloudClsTask(Task):
+    """Splits other than train/val/test (e.g. ``test_hard``) are scored together with ``test``:
+    their metrics come back as ``hard_oa``/``hard_macc`` (the split name without ``test_``), so the
+    run's summary holds ``test_oa``, ``test_macc``, ``test_hard_oa``, ``test_hard_macc``."""
+
+    ModelOptions = PointBERTOptions
+    DataOptions = PointCloudDataOptions
+    compute_dtype_inputs = ()  # coordinates stay fp32; the model casts group features after grouping
+
+    def __init__(self, cfg, entry=None):
+        super().__init__(cfg, entry)
+        self.classes: list[str] | None = None
+        self.datasets: dict[str, PointCloudDataset] = {}
+        need = min_points_required(self.model_cfg.num_groups, self.model_cfg.group_size)
+        if self.data_cfg.num_points < need:
+            raise ConfigError(
+                f"datasets.{self.dataset_key}.num_points={self.data_cfg.num_points} is too few for "
+                f"model.num_groups={self.model_cfg.num_groups} groups of model.group_size={self.model_cfg.group_size} "
+                f"points: overlapping kNN groups need at least max(num_groups, group_size) = {need}"
+            )
+        channels = 3 if self.data_cfg.use_normals else 0
+        if self.model_cfg.in_channels != channels:
+            raise ConfigError(
+                f"model.in_channels={self.model_cfg.in_channels} but datasets.{self.dataset_key}."
+                f"use_normals={self.data_cfg.use_normals} gives {channels} feature channels"
+            )
+
+    # --- data
+    def build_preprocess(self) -> None:
+        self.classes = load_class_names(self.data_cfg)
+
+    def _classes(self) -> list[str]:
+        if self.classes is None:
+            self.build_preprocess()
+        return self.classes
+
+    def build_model(self) -> nn.Module:
+        return create_pointbert_model(self.model_cfg, len(self._classes()))
+
+    def build_datasets(self) -> dict[str, Dataset]:
+        classes = self._classes()
+        if "train" not in self.data_cfg.splits:
+            raise ConfigError(f"datasets.{self.dataset_key}.splits needs a 'train' split")
+        self.datasets = {
+            name: PointCloudDataset(
+                load_source(self.data_cfg, name, classes), self.data_cfg, train=name == "train", split=name
+            )
+            for name in self.data_cfg.splits
+        }
+        return dict(self.datasets)
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        return collate_clouds(samples)
+
+    # --- objective
+    @staticmethod
+    def _logits(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        return model(batch["points"], batch.get("features"))
+
+    def training_loss(self, model, batch):
+        logits = self._logits(model, batch).float()
+        loss = F.cross_entropy(logits, batch["labels"], label_smoothing=self.model_cfg.label_smoothing)
+        acc = (logits.argmax(-1) == batch["labels"]).float().mean().item()
+        return loss, {"train_acc": 100.0 * acc}
+
+    def predictions(self, model: nn.Module, dataset: PointCloudDataset) -> list[tuple[int, int]]:
+        """``(index, predicted class)`` for every sample, gathered from every rank."""
+
+        def step(m, batch):
+            return zip(batch["index"].tolist(), self._logits(m, batch).argmax(-1).tolist())
+
+        return sorted(
+            predict(
+                model, dataset, self.collate, self.run.batch_size_eval, step, desc=f"eval {dataset.split}", task=self
+            )
+        )
+
+    def _score(self, model: nn.Module, dataset: PointCloudDataset, split: str, out_dir: Path) -> dict[str, float]:
+        pairs = self.predictions(model, dataset)
+        src, classes = dataset.source, dataset.classes
+        labels = [int(src.labels[i]) for i, _ in pairs]
+        metrics = classification_metrics(labels, [p for _, p in pairs])
+        if distributed.is_main():
+            write_json(
+                Path(out_dir) / f"annotations_{split}.json",
+                [{"id": src.ids[i], "label": classes[src.labels[i]]} for i, _ in pairs],
+            )
+            write_json(
+                Path(out_dir) / f"results_{split}.json", [{"id": src.ids[i], "pred": classes[p]} for i, p in pairs]
+            )
+            write_json(
+                Path(out_dir) / f"metrics_{split}.json",
+                {**metrics, "per_class": {classes[int(k)]: v for k, v in metrics["per_class"].items()}},
+            )
+        return {"oa": metrics["oa"], "macc": metrics["macc"]}
+
+    def evaluate(self, model, dataset, split: str, out_dir: Path) -> dict[str, float]:
+        metrics = self._score(model, dataset, split, out_dir)
+        if split == "test":
+            for name, extra in self.datasets.items():
+                if name not in MAIN_SPLITS:
+                    short = name.removeprefix("test_")
+                    metrics.update({f"{short}_{k}": v for k, v in self._score(model, extra, name, out_dir).items()})
+        return metrics
