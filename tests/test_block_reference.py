@@ -1,10 +1,10 @@
 """FrozenLLMBlock output vs an independent plain-torch reference, per architecture."""
 import pytest
 import torch
-
-from mmllm import FrozenLLMBlock, LLMBlockConfig
 from llm_reference import final_norm, layer_forward
 from tiny_llms import ARCHS, final_norm_state, layer_state, save_tiny
+
+from mmllm import FrozenLLMBlock, LLMBlockConfig
 
 VISUAL = 20
 

@@ -1,13 +1,14 @@
 """Frozen means frozen; the paper's controls; checkpoints without the frozen weights."""
 import pytest
 import torch
+from tiny_llms import layer_state, save_tiny
 from torch import nn
 
-from mmllm import AdapterMLP, FrozenLLMBlock, LLMBlockConfig, NoBlock, build_visual_llm_layer
+from mmllm import AdapterMLP, FrozenLLMBlock, LLMBlockConfig, NoBlock, build_block, build_visual_llm_layer
+from mmllm.blocks import FinetunedBlockConfig, RandomFrozenBlockConfig, RandomTrainedBlockConfig
 from mmllm.checkpointing import frozen_keys, load_model_state_dict, model_state_dict
 from mmllm.errors import CheckpointError
 from mmllm.params import param_groups
-from tiny_llms import layer_state, save_tiny
 
 VISUAL = 16
 
@@ -71,35 +72,62 @@ def test_adapter_lr_multiplier_groups(folders):
     assert by_name["stem.bias"]["weight_decay"] == 0.0
 
 
+def _trainable(module):
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
 def test_finetune_control_trains_the_block(folders):
-    folder, _ = folders["llama"]
-    block = FrozenLLMBlock(LLMBlockConfig(visual_dim=VISUAL, source=str(folder), frozen=False, dtype="float32"))
+    folder, hf = folders["llama"]
+    block = build_block({"kind": "llm_block_finetuned", "source": str(folder), "dtype": "float32"}, VISUAL)
+    assert isinstance(block.cfg, FinetunedBlockConfig) and not block.frozen
     before = block.layers[0].mlp.up_proj.weight.clone()
+    assert torch.equal(before, layer_state(hf, "llama", 3)["mlp.up_proj.weight"])  # starts pretrained
     _train(Toy(block))
     assert not torch.equal(block.layers[0].mlp.up_proj.weight, before)
     assert frozen_keys(Toy(block)) == {"llm_block.final_norm.weight"}  # the unit norm stays constant
 
 
-def test_random_init_control(folders):
+@pytest.mark.parametrize("kind,config_class,trains", [("random_frozen", RandomFrozenBlockConfig, False),
+                                                      ("random_trained", RandomTrainedBlockConfig, True)])
+def test_random_init_controls(folders, kind, config_class, trains):
     folder, hf = folders["llama"]
     torch.manual_seed(0)
-    block = FrozenLLMBlock(LLMBlockConfig(visual_dim=VISUAL, source=str(folder), init="random"))
-    w = block.layers[0].mlp.up_proj.weight.float()
+    block = build_block({"kind": kind, "source": str(folder), "dtype": "float32"}, VISUAL)
+    assert isinstance(block.cfg, config_class) and block.source_fingerprint is None
+    w = block.layers[0].mlp.up_proj.weight.detach().clone()
     assert not torch.allclose(w, layer_state(hf, "llama", 3)["mlp.up_proj.weight"])
-    assert abs(w.std().item() - hf.config.initializer_range) < 0.005
-    assert all(not p.requires_grad for p in block.layers.parameters())
-    # the random block cannot be rebuilt from its source, so a checkpoint keeps it
+    assert abs(w.std().item() - hf.config.initializer_range) < 0.005  # the LLM's own init, N(0, 0.02)
+    assert all(p.requires_grad == trains for p in block.layers.parameters())
+    _train(Toy(block))
+    assert torch.equal(block.layers[0].mlp.up_proj.weight, w) != trains
+    # a random block cannot be rebuilt from its source, so a checkpoint keeps it
     assert not any(k.startswith("llm_block.layers.") for k in frozen_keys(Toy(block)))
+
+
+def test_random_control_from_llm_config_without_weights():
+    llm = {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "num_hidden_layers": 3}
+    block = build_block({"kind": "random_trained", "llm_config": llm, "layers": "-2:", "dtype": "float32"}, VISUAL)
+    assert block.layer_indices == [1, 2] and block.hidden_size == 32
+    assert block.layers[0].self_attn.q_proj.bias is not None  # Qwen2's q/k/v biases
+    out = block(torch.randn(2, 5, VISUAL), torch.tensor([[False] * 5, [False] * 3 + [True] * 2]))
+    assert out.shape == (2, 5, VISUAL) and torch.all(out[1, 3:] == 0)
 
 
 def test_mlp_control_has_equal_trainable_size(folders):
     folder, _ = folders["llama"]
     block = build_visual_llm_layer({"kind": "llm_block", "source": str(folder)}, VISUAL)
     mlp = build_visual_llm_layer({"kind": "mlp", "source": str(folder)}, VISUAL)
-    count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)
-    assert isinstance(mlp, AdapterMLP) and count(mlp) == count(block) > 0
-    none = build_visual_llm_layer({"kind": "none"}, VISUAL)
+    # by hand: the block trains only its adapters, 16x48 in and 48x16 out (tiny LLaMA: hidden 48);
+    # the MLP control has the same two adapters plus its LayerNorm's weight and bias (2 x 48)
+    assert _trainable(block) == 16 * 48 + 48 * 16 == 1536
+    assert isinstance(mlp, AdapterMLP) and _trainable(mlp) == 1536 + 2 * 48
+    assert [type(m).__name__ for m in mlp.children()] == ["Linear", "GELU", "LayerNorm", "Linear"]
     x = torch.randn(2, 3, VISUAL)
+    ln = torch.nn.functional.layer_norm
+    want = ln(torch.nn.functional.gelu(x @ mlp.adapter_in.weight.T), (48,), mlp.norm.weight, mlp.norm.bias)
+    torch.testing.assert_close(mlp(x), want @ mlp.adapter_out.weight.T)
+    none = build_visual_llm_layer({"kind": "none"}, VISUAL)
     assert isinstance(none, NoBlock) and torch.equal(none(x), x)
 
 

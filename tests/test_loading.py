@@ -4,12 +4,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import safetensors
 import torch
+from tiny_llms import ARCHS, final_norm_state, layer_state, save_tiny, tiny_model
 
-from mmllm import FrozenLLMBlock, LLMBlockConfig, assets, load_layer_weights
+from mmllm import FrozenLLMBlock, LLMBlockConfig, assets, load_extra_tensors, load_layer_weights, resolve_dtype
+from mmllm.errors import CheckpointError, ConfigError
 from mmllm.loading import hf_folder
-from tiny_llms import final_norm_state, layer_state, save_tiny, tiny_model
 
 
 def test_sharded_safetensors_reads_only_needed_shards(tmp_path, monkeypatch):
@@ -79,6 +79,7 @@ def write_llama_v1(model, folder: Path, shards: int):
     for s in range(shards):
         parts[s]["norm.weight"] = sd["model.norm.weight"].clone()
         parts[s]["tok_embeddings.weight"] = sd["model.embed_tokens.weight"].chunk(shards, dim=1)[s].clone()
+        parts[s]["output.weight"] = sd["lm_head.weight"].chunk(shards, dim=0)[s].clone()
         torch.save(parts[s], folder / f"consolidated.{s:02d}.pth")
 
 
@@ -90,6 +91,11 @@ def test_llama_v1_consolidated_matches_hf(tmp_path, shards):
     for name, tensor in layer_state(model, "llama", 3).items():
         assert torch.equal(weights.layers[3][name], tensor), name
     assert weights.config.intermediate_size == model.config.intermediate_size
+    assert weights.config.vocab_size == model.config.vocab_size  # from tok_embeddings (params.json says -1)
+    extras = load_extra_tensors(tmp_path / "meta", ["word_embeddings", "final_norm", "lm_head"])
+    assert torch.equal(extras["word_embeddings"], model.get_input_embeddings().weight)  # merged along dim 1
+    assert torch.equal(extras["lm_head"], model.get_output_embeddings().weight)  # merged along dim 0
+    assert torch.equal(extras["final_norm"], model.model.norm.weight)
     model.save_pretrained(tmp_path / "hf")
     x = torch.randn(2, 5, 12)
     a = FrozenLLMBlock(LLMBlockConfig(visual_dim=12, source=str(tmp_path / "meta"), dtype="float32"))
@@ -107,6 +113,7 @@ def _gguf_last_layer_matches_transformers(name, model_type, hidden):
         full = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         last = full.config.num_hidden_layers - 1
         ours = load_layer_weights(gguf, [last], with_final_norm=True)
+        extras = load_extra_tensors(gguf, ["word_embeddings", "final_norm", "lm_head"], ours.config)
     assert ours.config.model_type == model_type and ours.config.hidden_size == hidden
     prefix = f"model.layers.{last}."
     want = {k[len(prefix):]: v for k, v in full.state_dict().items() if k.startswith(prefix)}
@@ -114,11 +121,19 @@ def _gguf_last_layer_matches_transformers(name, model_type, hidden):
     for key, tensor in want.items():
         assert torch.equal(ours.layers[last][key], tensor), key
     assert torch.equal(ours.final_norm["weight"], full.state_dict()["model.norm.weight"])
+    assert torch.equal(extras["word_embeddings"], full.get_input_embeddings().weight)
+    assert torch.equal(extras["final_norm"], full.model.norm.weight)
+    assert torch.equal(extras["lm_head"], full.get_output_embeddings().weight)  # tied: the embedding table
+    return full
 
 
 def test_real_smollm2_layer_from_gguf_matches_transformers():
-    """The embedded SmolLM2 loads offline; our tensor-by-tensor GGUF read equals transformers' full load."""
-    _gguf_last_layer_matches_transformers("smollm2-135m", "llama", 576)
+    """The embedded SmolLM2 loads offline; our tensor-by-tensor GGUF read equals transformers' full load,
+    and so do the named extra tensors, from the GGUF and from the prepared (bf16) cache."""
+    full = _gguf_last_layer_matches_transformers("smollm2-135m", "llama", 576)
+    cached = load_extra_tensors("smollm2-135m", ["word_embeddings"])["word_embeddings"]
+    assert cached.dtype == torch.bfloat16  # as stored in the cache
+    assert torch.equal(cached, full.get_input_embeddings().weight.bfloat16())
 
 
 @pytest.mark.slow
@@ -131,12 +146,89 @@ def test_real_larger_assets_match_transformers(name, model_type, hidden):
 
 
 def test_real_smollm2_asset_block_runs_offline():
-    block = FrozenLLMBlock(LLMBlockConfig(visual_dim=64, source="smollm2-135m"))
+    block = FrozenLLMBlock(LLMBlockConfig(visual_dim=64, source="smollm2-135m", dtype="bfloat16"))
     assert block.layer_indices == [29] and block.hidden_size == 576
     assert block.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    auto = FrozenLLMBlock(LLMBlockConfig(visual_dim=64, source="smollm2-135m"))  # dtype: auto, the default
+    assert auto.layers[0].self_attn.q_proj.weight.dtype == resolve_dtype("auto")
+    assert auto.source_fingerprint == block.source_fingerprint  # the fingerprint ignores the load dtype
     cached = load_layer_weights(assets.prepare("smollm2-135m"), [29], with_final_norm=False)
     assert torch.equal(block.layers[0].mlp.down_proj.weight, cached.layers[29]["mlp.down_proj.weight"].bfloat16())
     x = torch.randn(2, 10, 64, requires_grad=True)
     out = block(x)
     out.sum().backward()
     assert out.shape == (2, 10, 64) and torch.isfinite(out).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_extra_tensors_match_transformers(tmp_path, arch):
+    """word_embeddings / final_norm / lm_head equal transformers' own modules, per family."""
+    model = save_tiny(arch, tmp_path)
+    extras = load_extra_tensors(tmp_path, ["word_embeddings", "final_norm", "lm_head"])
+    assert torch.equal(extras["word_embeddings"], model.get_input_embeddings().weight)
+    assert torch.equal(extras["lm_head"], model.get_output_embeddings().weight)
+    norm = model.model.decoder.final_layer_norm if arch == "opt" else model.model.norm
+    assert torch.equal(extras["final_norm"], norm.weight)
+    if arch == "opt":
+        assert torch.equal(load_extra_tensors(tmp_path, ["final_norm_bias"])["final_norm_bias"], norm.bias)
+
+
+def test_extra_tensors_from_sharded_folder_open_only_their_shard(tmp_path, monkeypatch):
+    model = save_tiny("qwen2", tmp_path, max_shard_size="40KB")
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]
+    opened = []
+    real_open = hf_folder.safe_open
+
+    def spy(path, *a, **kw):
+        opened.append(Path(path).name)
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(hf_folder, "safe_open", spy)
+    got = load_extra_tensors(tmp_path, ["word_embeddings"], dtype=torch.bfloat16)["word_embeddings"]
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, model.get_input_embeddings().weight.bfloat16())
+    assert set(opened) == {index["model.embed_tokens.weight"]}
+
+
+def test_tied_lm_head_is_the_embedding_table(tmp_path):
+    model = tiny_model("llama", tie_word_embeddings=True)
+    model.save_pretrained(tmp_path)
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "model.safetensors", "pt") as handle:
+        assert "lm_head.weight" not in handle.keys()  # tied weights are saved once
+    extras = load_extra_tensors(tmp_path, ["lm_head"])
+    assert torch.equal(extras["lm_head"], model.get_output_embeddings().weight)
+
+
+def test_unknown_or_missing_extra_tensor(tmp_path):
+    save_tiny("llama", tmp_path)
+    with pytest.raises(ConfigError, match="no extra tensor 'word_embedding'.*did you mean 'word_embeddings'"):
+        load_extra_tensors(tmp_path, ["word_embedding"])
+    with pytest.raises(ConfigError, match="no extra tensor 'final_norm_bias'"):  # an OPT-only name
+        load_extra_tensors(tmp_path, ["final_norm_bias"])
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(tmp_path / "model.safetensors")
+    del state["model.embed_tokens.weight"]
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="no tensor 'word_embeddings'.*model.embed_tokens.weight"):
+        load_extra_tensors(tmp_path, ["word_embeddings"])
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_layers_cast_on_load_and_fingerprint_ignores_dtype(tmp_path, fmt):
+    model = tiny_model("llama")
+    if fmt == "bin":
+        model.config.save_pretrained(tmp_path)
+        torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    else:
+        model.save_pretrained(tmp_path)
+    want = layer_state(model, "llama", 2)
+    as_stored = load_layer_weights(tmp_path, [2], with_final_norm=False)
+    bf16 = load_layer_weights(tmp_path, [2], with_final_norm=False, dtype=torch.bfloat16)
+    for name, tensor in want.items():
+        assert torch.equal(as_stored.layers[2][name], tensor), name  # still right after its pages were dropped
+        assert bf16.layers[2][name].dtype == torch.bfloat16
+        assert torch.equal(bf16.layers[2][name], tensor.bfloat16()), name
+    assert as_stored.fingerprint == bf16.fingerprint is not None

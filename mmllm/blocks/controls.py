@@ -66,7 +66,7 @@ class AdapterMLP(nn.Module):
         return out
 
 
-@register_block("mlp", MLPBlockConfig)
+@register_block("mlp", MLPBlockConfig, ignores_foreign_options=True)
 def build_mlp(cfg: MLPBlockConfig) -> AdapterMLP:
     return AdapterMLP(cfg.visual_dim, cfg.architecture().hidden_size, cfg.out_dim, cfg.adapter_bias)
 

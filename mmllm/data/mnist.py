@@ -9,6 +9,7 @@ in click and a GUI); the file is found through ``importlib.util.find_spec``.
 The pickle is read with an unpickler that admits only NumPy's array reconstruction, so a
 tampered file cannot run code.
 """
+
 from __future__ import annotations
 
 import gzip

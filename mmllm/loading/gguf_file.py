@@ -88,7 +88,7 @@ def _dequantized(tensor) -> torch.Tensor:
     values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
     shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
     values = np.asarray(values, dtype=np.float32).reshape(shape)
-    if not values.flags.writeable or not values.flags.owndata:  # a view of the memory-mapped file
+    if not values.flags.writeable:  # a view of the read-only memory-mapped file (F32 tensors)
         values = values.copy()
     return torch.from_numpy(values)
 
