@@ -134,6 +134,17 @@ def test_folder_without_weights(tmp_path):
         load_layer_weights(tmp_path, [0], False)
 
 
+def test_mlp_control_switches_on_over_a_block_config():
+    """kind=mlp from the command line over a config written for llm_block: its layers/dtype mean
+    nothing for the control and are ignored (a dotlist override cannot delete them)."""
+    from mmllm.blocks import AdapterMLP, build_block
+
+    block = build_block({"kind": "mlp", "layers": "last", "dtype": "bfloat16", "final_norm": "unit",
+                         "llm_config": {"model_type": "llama", "hidden_size": 16, "num_attention_heads": 2,
+                                        "num_hidden_layers": 1, "intermediate_size": 32}, "source": None}, 8)
+    assert isinstance(block, AdapterMLP) and block.adapter_in.out_features == 16
+
+
 @pytest.mark.parametrize(
     "options,message",
     [
@@ -163,8 +174,7 @@ def test_non_int_visual_dim_is_a_config_error(llama_dir, visual_dim):
 @pytest.mark.parametrize(
     "options,message",
     [
-        ({"kind": "mlp", "layers": "last"}, "kind 'mlp' has no option 'layers'.*option of kind\\(s\\) \\['llm_block'"),
-        ({"kind": "mlp", "dtype": "bfloat16"}, "kind 'mlp' has no option 'dtype'"),
+        ({"kind": "mlp", "lyers": "last"}, "kind 'mlp' has no option 'lyers'"),  # mlp ignores llm_block's options, not typos
         ({"kind": "llm_block", "llm_config": {"model_type": "llama"}}, "no option 'llm_config'.*random_trained"),
         ({"kind": "random_trained", "final_norm": "pretrained"}, "random-init block has none"),
         ({"kind": "random_frozen", "source": "x", "llm_config": {"model_type": "llama"}}, "not both"),

@@ -1,4 +1,3 @@
-"""Pure-vision tasks that use mmllm's frozen LLM block (image classification first)."""
-from .vit_llm import ViTLLMClassifier, create_vit_llm
-
-__all__ = ["ViTLLMClassifier", "create_vit_llm"]
+"""Pure-vision tasks that use mmllm's block and engine: image classification (``vision.classification``),
+point clouds, action recognition and motion forecasting. Each is a sub-package registered in the task
+registry; nothing is imported here, so importing one task never imports the others."""

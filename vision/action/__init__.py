@@ -1,0 +1,1 @@
+"""Action recognition: a VideoMAE-style video ViT with the frozen LLM block."""

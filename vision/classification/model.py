@@ -1,0 +1,144 @@
+"""Image classifier of Pang et al. (ICLR 2024, Sec. 3/4.1): a timm ViT whose token sequence passes
+through a visual LLM block (frozen LLM layer between two trainable adapters) after ViT block k.
+
+The official code puts the block after the last ViT block, before the final norm and head; the
+paper's position ablation (its Table D: head / middle / tail of the ViT) moves it, so the
+insertion point is a config value (``insert_after``). The ViT runs through timm's public API
+only: ``forward_intermediates`` (patch embedding, position embedding, blocks 0..k), then blocks
+k+1.., ``norm`` and ``forward_head``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from mmllm import build_visual_llm_layer
+from mmllm.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from .task import ClsModelOptions
+
+
+def resolve_insert_after(insert_after: int | None, depth: int) -> int:
+    """Block index k after which the block sits: None = the last block; negative counts from the end."""
+    if insert_after is None:
+        return depth - 1
+    if not -depth <= insert_after < depth:
+        raise ConfigError(
+            f"model.insert_after={insert_after} is outside the ViT's {depth} blocks "
+            f"(use 0..{depth - 1}, or -{depth}..-1 counted from the end)"
+        )
+    return insert_after % depth
+
+
+class ViTLLMClassifier(nn.Module):
+    """``vit`` (a timm VisionTransformer) with ``llm_block`` after ViT block ``insert_after``."""
+
+    def __init__(self, vit: VisionTransformer, llm_block: nn.Module, insert_after: int | None = None):
+        super().__init__()
+        if not isinstance(vit, VisionTransformer):
+            raise ConfigError(f"model.vit must be a timm VisionTransformer (vit_*, deit_*), got {type(vit).__name__}")
+        self.vit = vit
+        self.llm_block = llm_block
+        self.insert_after = resolve_insert_after(insert_after, len(vit.blocks))
+
+    @property
+    def num_classes(self) -> int:
+        return self.vit.num_classes
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.vit.set_grad_checkpointing(enable)
+
+    def tokens_after_block(self, images: torch.Tensor, k: int) -> torch.Tensor:
+        """The full token sequence ([prefix tokens, patch tokens], [B, N, D]) output by ViT block ``k``."""
+        out = self.vit.forward_intermediates(
+            images,
+            indices=[k],
+            return_prefix_tokens=True,
+            norm=False,
+            stop_early=True,
+            output_fmt="NLC",
+            intermediates_only=True,
+        )[0]
+        if isinstance(out, tuple):  # (patch tokens, prefix tokens) when the ViT has class/register tokens
+            patches, prefix = out
+            return torch.cat([prefix, patches], dim=1)  # timm's order: prefix tokens first
+        return out
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.tokens_after_block(images, self.insert_after)
+        x = self.llm_block(x)
+        for block in self.vit.blocks[self.insert_after + 1 :]:
+            if self.vit.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return self.vit.norm(x)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vit.forward_head(self.forward_features(images))
+
+
+def load_vit_checkpoint(vit: VisionTransformer, path: str) -> list[str]:
+    """Load a user's ViT/DeiT weights (safetensors or a torch file, tensors only) into ``vit``.
+
+    Position embeddings are resampled to the model's grid by timm's ``checkpoint_filter_fn``; a
+    classifier head of another class count (an ImageNet head for a 10-class task) is left at its
+    fresh init, as in DeiT fine-tuning. Returns the names not taken from the file.
+    """
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise CheckpointError(f"model.checkpoint: {path} does not exist")
+    try:
+        state = timm.models.load_state_dict(path, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch/safetensors raise many types for a bad file
+        raise CheckpointError(f"model.checkpoint: cannot read {path}: {exc}") from exc
+    state = checkpoint_filter_fn(state, vit)
+    own = vit.state_dict()
+    skipped = [k for k, v in state.items() if k.startswith("head.") and k in own and v.shape != own[k].shape]
+    for key in skipped:
+        state.pop(key)
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if wrong:
+        raise CheckpointError(f"model.checkpoint {path} does not fit model.vit: {wrong[:5]}")
+    result = vit.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("head.")]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(
+            f"model.checkpoint {path} does not fit model.vit: missing {missing[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+    return sorted(set(skipped) | set(result.missing_keys))
+
+
+def create_vit(
+    name: str, num_classes: int, vit_kwargs: dict[str, Any] | None = None, checkpoint_path: str | None = None
+) -> VisionTransformer:
+    """A timm ViT by name, never downloading (``pretrained=False``); optionally a local checkpoint."""
+    try:
+        vit = timm.create_model(name, pretrained=False, num_classes=num_classes, **dict(vit_kwargs or {}))
+    except (RuntimeError, TypeError, ValueError) as exc:  # unknown name / bad keyword
+        raise ConfigError(f"model.vit={name!r} with model.vit_kwargs={vit_kwargs}: {exc}") from exc
+    if not isinstance(vit, VisionTransformer):
+        raise ConfigError(f"model.vit={name!r} is a {type(vit).__name__}, not a timm VisionTransformer")
+    if checkpoint_path:
+        load_vit_checkpoint(vit, checkpoint_path)
+    return vit
+
+
+def create_vit_cls_model(options: ClsModelOptions, num_classes: int) -> ViTLLMClassifier:
+    """The classifier from the task's ``model`` section (a :class:`~.task.ClsModelOptions`)."""
+    vit = create_vit(options.vit, num_classes, options.vit_kwargs, options.checkpoint)
+    block = build_visual_llm_layer(options.llm_block, vit.embed_dim)
+    return ViTLLMClassifier(vit, block, options.insert_after)
