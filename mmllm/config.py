@@ -2,8 +2,9 @@
 overridable from the command line (``--options run.max_epoch=2 model.llm_block.kind=none``)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException

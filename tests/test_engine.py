@@ -8,7 +8,6 @@ import time
 
 import pytest
 import torch
-
 from conftest import ROOT
 from tiny_vqa import tiny_config, write_images_and_qa
 

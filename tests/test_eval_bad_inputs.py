@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 from mmllm.engine.cli import print_report
 from mmllm.errors import DataError
 

@@ -9,11 +9,11 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import ROOT
-from mmllm.errors import ConfigError
 from test_engine import clean_env, free_port
 from tiny_vqa import tiny_config, write_images_and_qa
+
+from mmllm.errors import ConfigError
 
 LAVIS_RUN = {"lr_sched": "linear_warmup_cosine_lr", "min_lr": 0.0, "warmup_lr": 1e-6, "warmup_steps": 2, "amp": False,
              "resume_ckpt_path": None, "evaluate": False, "world_size": 1, "dist_url": "env://", "distributed": True,

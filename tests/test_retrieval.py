@@ -5,12 +5,12 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
-from mmllm.errors import DataError
-from mmllm_retrieval.emoji_convert import caption_of
 from test_engine import clean_env, metrics
 from tiny_vqa import tiny_config, write_images_and_qa
+
+from mmllm.errors import DataError
+from mmllm_retrieval.emoji_convert import caption_of
 
 SCRIPT = ROOT / "projects/retrieval"
 

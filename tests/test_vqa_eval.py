@@ -4,10 +4,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 
 from mmllm.errors import DataError
 from mmllm_vqa.vqa_eval import evaluate, normalize_answer, question_accuracy
-from conftest import ROOT
 
 
 def answers(*pairs):

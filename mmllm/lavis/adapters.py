@@ -9,8 +9,9 @@ the model is built once, by :func:`mmllm.engine.trainer.build_model` (which appl
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
