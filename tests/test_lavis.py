@@ -75,6 +75,11 @@ def test_registry_names_resolve():
         assert os.path.isfile(registry.get_model_class(arch).default_config_path("default"))
     assert registry.get_runner_class("runner_deepspeed").__name__ == "DeepSpeedRunner"
     assert set(ARCH) <= {e.name for e in entries}  # every registered task, from the one registry
+    assert {"mmllm_image_cls", "mmllm_pointcloud_cls", "mmllm_action", "mmllm_motion", "mmllm_3dvqa"} <= {e.name for e in entries}
+    for e in entries:
+        assert issubclass(registry.get_task_class(e.name), base_task)
+        assert issubclass(registry.get_model_class(e.model_arch), base_model)
+        assert registry.get_builder_class(e.dataset) is not None
 
 
 @pytest.mark.parametrize("edit,message", [
