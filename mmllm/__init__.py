@@ -19,6 +19,7 @@ from .errors import (
     MMLLMError,
     UnsupportedArchitectureError,
 )
+from .factory import create_model_and_transforms
 from .layer_selection import resolve_layers
 from .loading import load_extra_tensors, load_layer_weights, read_config
 from .precision import resolve_dtype, resolve_precision
@@ -39,6 +40,7 @@ __all__ = [
     "block_kinds",
     "build_block",
     "build_visual_llm_layer",
+    "create_model_and_transforms",
     "load_extra_tensors",
     "load_layer_weights",
     "read_config",

@@ -20,6 +20,8 @@ kind                     layer weights           trained?
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -196,6 +198,7 @@ class FrozenLLMBlock(nn.Module):
         self.frozen = not cfg.trainable
         self.gradient_checkpointing = cfg.gradient_checkpointing
         self.source_fingerprint: str | None = None
+        self.frozen_sha256: str | None = None  # SHA-256 of the pretrained layer tensors as stored in the source
 
         self.adapter_in = nn.Linear(cfg.visual_dim, config.hidden_size, bias=cfg.adapter_bias)
         self.adapter_out = nn.Linear(config.hidden_size, self.out_dim, bias=cfg.adapter_bias)
@@ -232,7 +235,44 @@ class FrozenLLMBlock(nn.Module):
         else:
             norm = self.spec.build_final_norm(config)
         self.source_fingerprint = weights.fingerprint
+        self.frozen_sha256 = weights.sha256
         return nn.ModuleList(layers), norm
+
+    # -- transformers' conventions (mmllm.blocks.pretrained)
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike,
+        /,
+        *,
+        layers: Any = None,
+        visual_dim: int | None = None,
+        dtype: str | torch.dtype | None = None,
+        kind: str | None = None,
+        **options: Any,
+    ) -> FrozenLLMBlock:
+        """The block from an LLM ``source`` or from a folder written by :meth:`save_pretrained`.
+
+        ``source``: an embedded asset name (``smollm2-135m``), a hub id found in the local Hugging
+        Face cache (``HuggingFaceTB/SmolLM2-135M``; never downloaded), a Hugging Face folder, a
+        ``.gguf`` file or a LLaMA ``params.json`` folder: then ``visual_dim`` is required and
+        ``layers`` (default ``"last"``), ``dtype`` (a ``torch.dtype`` or ``"auto"``, ``"bf16"``,
+        ``"bfloat16"``, ``"float32"``, ...), ``kind`` (default ``llm_block``) and the other
+        ``model.llm_block`` options apply. A saved folder re-opens the block with its adapters,
+        after checking the frozen weights' SHA-256 (``dtype=`` may change, ``source=`` re-points the
+        frozen weights, e.g. to a moved folder).
+        Built through :func:`build_block`, as a YAML ``model.llm_block`` section is.
+        """
+        from .pretrained import from_pretrained
+
+        return from_pretrained(source, layers=layers, visual_dim=visual_dim, dtype=dtype, kind=kind, **options)
+
+    def save_pretrained(self, directory: str | os.PathLike, include_frozen: bool = False) -> Path:
+        """Write the block's options, its trainable adapters (safetensors) and the frozen weights'
+        source and SHA-256 to ``directory``; ``include_frozen=True`` also copies the frozen layers."""
+        from .pretrained import save_pretrained
+
+        return save_pretrained(self, directory, include_frozen=include_frozen)
 
     # -- frozen means frozen: eval mode (no dropout) even when the model trains
     def train(self, mode: bool = True) -> FrozenLLMBlock:

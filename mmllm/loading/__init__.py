@@ -18,17 +18,19 @@ from transformers import PretrainedConfig
 
 from ..architectures import ArchitectureSpec, ExtraTensor, spec_for_config
 from ..errors import CheckpointError, ConfigError
-from . import gguf_file, hf_folder, llama_v1
+from . import gguf_file, hf_folder, hub_cache, llama_v1
 from .weights import (
     LayerWeights,
     cast,
     check_shape,
     check_tensors,
+    digest_piece,
     expected_shapes,
     final_norm_template,
     fingerprint,
     fingerprint_piece,
     layer_template,
+    tensor_sha256,
 )
 
 __all__ = [
@@ -41,8 +43,20 @@ __all__ = [
 ]
 
 
+def how_to_provide() -> str:
+    """The ways to give an LLM source, for error messages."""
+    from .. import assets
+
+    return (
+        f"an embedded asset name ({', '.join(assets.ASSETS)}; see `mmllm assets list`), a local Hugging Face "
+        "folder (config.json + *.safetensors or *.bin), a .gguf file, or a LLaMA folder "
+        "(params.json + consolidated.*.pth)"
+    )
+
+
 def resolve_source(source: str | Path) -> tuple[str, Path]:
-    """(format, local path) of a source; embedded asset names are prepared on first use."""
+    """(format, local path) of a source; embedded asset names are prepared on first use, hub ids
+    (``org/name``) are found in the local Hugging Face cache (never downloaded)."""
     from .. import assets
 
     text = str(source)
@@ -55,10 +69,20 @@ def resolve_source(source: str | Path) -> tuple[str, Path]:
         return "llama_v1", path
     if hf_folder.is_hf_folder(path):
         return "hf", path
+    if hub_cache.looks_like_hub_id(text):
+        snapshot = hub_cache.find_in_hub_cache(text)
+        if snapshot is not None and hf_folder.is_hf_folder(snapshot):
+            return "hf", snapshot
+        raise CheckpointError(
+            f"LLM source {text!r} looks like a Hugging Face hub id but is not in the local Hugging Face cache "
+            f"({hub_cache.hub_cache_dir()}); nothing is downloaded at run time. Provide the weights as "
+            f"{how_to_provide()}, or fetch {text!r} once where there is network "
+            f"(`huggingface-cli download {text}`) and copy the cache here"
+        )
     if not path.exists():
         raise CheckpointError(
-            f"LLM source {text!r} is neither an existing path nor an embedded asset "
-            f"({', '.join(assets.ASSETS)}); nothing is downloaded at run time"
+            f"LLM source {text!r} is neither an existing path nor an embedded asset; nothing is downloaded "
+            f"at run time. Provide the weights as {how_to_provide()}"
         )
     raise CheckpointError(
         f"{path}: not a recognised checkpoint (expected a .gguf file, a folder with config.json, "
@@ -100,6 +124,7 @@ def load_layer_weights(
     layers: dict[int, dict[str, torch.Tensor]] = {i: {} for i in layer_indices}
     final: dict[str, torch.Tensor] = {}
     pieces: dict[tuple[int, str], bytes] = {}
+    digests: dict[tuple[int, str], bytes] = {}
     for group, name, tensor in items:
         if group == "final_norm":
             check_shape(tensor, norm_expected[name], name, "final norm", str(path))
@@ -107,12 +132,13 @@ def load_layer_weights(
         else:
             check_shape(tensor, expected[group][name], name, f"layer {group}", str(path))
             pieces[(group, name)] = fingerprint_piece(group, name, tensor)
+            digests[(group, name)] = digest_piece(group, name, tensor)
             layers[group][name] = cast(tensor, dtype)
         del tensor  # the source (a mapped or dequantized copy) goes before the next tensor is read
     checked = {i: check_tensors(layers[i], expected[i], f"layer {i}", str(path)) for i in layer_indices}
     final_norm = check_tensors(final, norm_expected, "final norm", str(path)) if norm_expected is not None else None
     return LayerWeights(config=config, layers=checked, final_norm=final_norm, source=str(path),
-                        fingerprint=fingerprint(pieces))
+                        fingerprint=fingerprint(pieces), sha256=tensor_sha256(digests))
 
 
 def extra_tensor_names(config: PretrainedConfig) -> list[str]:

@@ -132,11 +132,13 @@ class KeyIndex:
             del tensor
 
 
-def _pick_prefix(prefixes: tuple[str, ...], keys: dict[str, Path], probe: str, folder: Path) -> str:
+def _pick_prefix(prefixes: tuple[str, ...], keys: dict[str, Path], folder: Path) -> str:
+    """The first prefix followed by a layer number in some key (any layer: a saved block's
+    ``frozen/`` folder holds only the layers it uses)."""
     for prefix in prefixes:
-        if any(k.startswith(prefix + probe) for k in keys):
+        if any(k.startswith(prefix) and k[len(prefix):].split(".", 1)[0].isdigit() for k in keys):
             return prefix
-    raise CheckpointError(f"{folder}: no tensor named like {[p + probe for p in prefixes]}")
+    raise CheckpointError(f"{folder}: no tensor named like {[p + '<layer>.' for p in prefixes]}")
 
 
 def iter_layer_tensors(
@@ -147,7 +149,7 @@ def iter_layer_tensors(
 ) -> Iterator[tuple[int | str, str, torch.Tensor]]:
     """(layer index or "final_norm", name, tensor) for each requested tensor the folder holds."""
     index = KeyIndex(folder)
-    prefix = _pick_prefix(spec.layer_prefixes, index.key_to_file, "0.", folder)
+    prefix = _pick_prefix(spec.layer_prefixes, index.key_to_file, folder)
     wanted = {f"{prefix}{i}.{n}": (i, n) for i, names in layer_names.items() for n in names}
     if final_norm_names is not None:
         norm_prefix = next(

@@ -28,6 +28,7 @@ class LayerWeights:
     final_norm: dict[str, torch.Tensor] | None = None
     source: str = ""
     fingerprint: str | None = None
+    sha256: str | None = None  # of every loaded layer tensor's bytes as stored (see :func:`tensor_sha256`)
 
 
 def expected_shapes(module: torch.nn.Module) -> dict[str, torch.Size]:
@@ -76,6 +77,22 @@ def fingerprint(pieces: dict[tuple[int, str], bytes]) -> str:
     for key in sorted(pieces):
         digest.update(pieces[key])
     return digest.hexdigest()[:16]
+
+
+def digest_piece(index: int, name: str, tensor: torch.Tensor) -> bytes:
+    """What a layer tensor adds to the full SHA-256: its name, shape, dtype and every byte as stored."""
+    from .integrity import tensor_digest
+
+    return f"{index}.{name}{tuple(tensor.shape)}{tensor.dtype}:{tensor_digest(tensor)}".encode()
+
+
+def tensor_sha256(pieces: dict[tuple[int, str], bytes]) -> str:
+    """SHA-256 over all layer tensors (sorted by layer and name): identifies the frozen weights exactly,
+    whatever dtype they are loaded in, so a saved block can check it gets the weights it was trained with."""
+    digest = hashlib.sha256()
+    for key in sorted(pieces):
+        digest.update(pieces[key])
+    return digest.hexdigest()
 
 
 def cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:

@@ -52,8 +52,25 @@ class ViTLLMClassifier(nn.Module):
     def num_classes(self) -> int:
         return self.vit.num_classes
 
+    @property
+    def num_features(self) -> int:
+        return self.vit.num_features
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch, for the ViT blocks and the LLM block's layers alike (the block's own option)."""
         self.vit.set_grad_checkpointing(enable)
+        if hasattr(self.llm_block, "gradient_checkpointing"):
+            self.llm_block.gradient_checkpointing = enable
+
+    def get_classifier(self) -> nn.Module:
+        return self.vit.get_classifier()
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh head for ``num_classes`` (timm's fine-tuning call; 0 = no head, features out)."""
+        self.vit.reset_classifier(num_classes, global_pool)
+        cfg = getattr(self, "pretrained_cfg", None)
+        if isinstance(cfg, dict):
+            cfg["num_classes"] = num_classes
 
     def tokens_after_block(self, images: torch.Tensor, k: int) -> torch.Tensor:
         """The full token sequence ([prefix tokens, patch tokens], [B, N, D]) output by ViT block ``k``."""
@@ -81,8 +98,12 @@ class ViTLLMClassifier(nn.Module):
                 x = block(x)
         return self.vit.norm(x)
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool the normed tokens and classify (``pre_logits=True``: the pooled features)."""
+        return self.vit.forward_head(x, pre_logits=pre_logits)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.vit.forward_head(self.forward_features(images))
+        return self.forward_head(self.forward_features(images))
 
 
 def load_vit_checkpoint(vit: VisionTransformer, path: str) -> list[str]:
