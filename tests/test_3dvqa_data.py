@@ -248,3 +248,30 @@ def test_situation_decides_left_and_right(generated):
     assert checked >= 10
     flipped = [k for k, v in answers_by_question.items() if {"left", "right"} <= v]
     assert flipped, "no question changes its answer with the situation"
+
+
+def test_question_family_is_recovered_from_the_text():
+    """The text rule names the template each generated question came from (the generator records it)."""
+    settings = scenes.GeneratorSettings(seed=5, num_scenes=6, points_per_object=32, floor_points=32)
+    canonical = scenes._canonical_points(settings.seed)
+    seen = set()
+    for index in range(settings.num_scenes):
+        _, _, records = scenes.generate_scene(index, settings, canonical)
+        for r in records:
+            assert scenes.question_family(r["question"]) == r["family"], r["question"]
+            seen.add(r["family"])
+    assert {"side", "count", "exist"} <= seen
+    assert scenes.question_family("What is the chair made of?") is None  # not a template: a real SQA3D question
+
+
+def test_situated_breakdown_by_hand():
+    refs = {"1": {"question": "Is the duck on my left or right?", "answers": ["left"]},
+            "2": {"question": "Can I see the mug without turning around?", "answers": ["yes"]},
+            "3": {"question": "How many ducks are there?", "answers": ["two"]}}
+    preds = {"1": ["left", "right"], "2": ["no", "yes"], "3": ["two"]}
+    # situated: q1 right, q2 wrong at rank 1 -> 50%; general: q3 right -> 100%
+    assert scenes.situated_breakdown(refs, preds) == {"em1_situated": 50.0, "num_situated": 2,
+                                                      "em1_general": 100.0, "num_general": 1}
+    refs["4"] = {"question": "What is on the table?", "answers": ["cup"]}  # a user's question: no breakdown
+    preds["4"] = ["cup"]
+    assert scenes.situated_breakdown(refs, preds) is None

@@ -35,6 +35,7 @@ import contextlib
 import fcntl
 import math
 import os
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -330,13 +331,60 @@ def generate_scene(index: int, settings: GeneratorSettings, canonical: dict[str,
         sit = _situation(rng, objects)
         if sit is None:
             continue
-        chosen = _pick(rng, _situated_questions(rng, objects, sit), settings.situated_per_situation, set())
-        general = _pick(rng, _general_questions(rng, objects), settings.general_per_situation, general_taken)
+        situated = _situated_questions(rng, objects, sit)
+        chosen = _pick(rng, situated, settings.situated_per_situation, set())
+        candidates = _general_questions(rng, objects)
+        general = _pick(rng, candidates, settings.general_per_situation, general_taken)
         general_taken.update(q for q, _ in general)
+        family_of = {q: f for f, q, _ in situated + candidates}
         for question, answer in chosen + general:
             records.append({"situation": sit["situation"], "alternative_situation": sit["alternative_situation"],
-                            "question": question, "answer": answer, "xy": sit["xy"], "yaw": sit["yaw"]})
+                            "question": question, "answer": answer, "xy": sit["xy"], "yaw": sit["yaw"],
+                            "family": family_of[question]})
     return objects, points, records
+
+
+# ---------------------------------------------------------------------- question families
+# The generator's templates, recognised from the question text alone (the files a user brings carry no
+# family), so a run on the embedded scenes can report whether the situation text is used at all.
+_FAMILY_PATTERNS: tuple[tuple[str, re.Pattern], ...] = tuple((family, re.compile(pattern)) for family, pattern in (
+    ("side", r"^Is the .+ on my left or right\?$"),
+    ("front", r"^Is the .+ in front of me or behind me\?$"),
+    ("see", r"^Can I see the .+ without turning around\?$"),
+    ("direction", r"^Which direction should I go to reach the .+\?$"),
+    ("count_side", r"^How many objects are on my (left|right)\?$"),
+    ("count", r"^How many .+ are there\?$"),
+    ("exist", r"^Is there a .+ in the room\?$"),
+    ("color", r"^What color is the .+\?$"),
+    ("object", r"^What is the .+ object\?$"),
+    ("size", r"^Which is bigger, the .+ or the .+\?$"),
+))
+SITUATED_FAMILIES = frozenset({"side", "front", "see", "direction", "count_side"})
+
+
+def question_family(question: str) -> str | None:
+    """The generator template a question was made from, or None for a question it cannot have made."""
+    return next((family for family, pattern in _FAMILY_PATTERNS if pattern.match(question.strip())), None)
+
+
+def situated_breakdown(references: dict[str, dict[str, Any]], predictions: dict[str, list[str]]
+                       ) -> dict[str, float] | None:
+    """EM@1 on the questions whose answer depends on the agent's pose vs on the others (percent).
+
+    None unless every question comes from the generator's templates (real SQA3D/ScanQA files)."""
+    from .eval3d import exact_match
+
+    families = {qid: question_family(ref.get("question", "")) for qid, ref in references.items()}
+    if not families or any(f is None for f in families.values()):
+        return None
+    out: dict[str, float] = {}
+    for name, wanted in (("situated", True), ("general", False)):
+        ids = [q for q, f in families.items() if (f in SITUATED_FAMILIES) == wanted]
+        if ids:
+            hits = sum(exact_match(predictions[q][0], references[q]["answers"]) for q in ids)
+            out[f"em1_{name}"] = round(100.0 * hits / len(ids), 2)
+            out[f"num_{name}"] = len(ids)
+    return out
 
 
 # ---------------------------------------------------------------------- writing the files

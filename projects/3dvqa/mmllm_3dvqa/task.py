@@ -19,6 +19,7 @@ from mmllm.schema import DataSection, Section
 from . import eval3d
 from .data import SceneQADataset, SceneStore, build_answer_vocab, load_scanqa, load_sqa3d, make_collate
 from .model import SceneQAModelOptions, answer_loss, create_3dvqa_model, situation_loss
+from .scenes import situated_breakdown
 
 
 class SplitFiles(Section):
@@ -151,10 +152,14 @@ class SceneQATask(Task):
         if not references:
             return {}
         report = eval3d.score(references, {q: predictions[q] for q in references}, source=f"split {split!r}")
+        breakdown = situated_breakdown(references, predictions)  # embedded scenes only
+        if breakdown:
+            report["situated"] = breakdown
         if distributed.is_main():
             write_json(Path(out_dir) / f"em_{split}.json", report)
         return {**{k: report[k] for k in ("em1", "em10", "em1_refined", "em10_refined")},
-                **{f"em1_{t}": v for t, v in report["per_type"].items()}}
+                **{f"em1_{t}": v for t, v in report["per_type"].items()},
+                **{k: v for k, v in (breakdown or {}).items() if k.startswith("em1_")}}
 
 
 def evaluate_checkpoint(checkpoint: str, split: str = "test", out_dir: str | None = None) -> dict[str, Any]:
