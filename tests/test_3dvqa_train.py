@@ -62,6 +62,16 @@ def test_two_step_training_through_the_engine(setup):
     for key in ("test_em1", "test_em10", "test_em1_refined", "test_em10_refined"):
         assert 0.0 <= summary[key] <= 100.0
     assert summary["test_em10"] >= summary["test_em1"]
+    # the embedded scenes' questions also get EM@1 split by whether the answer depends on the pose,
+    # recomputed here from the results file and the generator's own question families
+    results = {str(r["question_id"]): r["answer_top10"] for r in json.loads((out / "results_test.json").read_text())}
+    qs = json.loads((root / "data" / scenes.QUESTIONS_FILE.format(split="test")).read_text())["questions"]
+    anns = json.loads((root / "data" / scenes.ANNOTATIONS_FILE.format(split="test")).read_text())["annotations"]
+    gold = {str(a["question_id"]): a["answers"][0]["answer"] for a in anns}
+    situated = [str(q["question_id"]) for q in qs if q["question"].startswith(("Is the", "Can I see", "Which direction"))
+                and not q["question"].endswith("in the room?") or "on my" in q["question"]]
+    expected = 100.0 * sum(results[q][0] == gold[q] for q in situated) / len(situated)
+    assert summary["test_em1_situated"] == pytest.approx(expected, abs=0.01)
     train_logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train_logs = [m for m in train_logs if m.get("split") == "train"]
     assert len(train_logs) == 2 and "loss_pos" in train_logs[0] and "loss_answer" in train_logs[0]
