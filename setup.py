@@ -40,6 +40,7 @@ setup(
         "timm==1.0.31",
         "open_clip_torch==3.3.0",
         "datasets==5.2.0",
+        "torchdata==0.11.0",  # StatefulDataLoader: the resumable training data position
         "deepspeed==0.19.8",
         "numpy>=1.26",
         "pyyaml>=6.0",
@@ -56,7 +57,10 @@ setup(
         "iopath>=0.1.10",
         "webdataset>=0.2",
     ],
-    extras_require={"test": ["pytest==9.0.3", "ruff==0.17.6"]},
+    extras_require={
+        "tb": ["tensorboard==2.21.0"],  # training curves as TensorBoard events (mmllm.engine.tracking)
+        "test": ["pytest==9.0.3", "ruff==0.17.6", "tensorboard==2.21.0", "torchmetrics==1.9.0"],
+    },
     package_data={"mmllm.lavis": ["defaults/*.yaml"], **{p: ["lavis_defaults/*.yaml"] for p in project_packages if "." not in p}},
     entry_points={
         "console_scripts": ["mmllm=mmllm.cli:main"],

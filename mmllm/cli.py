@@ -100,8 +100,10 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .engine.cli import add_run_flags
+    from .logs import add_log_level_flag
 
     parser = argparse.ArgumentParser(prog="mmllm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_log_level_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train and evaluate a task config (works under deepspeed/torchrun)")
@@ -143,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .logs import setup_logging
+
+    setup_logging(args.log_level)
     try:
         return args.func(args)
     except MMLLMError as exc:

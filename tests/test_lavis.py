@@ -15,7 +15,7 @@ from tiny_vqa import tiny_config, write_images_and_qa
 
 from mmllm.errors import ConfigError
 
-LAVIS_RUN = {"lr_sched": "linear_warmup_cosine_lr", "min_lr": 0.0, "warmup_lr": 1e-6, "warmup_steps": 2, "amp": False,
+LAVIS_RUN = {"lr_sched": "linear_warmup_cosine_lr", "min_lr": 0.0, "warmup_lr": 1e-6, "warmup_steps": 2,
              "resume_ckpt_path": None, "evaluate": False, "world_size": 1, "dist_url": "env://", "distributed": True,
              "num_workers": 0, "accum_grad_iters": 1}
 ARCH = {"mmllm_vqa": "mmllm_meter_vqa", "mmllm_retrieval": "mmllm_meter_retrieval", "mmllm_itm_mlm": "mmllm_meter_pretrain"}
@@ -34,6 +34,14 @@ def lavis_config(data, out, task, runner, **run):
     return path
 
 
+def printed_json(stdout: str) -> dict:
+    """The JSON object the entry point prints last (launchers print their own lines around it)."""
+    lines = stdout.splitlines()
+    start = max(i for i, line in enumerate(lines) if line == "{")
+    end = next(i for i in range(start, len(lines)) if lines[i] == "}")
+    return json.loads("\n".join(lines[start:end + 1]))
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_images_and_qa(tmp_path_factory.mktemp("lavisdata"))
@@ -46,7 +54,7 @@ def lavis_train(cfg, launcher=(), check=True):
 
 
 def test_framework_imports_without_the_model_zoo_and_patches_hold():
-    from mmllm.lavis.compat import FRAMEWORK_MODULES, import_lavis, patch_runner_for_cpu
+    from mmllm.lavis.compat import FRAMEWORK_MODULES, import_lavis, lavis_root, patch_runner_for_cpu
 
     registry = import_lavis().registry
     patch_runner_for_cpu()
@@ -58,6 +66,11 @@ def test_framework_imports_without_the_model_zoo_and_patches_hold():
     assert sys.modules["lavis.common.dist_utils"].init_distributed_mode.__module__ == "mmllm.lavis.compat"
     assert sys.modules["lavis.common.logger"].SmoothedValue.synchronize_between_processes.__module__ == "mmllm.lavis.compat"
     assert "runner_base" in registry.mapping["runner_name_mapping"]
+    from lavis.models import load_model, load_model_and_preprocess, load_preprocess  # LAVIS's own, without the zoo
+    from lavis.processors import load_processor
+
+    for fn in (load_model, load_model_and_preprocess, load_preprocess, load_processor):
+        assert fn.__code__.co_filename.startswith(str(lavis_root()))
 
 
 def test_registry_names_resolve():
@@ -80,6 +93,8 @@ def test_registry_names_resolve():
         assert issubclass(registry.get_task_class(e.name), base_task)
         assert issubclass(registry.get_model_class(e.model_arch), base_model)
         assert registry.get_builder_class(e.dataset) is not None
+        for kind in ("image_train", "image_eval", "text"):  # processors derived from every entry
+            assert registry.get_processor_class(f"{e.model_arch}_{kind}") is not None
 
 
 @pytest.mark.parametrize("edit,message", [
@@ -115,10 +130,22 @@ def test_missing_dataset_key_is_named(data, tmp_path):
 @pytest.mark.parametrize("task", ["mmllm_vqa", "mmllm_retrieval"])
 def test_deepspeed_runner_single_process(data, tmp_path, task):
     out = tmp_path / "run"
-    lavis_train(lavis_config(data, out, task, "runner_deepspeed"))
+    if task == "mmllm_vqa":  # the docstring's launcher form: `deepspeed --module` (DeepSpeed has no -m)
+        deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+        proc = subprocess.run([deepspeed, "--num_gpus", "1", "--master_port", free_port(), "--module", "mmllm.lavis.train",
+                               "--cfg-path", str(lavis_config(data, out, task, "runner_deepspeed"))],
+                              env=clean_env(), cwd=ROOT, capture_output=True, text=True, check=True, timeout=600)
+    else:
+        proc = lavis_train(lavis_config(data, out, task, "runner_deepspeed"))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["task"] == task and summary["steps"] == 2 * (72 // 8 if task == "mmllm_vqa" else 24 // 8)
-    assert ("test_accuracy" if task == "mmllm_vqa" else "test_r_mean") in summary
+    key = "test_accuracy" if task == "mmllm_vqa" else "test_r_mean"
+    assert key in summary
+    printed = printed_json(proc.stdout)  # the entry point's final metrics
+    assert printed[key] == summary[key]
+    if task == "mmllm_vqa":  # valid_splits: [val] evaluated after each epoch
+        assert [r["epoch"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                if r.get("split") == "val"] == [0, 1]
     # the same file runs through our own projects/*/train.py
     ours = tmp_path / "ours"
     project = "vqa" if task == "mmllm_vqa" else "retrieval"
@@ -130,7 +157,9 @@ def test_deepspeed_runner_single_process(data, tmp_path, task):
 @pytest.mark.parametrize("task", ["mmllm_vqa", "mmllm_retrieval"])
 def test_lavis_runner_base_single_process(data, tmp_path, task):
     out = tmp_path / "run"
-    lavis_train(lavis_config(data, out, task, "runner_base"))
+    proc = lavis_train(lavis_config(data, out, task, "runner_base"))
+    printed = printed_json(proc.stdout)  # LAVIS's test metrics
+    assert ("test_accuracy" if task == "mmllm_vqa" else "test_r_mean") in printed
     job = next(p for p in out.iterdir() if p.is_dir() and len(p.name) == 8)
     log = [json.loads(line) for line in (job / "log.txt").read_text().splitlines() if line.startswith('{"')]  # after the config dump
     assert sum("train_loss" in r for r in log) == 2  # two epochs

@@ -137,9 +137,9 @@ class CheckpointStore:
             self.written.discard(tag)
 
     # ------------------------------------------------------------------ reading
-    def load(self, engine) -> dict[str, Any] | None:
-        """Client state of the newest intact checkpoint loaded into ``engine`` (None if there is none)."""
-        tag = self.latest_tag()
+    def load(self, engine, tag: str | None = None) -> dict[str, Any] | None:
+        """Client state of checkpoint ``tag`` (default: the newest intact one) loaded into ``engine`` (None if none)."""
+        tag = tag or self.latest_tag()
         if tag is None:
             return None
         try:

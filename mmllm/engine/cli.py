@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -18,7 +19,12 @@ from omegaconf import DictConfig
 
 from ..config import load_config
 from ..errors import ConfigError, MMLLMError
+from ..logs import add_log_level_flag, setup_logging
 from .registry import TaskEntry, get_task, preparer
+
+log = logging.getLogger(__name__)
+# `mmllm train --quick`: a smoke run of any task config (overrides applied before the user's --options)
+QUICK = ("run.max_steps=20", "run.max_eval_samples=64", "run.log_every=5", "run.checkpoint_every=0")
 
 
 def prepare_embedded_data(cfg: DictConfig) -> None:
@@ -53,12 +59,22 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in output_dir even if its settings differ")
     parser.add_argument("--overwrite", action="store_true", help="delete the run in output_dir and start anew")
     parser.add_argument("--import", dest="imports", nargs="*", default=[], help="modules that register extra tasks")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: " + " ".join(QUICK) + " (your --options still win; the output folder "
+                        "gets a _quick suffix unless run.output_dir is given in --options)")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    add_log_level_flag(parser, default=argparse.SUPPRESS)
 
 
 def config_from_args(args: argparse.Namespace) -> DictConfig:
     import_modules(args.imports)
     options = list(args.options)
+    if getattr(args, "quick", False):
+        options = [*QUICK, *options]
+        if not any(o.startswith("run.output_dir=") for o in args.options):
+            base = load_config(args.config).run.get("output_dir")
+            if base:  # a smoke run never lands in (or resumes) the full run's folder
+                options.insert(len(QUICK), f"run.output_dir={str(base).rstrip('/')}_quick")
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other")
     if args.resume:
@@ -74,7 +90,9 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     cfg = config_from_args(args)
     task = task_for(cfg)  # validates every section before anything is converted or built
     prepare_embedded_data(cfg)
-    return Trainer(cfg, task).train()
+    # --quick's max_eval_samples is a preset: a task that cannot cut its eval splits evaluates them in full
+    optional = getattr(args, "quick", False) and not any(o.startswith("run.max_eval_samples=") for o in args.options)
+    return Trainer(cfg, task, eval_limit_optional=optional).train()
 
 
 def run_cli(main: Callable[[], Any]) -> int:
@@ -93,6 +111,7 @@ def train_main(argv: Sequence[str] | None = None, description: str | None = None
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_flags(parser)
     args = parser.parse_args(argv)
+    setup_logging(getattr(args, "log_level", "info"))
     return run_cli(lambda: print(json.dumps(train(args), indent=1)))
 
 
@@ -107,7 +126,9 @@ def variants_main(task_name: str | None = None, argv: Sequence[str] | None = Non
     parser.add_argument("--options", nargs="*", default=[], help="overrides applied to every variant")
     parser.add_argument("--only", nargs="*", default=None, help="run only these variants")
     parser.add_argument("--overwrite", action="store_true", help="retrain variants whose folders hold a run")
+    add_log_level_flag(parser)
     args = parser.parse_args(argv)
+    setup_logging(args.log_level)
     return run_cli(lambda: run_variants(get_task(task_name or args.task), args))
 
 
@@ -121,8 +142,9 @@ def run_variants(entry: TaskEntry, args: argparse.Namespace) -> None:
     for name, extra in entry.variants.items():
         if args.only and name not in args.only:
             continue
-        print(f"=== {entry.name}: {name}", flush=True)
-        cmd = [sys.executable, "-m", "mmllm.cli", "train", "--config", str(config), "--options",
+        log.info("=== %s: %s", entry.name, name)
+        level = ["--log-level", args.log_level] if getattr(args, "log_level", None) else []
+        cmd = [sys.executable, "-m", "mmllm.cli", *level, "train", "--config", str(config), "--options",
                f"run.output_dir={Path(args.runs) / f'{entry.name}_{name}'}", *extra, *args.options]
         if args.overwrite:
             cmd.append("--overwrite")

@@ -20,7 +20,7 @@ class RunConfig(Section):
     init_lr: float = Field(1e-4, gt=0, description="peak learning rate")
     min_lr: float | None = Field(None, ge=0, description="absolute LR floor (LAVIS); overrides min_lr_ratio")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="LR floor as a fraction of each group's peak")
-    warmup_lr: float | None = Field(None, ge=0, description="LAVIS runner_base only: LR at the start of warm-up")
+    warmup_lr: float | None = Field(None, ge=0, description="LR at the first warm-up step (LAVIS); default 0")
     lr_sched: str = Field("cosine", description="cosine | linear | constant (LAVIS names accepted)")
     warmup_steps: int | None = Field(None, ge=0, description="warm-up steps; default warmup_ratio of the total")
     warmup_ratio: float = Field(0.1, ge=0, le=1)
@@ -50,19 +50,26 @@ class RunConfig(Section):
         "never: refuse to touch an existing run (see overwrite)",
     )
     overwrite: bool = Field(False, description="delete an existing run in output_dir and start anew")
-    evaluate_val: bool = Field(True, description="evaluate the val split after each epoch")
+    evaluate_val: bool = Field(True, description="evaluate the validation split(s) after each epoch")
+    max_eval_samples: PositiveInt | None = Field(
+        None, description="evaluate only the first N samples of each evaluation split (smoke runs; in summary.json)")
+    tensorboard: bool = Field(True, description="also write the curves as TensorBoard events (when installed)")
     log_every: PositiveInt = 10
     # --- stage transfer
     init_from: str | None = Field(None, description="a model_final.pt to initialise from")
     init_prefixes: list[str] = Field(default_factory=list, description="with init_from: only these submodules")
-    # --- LAVIS's run keys (runner_base reads them; runner_deepspeed uses the equivalents above)
+    # --- LAVIS's run keys: LAVIS's runner_base reads them, and so does our trainer (runner_deepspeed,
+    # mmllm train), or it refuses them with a ConfigError; none is ignored
     runner: str | None = None
-    amp: bool = False
-    evaluate: bool = False
-    train_splits: list[str] = Field(default_factory=lambda: ["train"])
-    valid_splits: list[str] = Field(default_factory=list)
-    test_splits: list[str] = Field(default_factory=list)
-    resume_ckpt_path: str | None = None
+    amp: bool | None = Field(None, description="true: bf16 mixed precision (LAVIS: fp16 autocast); false: fp32; "
+                             "unset: run.precision decides")
+    evaluate: bool = Field(False, description="evaluate test_splits only, no training (weights: resume_ckpt_path)")
+    train_splits: list[str] = Field(default_factory=lambda: ["train"], description="splits trained on (concatenated)")
+    valid_splits: list[str] | None = Field(None, description="splits evaluated after each epoch; unset: val if built")
+    test_splits: list[str] | None = Field(None, description="splits evaluated at the end; unset: test if built")
+    resume_ckpt_path: str | None = Field(
+        None, description="training: a checkpoint of this run (output_dir/checkpoints[/stepN]) to resume from; "
+        "evaluate: a model_final.pt to evaluate")
     device: str | None = None
     world_size: int | None = None
     dist_url: str | None = None
@@ -93,4 +100,5 @@ class RunConfig(Section):
     # keys whose change does not make a stored run a different run (resume checks ignore them)
     HARMLESS: ClassVar[frozenset[str]] = frozenset({"num_workers", "log_every", "batch_size_eval", "evaluate_val", "resume", "overwrite",
                           "keep_checkpoints", "runner", "device", "world_size", "dist_url", "distributed", "rank",
-                          "gpu", "dist_backend", "output_dir"})
+                          "gpu", "dist_backend", "output_dir", "max_eval_samples", "tensorboard",
+                          "valid_splits", "test_splits", "resume_ckpt_path", "evaluate"})

@@ -16,7 +16,7 @@ from ..jsonio import read_json
 from .run_config import RunConfig
 
 CONFIG_FILE = "config.json"
-RUN_FILES = ("checkpoints", "model_final.pt", "summary.json", "metrics.jsonl", CONFIG_FILE)
+RUN_FILES = ("checkpoints", "model_final.pt", "summary.json", "metrics.jsonl", "tensorboard", CONFIG_FILE)
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -1,26 +1,30 @@
-"""The training loop every task runs: DeepSpeed engine, resumable mid-epoch, JSONL metrics.
+"""The training loop every task runs: DeepSpeed engine, resumable mid-epoch, curves to
+``metrics.jsonl`` and TensorBoard (:mod:`mmllm.engine.tracking`), ``summary.json`` at the end.
 
 Runs unchanged under ``deepspeed script.py``, ``torchrun``, or plain ``python script.py``;
-on CPU it uses gloo and DeepSpeed's CPU accelerator.
+on CPU it uses gloo and DeepSpeed's CPU accelerator. LAVIS's run keys (``train_splits``,
+``valid_splits``, ``test_splits``, ``evaluate``, ``resume_ckpt_path``, ``amp``, ``warmup_lr``,
+``init_lr``, ``min_lr``) are honoured here, so ``runner_deepspeed`` and ``mmllm train`` read them alike.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
-import random
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import ConcatDataset, Dataset, DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 
-from ..checkpointing import block_fingerprints, load_model_file, model_state_dict, save_model_file
+from ..checkpointing import block_fingerprints, load_model_file, model_state_dict, read_model_file, save_model_file
 from ..config import to_dict
 from ..errors import CheckpointError, ConfigError, TrainingError
 from ..jsonio import write_json
@@ -29,42 +33,50 @@ from . import distributed
 from .checkpoint import CheckpointStore, rng_state, set_rng_state
 from .paths import repo_path
 from .rundir import CONFIG_FILE, prepare_output_dir
-from .schedule import SCHEDULES
+from .schedule import build_scheduler
 from .task import Task
+from .tracking import RunTracker
 
+log = logging.getLogger(__name__)
 FINAL_MODEL = "model_final.pt"
 
 
-class ResumableSampler(DistributedSampler):
-    """DistributedSampler whose epoch can start after the batches a resumed run already saw."""
-
-    def __init__(self, dataset: Dataset, seed: int, shuffle: bool = True):
-        super().__init__(dataset, shuffle=shuffle, seed=seed, drop_last=True)
-        self.skip = 0
-
-    def start(self, epoch: int, skip_samples: int) -> None:
-        self.set_epoch(epoch)
-        self.skip = skip_samples
-
-    def __iter__(self):
-        indices = list(super().__iter__())
-        return iter(indices[self.skip:])
-
-    def __len__(self) -> int:
-        return super().__len__() - self.skip
+# torchdata 0.11 calls a torch API that torch 2.14 deprecates, on every epoch: not the user's concern
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 
 def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    """Python, NumPy and torch (all devices) seeded by :func:`transformers.set_seed`."""
+    from transformers import set_seed
+
+    set_seed(seed)
 
 
 def compute_precision(task: Task) -> str:
-    """``run.precision`` with ``auto`` resolved (bf16 on a GPU that has it; on CPU, measured)."""
+    """``run.precision`` with ``auto`` resolved (bf16 on a GPU that has it; on CPU, measured).
+
+    LAVIS's ``run.amp`` decides when set: true is mixed precision (bf16 here, DeepSpeed's; LAVIS's
+    own runner uses fp16 autocast), false is fp32; a ``run.precision`` that says otherwise is refused."""
     from ..precision import resolve_precision
 
-    return resolve_precision(task.run.precision)
+    run = task.run
+    if run.amp is None:
+        return resolve_precision(run.precision)
+    wanted = "bf16" if run.amp else "fp32"
+    if run.precision != "auto" and resolve_precision(run.precision) != wanted:
+        raise ConfigError(f"run.amp={str(run.amp).lower()} asks for {wanted} but run.precision={run.precision!r}; "
+                          "set one of them (or make them agree)")
+    return wanted
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; ZeRO-3 partitioned parameters counted at full size."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = int(getattr(p, "ds_numel", p.numel()))
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total
 
 
 def deepspeed_config(task: Task, world_size: int, precision: str) -> dict[str, Any]:
@@ -119,7 +131,7 @@ class Trainer:
     """Trains ``task``; ``model``/``datasets`` already built elsewhere (LAVIS's runner) are used as they are."""
 
     def __init__(self, cfg: DictConfig, task: Task, model: nn.Module | None = None,
-                 datasets: dict[str, Dataset] | None = None):
+                 datasets: dict[str, Dataset] | None = None, eval_limit_optional: bool = False):
         self.cfg = cfg
         self.task = task
         self.run = task.run
@@ -129,13 +141,21 @@ class Trainer:
         self.is_main = self.rank == 0
         self.out_dir = Path(self.run.output_dir).resolve()
         self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.tracker: RunTracker | None = None
+        # run.max_eval_samples as applied; `mmllm train --quick` makes it optional for tasks whose
+        # datasets cannot be cut (they are evaluated in full, with a warning, and summary.json says null)
+        self.eval_cut = self.run.max_eval_samples
+        self.eval_limit_optional = eval_limit_optional
 
     # ------------------------------------------------------------------ set-up
     def _log(self, record: dict[str, Any]) -> None:
-        if self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.metrics_path, "a") as handle:
-                handle.write(json.dumps({"time": round(time.time(), 2), **record}) + "\n")
+        if self.tracker is None:  # JSONL only until the run knows whether it resumes (TensorBoard purge step)
+            RunTracker(self.out_dir, enabled=self.is_main, tensorboard=False).log(record)
+        else:
+            self.tracker.log(record)
+        if record.get("split") in self.eval_splits_logged:
+            shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items() if k != "split"}
+            log.info("%s: %s", record["split"], shown)
 
     def _prepare_output_dir(self) -> None:
         """Rank 0 decides (and may delete an overwritten run); every rank learns the decision."""
@@ -158,6 +178,38 @@ class Trainer:
         assert self.task.entry is not None
         return self.task.entry.build(OmegaConf.create(raw)).resolved_config()
 
+    eval_splits_logged: tuple[str, ...] = ()
+
+    def _splits(self, key: str, default: list[str]) -> list[str]:
+        """``run.<key>`` (LAVIS's train/valid/test_splits) checked against the splits the task built."""
+        names = getattr(self.run, key)
+        if names is None:
+            return [s for s in default if s in self.datasets]
+        unknown = [s for s in names if s not in self.datasets]
+        if unknown:
+            raise ConfigError(f"run.{key}: split(s) {unknown} were not built; the task built {sorted(self.datasets)}")
+        return list(names)
+
+    def _resolve_splits(self) -> None:
+        run = self.run
+        self.train_splits = self._splits("train_splits", ["train"])
+        if not self.train_splits and not run.evaluate:
+            raise ConfigError(f"the task built no 'train' split (splits: {sorted(self.datasets)}); set run.train_splits")
+        self.valid_splits = self._splits("valid_splits", ["val"]) if run.evaluate_val else []
+        self.test_splits = self._splits("test_splits", ["test"])
+        self.eval_splits_logged = tuple(dict.fromkeys(self.valid_splits + self.test_splits))
+        n = self.eval_cut
+        uncut = [s for s in self.eval_splits_logged if n is not None and len(self.datasets[s]) > n
+                 and not hasattr(self.datasets[s], "head")]
+        if uncut and self.eval_limit_optional:
+            log.warning("task %s cannot evaluate part of split(s) %s (no head(n)): evaluating them in full",
+                        self.task.name, uncut)
+            self.eval_cut = None
+        elif uncut:  # refused before training, not after it
+            raise ConfigError(f"run.max_eval_samples: the {uncut[0]!r} dataset of task {self.task.name!r} "
+                              f"({type(self.datasets[uncut[0]]).__name__}) has no head(n) to evaluate a part of it; "
+                              "unset the key")
+
     def _build(self):
         import deepspeed
 
@@ -167,17 +219,20 @@ class Trainer:
         model = self.model if self.model is not None else build_model(self.task)
         if self.datasets is None:
             self.datasets = self.task.build_datasets()
-        if "train" not in self.datasets:
-            raise ConfigError("the task built no 'train' split")
-        self.sampler = ResumableSampler(self.datasets["train"], seed=run.seed)
-        self.loader = DataLoader(
-            self.datasets["train"], batch_size=run.batch_size_train, sampler=self.sampler,
+        self._resolve_splits()
+        parts = [self.datasets[s] for s in self.train_splits]
+        train_set = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+        # the loader's position (batches already drawn this epoch) goes into each checkpoint: a resumed run
+        # continues with the very next batch (torchdata's StatefulDataLoader fast-forwards the sampler)
+        self.sampler = DistributedSampler(train_set, shuffle=True, seed=run.seed, drop_last=True)
+        self.loader = StatefulDataLoader(
+            train_set, batch_size=run.batch_size_train, sampler=self.sampler,
             collate_fn=self.task.collate, num_workers=run.num_workers, drop_last=True,
         )
         self.accum = run.accum_grad_iters
         self.steps_per_epoch = len(self.sampler) // run.batch_size_train // self.accum
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"train split ({len(self.datasets['train'])} samples) too small for batch "
+            raise ConfigError(f"train split(s) {self.train_splits} ({len(train_set)} samples) too small for batch "
                               f"{run.batch_size_train} x accumulation {self.accum} x {self.world} ranks")
         self.total_steps = self.steps_per_epoch * run.max_epoch
         if run.max_steps:
@@ -188,10 +243,8 @@ class Trainer:
         for g in groups:
             g.pop("names")
         optimizer = torch.optim.AdamW(groups, lr=run.init_lr, betas=run.betas)
-        warmup = run.warmup_steps if run.warmup_steps is not None else int(run.warmup_ratio * self.total_steps)
-        min_ratio = run.min_lr / run.init_lr if run.min_lr is not None else run.min_lr_ratio
-        factor = SCHEDULES[run.lr_sched](self.total_steps, warmup, min_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = build_scheduler(optimizer, run.lr_sched, self.total_steps, *schedule_settings(run, self.total_steps))
+        self.trainable_params, self.total_params = count_parameters(model)
         self.precision = compute_precision(self.task)
         ds_config = deepspeed_config(self.task, self.world, self.precision)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
@@ -201,42 +254,89 @@ class Trainer:
 
     def _state(self, epoch: int, step_in_epoch: int) -> dict[str, Any]:
         return {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self.engine.global_steps,
-                "rng": rng_state(), "fingerprints": block_fingerprints(self.engine.module)}
+                "rng": rng_state(), "fingerprints": block_fingerprints(self.engine.module),
+                "loader": self.loader.state_dict() if step_in_epoch else None}  # None: the next epoch starts afresh
 
     def _save(self, epoch: int, step_in_epoch: int) -> None:
         self.store.save(self.engine, self.engine.global_steps, self._state(epoch, step_in_epoch), self.run.checkpoint_frozen)
 
-    def _evaluate(self, split: str) -> dict[str, float]:
-        metrics = self.task.evaluate(self.engine.module, self.datasets[split], split, self.out_dir)
+    def _eval_dataset(self, split: str) -> Dataset:
+        """The ``split`` dataset, cut to its first ``run.max_eval_samples`` when that is set."""
+        dataset = self.datasets[split]
+        n = self.eval_cut
+        if n is None or len(dataset) <= n:
+            return dataset
+        return dataset.head(n)  # checked by _resolve_splits
+
+    def _evaluate(self, split: str, model: nn.Module | None = None) -> dict[str, float]:
+        model = self.engine.module if model is None else model
+        metrics = self.task.evaluate(model, self._eval_dataset(split), split, self.out_dir)
         _check_finite(metrics, f"{split} evaluation of {self.out_dir}")
         return metrics
 
+    def _validate(self, epoch: int) -> None:
+        for split in self.valid_splits:
+            self._log({"split": split, "epoch": epoch, "step": self.engine.global_steps, **self._evaluate(split)})
+
+    def _resume_tag(self) -> str | None:
+        """The checkpoint ``run.resume_ckpt_path`` names (None: the newest); only this run's own ones."""
+        path = self.run.resume_ckpt_path
+        if path is None:
+            return None
+        target, folder = Path(path).resolve(), self.store.folder.resolve()
+        if target == folder:
+            return None
+        if target.parent == folder and target.is_dir():
+            return target.name
+        raise ConfigError(f"run.resume_ckpt_path {path}: runner_deepspeed resumes only a checkpoint of its own run "
+                          f"({folder}[/stepN]); to start from another run's weights use run.init_from (a model_final.pt)")
+
     # ------------------------------------------------------------------ loop
     def train(self) -> dict[str, float]:
+        if self.run.evaluate:
+            return self.evaluate_only()
+        wall = time.perf_counter()
         self._prepare_output_dir()
         self._build()
         epoch, step_in_epoch = 0, 0
-        pending_rng = None
+        pending_rng = pending_loader = None
+        if self.run.resume_ckpt_path and self.mode != "resume":
+            raise ConfigError(f"run.resume_ckpt_path {self.run.resume_ckpt_path}: {self.out_dir} holds no run to resume")
         if self.mode == "resume":
-            state = self.store.load(self.engine)
+            state = self.store.load(self.engine, self._resume_tag())
             if state is not None:
                 current = block_fingerprints(self.engine.module)
                 if state.get("fingerprints") and state["fingerprints"] != current:
                     raise CheckpointError("checkpoint was trained with different frozen LLM weights")
                 epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
-                pending_rng = state["rng"]
+                pending_rng, pending_loader = state["rng"], state.get("loader")
+                if step_in_epoch and pending_loader is None:
+                    raise CheckpointError(f"{self.store.folder}: a mid-epoch checkpoint without the data loader's "
+                                          "position (written by an older mmllm); resume from an epoch-end one "
+                                          "or start anew (--overwrite)")
                 self._log({"event": "resumed", "epoch": epoch, "step": self.engine.global_steps})
+                log.info("resumed %s at step %d (epoch %d)", self.out_dir, self.engine.global_steps, epoch)
+        self.tracker = RunTracker(self.out_dir, enabled=self.is_main, tensorboard=self.run.tensorboard,
+                                  resume_step=self.engine.global_steps + 1 if self.mode == "resume" else None)
+        log.info("training %s: %d steps (%d per epoch), %s, %d/%d parameters trainable, output %s", self.task.name,
+                 self.total_steps, self.steps_per_epoch, self.precision, self.trainable_params, self.total_params,
+                 self.out_dir)
         run = self.run
+        start_step, step_seconds = self.engine.global_steps, 0.0
         every = run.checkpoint_every or self.steps_per_epoch
         started = time.perf_counter()
         done = self.engine.global_steps >= self.total_steps
         bar = tqdm(total=self.total_steps, initial=self.engine.global_steps, desc="train", disable=not self.is_main,
                    mininterval=2.0, file=sys.stderr, dynamic_ncols=True)
         while epoch < run.max_epoch and not done:
-            self.sampler.start(epoch, step_in_epoch * self.accum * run.batch_size_train)
+            self.sampler.set_epoch(epoch)
+            if pending_loader is not None:
+                self.loader.load_state_dict(pending_loader)
+                pending_loader = None
             self.engine.train()
             bar.set_description(f"epoch {epoch}")
             running, count, t0 = 0.0, 0, time.perf_counter()
+            step_t0 = t0
             batches = iter(self.loader)  # draws the loader's base seed from the global RNG ...
             if pending_rng is not None:  # ... so a resumed run restores the RNG only after that draw
                 set_rng_state(pending_rng)
@@ -248,52 +348,106 @@ class Trainer:
                     raise TrainingError(f"training loss is {loss.item()} at step {self.engine.global_steps + 1}: "
                                       "lower run.init_lr or check the inputs (refusing to train on)")
                 self.engine.backward(loss)
+                lr = self.engine.get_lr()[0]  # the LR this step runs at (the scheduler steps inside engine.step)
                 self.engine.step()
                 running, count = running + loss.item(), count + 1
                 if (i + 1) % self.accum:
                     continue
                 step_in_epoch += 1
                 step = self.engine.global_steps
+                now = time.perf_counter()
+                step_seconds, step_t0 = step_seconds + now - step_t0, now
                 bar.update(1)
                 if step % run.log_every == 0 or step_in_epoch == self.steps_per_epoch or step >= self.total_steps:
-                    lr = self.engine.get_lr()[0]
-                    self._log({"split": "train", "epoch": epoch, "step": step, "loss": running / count, "lr": lr,
-                               "sec_per_step": (time.perf_counter() - t0) * self.accum / count, **logs})
+                    record = {"split": "train", "epoch": epoch, "step": step, "loss": running / count,
+                              "lr": lr, "sec_per_step": (now - t0) * self.accum / count}
+                    grad_norm = self.engine.get_global_grad_norm()
+                    if grad_norm is not None:
+                        record["grad_norm"] = float(grad_norm)
+                    self._log({**record, **logs})
                     bar.set_postfix(loss=f"{running / count:.4f}")
+                    log.debug("step %d: loss %.4f lr %.3g", step, running / count, record["lr"])
                     running, count, t0 = 0.0, 0, time.perf_counter()
                 done = step >= self.total_steps
                 if step % every == 0 and step_in_epoch < self.steps_per_epoch and not done:
                     self._save(epoch, step_in_epoch)
+                    step_t0 = time.perf_counter()  # checkpoint writing is not a training step
                 if done or step_in_epoch >= self.steps_per_epoch:
                     break
             if step_in_epoch >= self.steps_per_epoch:  # a whole epoch is done
-                if "val" in self.datasets and run.evaluate_val:
-                    metrics = self._evaluate("val")
-                    self._log({"split": "val", "epoch": epoch, "step": self.engine.global_steps, **metrics})
+                self._validate(epoch)
                 epoch, step_in_epoch = epoch + 1, 0
             self._save(epoch, step_in_epoch)
         bar.close()
         train_seconds = time.perf_counter() - started
-        if step_in_epoch and "val" in self.datasets and run.evaluate_val:  # a run shorter than its epoch
-            metrics = self._evaluate("val")
-            self._log({"split": "val", "epoch": epoch, "step": self.engine.global_steps, **metrics})
+        steps_run = self.engine.global_steps - start_step
+        if step_in_epoch:  # a run shorter than its epoch is validated too
+            self._validate(epoch)
         trained = OmegaConf.create(to_dict(self.cfg))
         trained.run.precision = self.precision  # evaluation must run in the precision the run trained in
         save_final_model(self.engine, self.out_dir / FINAL_MODEL, trained)
         distributed.barrier()
-        results: dict[str, float] = {}
-        if "test" in self.datasets:
-            metrics = self._evaluate("test")
-            self._log({"split": "test", "step": self.engine.global_steps, **metrics})
-            results = {f"test_{k}": v for k, v in metrics.items()}
+        results = self._test(self.engine.module)
         if self.is_main:
             summary = {"task": self.task.name, "output_dir": str(self.out_dir), "steps": self.engine.global_steps,
                        "world_size": self.world, "seed": run.seed, "precision": self.precision,
-                       "train_seconds": round(train_seconds, 1), "device": describe_device(self.device),
+                       "train_seconds": round(train_seconds, 1), "wall_seconds": round(time.perf_counter() - wall, 1),
+                       "seconds_per_step": round(step_seconds / steps_run, 4) if steps_run else None,
+                       "trainable_params": self.trainable_params, "total_params": self.total_params,
+                       "max_eval_samples": self.eval_cut, "device": describe_device(self.device),
                        "git_commit": git_commit(), "config_sha256": config_hash(self.task),
                        "llm_block": _block_options(self.cfg), **results}
             write_json(self.out_dir / "summary.json", summary)
+            log.info("finished %s: %d steps in %.1f s; summary %s", self.task.name, self.engine.global_steps,
+                     train_seconds, self.out_dir / "summary.json")
+        self.tracker.close()
         return results
+
+    def _test(self, model: nn.Module) -> dict[str, float]:
+        """``test_splits`` evaluated; metrics named ``<split>_<metric>`` (``test_accuracy``)."""
+        results: dict[str, float] = {}
+        step = self.engine.global_steps if getattr(self, "engine", None) is not None else 0
+        for split in self.test_splits:
+            metrics = self._evaluate(split, model)
+            self._log({"split": split, "step": step, **metrics})
+            results.update({f"{split}_{k}": v for k, v in metrics.items()})
+        return results
+
+    def evaluate_only(self) -> dict[str, float]:
+        """LAVIS's ``run.evaluate``: no training; ``test_splits`` of the model built by the task
+        (``run.init_from`` applied), with the weights of ``run.resume_ckpt_path`` (a model_final.pt) if set."""
+        run = self.run
+        seed_everything(run.seed)
+        self.task.build_preprocess()
+        model = self.model if self.model is not None else build_model(self.task)
+        if run.resume_ckpt_path:
+            path = Path(run.resume_ckpt_path)
+            if path.is_dir():
+                raise ConfigError(f"run.resume_ckpt_path {path}: with run.evaluate give a model file "
+                                  f"({FINAL_MODEL}), not a checkpoint folder")
+            read_model_file(path)  # a clear error for a file that is not ours
+            load_model_file(model, path)
+        if self.datasets is None:
+            self.datasets = self.task.build_datasets()
+        self._resolve_splits()
+        if not self.test_splits:
+            raise ConfigError(f"run.evaluate: no split to evaluate; set run.test_splits (built: {sorted(self.datasets)})")
+        self.precision = compute_precision(self.task)
+        model.to(distributed.device())
+        if self.precision == "bf16":
+            model.to(torch.bfloat16)
+        model.eval()
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        return self._test(model)
+
+
+def schedule_settings(run, total_steps: int) -> tuple[int, float, float]:
+    """(warm-up steps, floor ratio, warm-up start ratio) of a run section (see :mod:`.schedule`)."""
+    warmup = run.warmup_steps if run.warmup_steps is not None else int(run.warmup_ratio * total_steps)
+    min_ratio = run.min_lr / run.init_lr if run.min_lr is not None else run.min_lr_ratio
+    start = (run.warmup_lr or 0.0) / run.init_lr
+    return warmup, min_ratio, start
 
 
 def describe_device(device: torch.device) -> str:

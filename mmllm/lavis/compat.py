@@ -21,12 +21,22 @@ things break, and both are handled here at run time (nothing in site-packages is
    for one process, while ``RunnerBase.train`` calls ``dist.barrier()``), and
    ``BaseTask.evaluation`` (moves batches to CUDA by default).
 
+3. Because ``lavis/models/__init__.py`` and ``lavis/processors/__init__.py`` are skipped, the
+   user-facing functions they define (``load_model``, ``load_preprocess``,
+   ``load_model_and_preprocess``, ``load_processor``) would be missing from ``lavis.models`` /
+   ``lavis.processors``. :func:`_install_loaders` compiles exactly those function definitions
+   from LAVIS's own files (found by name with ``ast``; their other top-level statements, the zoo
+   imports, are not run) into the bare packages, so
+   ``from lavis.models import load_model_and_preprocess`` is LAVIS's own code.
+
 ``tests/test_lavis.py`` fails if any of these import paths or patched names move.
 """
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
+import logging
 import sys
 import types
 from pathlib import Path
@@ -43,9 +53,38 @@ FRAMEWORK_MODULES = (
     "lavis.datasets.datasets.dataloader_utils", "lavis.runners.runner_base",
 )
 _STATE = {"imported": False, "patched": False}
+# package -> the functions of its (skipped) __init__.py that users import from it
+LOADERS = {"lavis.models": ("load_model", "load_preprocess", "load_model_and_preprocess"),
+           "lavis.processors": ("load_processor",)}
+
+
+def _install_loaders(root: Path) -> None:
+    """LAVIS's loader functions, compiled from its own ``__init__`` files, on the bare packages."""
+    import torch
+    from omegaconf import OmegaConf
+
+    registry = sys.modules["lavis.common.registry"].registry
+    base_processor = sys.modules["lavis.processors.base_processor"].BaseProcessor
+    for package, names in LOADERS.items():
+        module = sys.modules[package]
+        if all(hasattr(module, n) for n in names):
+            continue
+        path = root / package.removeprefix("lavis.").replace(".", "/") / "__init__.py"
+        tree = ast.parse(path.read_text(), str(path))
+        defs = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in names]
+        missing = set(names) - {d.name for d in defs}
+        if missing:
+            raise MMLLMError(f"{path}: LAVIS functions {sorted(missing)} not found (not LAVIS 1.0.2?); {PIP}")
+        namespace = module.__dict__
+        namespace.update(registry=registry, BaseProcessor=base_processor, OmegaConf=OmegaConf, torch=torch,
+                         logging=logging)
+        exec(compile(ast.Module(body=defs, type_ignores=[]), str(path), "exec"), namespace)  # noqa: S102
 
 
 def lavis_root() -> Path:
+    loaded = sys.modules.get("lavis")
+    if loaded is not None and getattr(loaded, "__path__", None):  # our bare package has no __spec__
+        return Path(list(loaded.__path__)[0])
     spec = importlib.util.find_spec("lavis")
     if spec is None or not spec.submodule_search_locations:
         raise MMLLMError(f"LAVIS is not installed: {PIP}")
@@ -80,6 +119,7 @@ def import_lavis() -> types.ModuleType:
     if "MAX_INT" not in registry.mapping["state"]:
         registry.register("MAX_INT", sys.maxsize)
         registry.register("SPLIT_NAMES", ["train", "val", "test"])
+    _install_loaders(root)
     _STATE["imported"] = True
     return sys.modules["lavis.common.registry"]
 

@@ -1,7 +1,10 @@
 """``runner_deepspeed``: trains any LAVIS task config through our DeepSpeed engine
 (ZeRO stage from ``run.deepspeed_config``), so ``run.runner: runner_deepspeed`` gives ZeRO,
 resumable atomic checkpoints and bf16 to a LAVIS config. LAVIS's model and datasets are
-handed to our trainer as they are: nothing is built twice."""
+handed to our trainer as they are: nothing is built twice. LAVIS's run keys (``train_splits``,
+``valid_splits``, ``test_splits``, ``evaluate``, ``resume_ckpt_path``, ``amp``, ``warmup_lr``,
+``init_lr``, ``min_lr``) are honoured by :class:`mmllm.engine.trainer.Trainer`, or refused with a
+ConfigError where they cannot be (never ignored); ``train()`` returns the final test metrics."""
 from __future__ import annotations
 
 from .compat import import_lavis

@@ -1,20 +1,26 @@
 """Run a LAVIS task config, as LAVIS's own ``train.py`` does, with our models registered:
 
     python -m mmllm.lavis.train --cfg-path configs/lavis/vqa_easyvqa.yaml [--options run.max_epoch=1 ...]
-    deepspeed --num_gpus 2 -m mmllm.lavis.train --cfg-path ...    (or torchrun --nproc_per_node 2 -m ...)
+    deepspeed --num_gpus 2 --module mmllm.lavis.train --cfg-path ...   (or torchrun --nproc_per_node 2 -m ...)
+
+(The DeepSpeed launcher spells python's ``-m`` as ``--module``; ``deepspeed -m`` is not one of its flags.)
 
 ``run.runner: runner_deepspeed`` trains through our DeepSpeed engine (ZeRO from
-``run.deepspeed_config``); ``run.runner: runner_base`` through LAVIS's own runner.
+``run.deepspeed_config``), honouring LAVIS's run keys (see :mod:`mmllm.engine.trainer`);
+``run.runner: runner_base`` through LAVIS's own runner. The final metrics are printed as JSON on
+stdout (logs go to stderr).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import uuid
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..logs import add_log_level_flag, setup_logging
 from .adapters import register_all
 from .compat import import_lavis, patch_runner_for_cpu
 
@@ -48,7 +54,14 @@ def main(argv=None) -> int:
     """The LAVIS entry point; our own errors become one line and exit 2."""
     from ..engine.cli import run_cli
 
-    return run_cli(lambda: _main(argv))
+    def run():
+        results = _main(argv)
+        from ..engine.distributed import is_main
+
+        if is_main():
+            print(json.dumps(results or {}, indent=1, sort_keys=True), flush=True)
+
+    return run_cli(run)
 
 
 def _main(argv=None):
@@ -56,7 +69,9 @@ def _main(argv=None):
     parser.add_argument("--cfg-path", required=True)
     parser.add_argument("--options", nargs="*", default=[], help="overrides like run.max_epoch=2")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    add_log_level_flag(parser)
     args = parser.parse_args(argv)
+    setup_logging(args.log_level)
 
     registry = import_lavis().registry
     patch_runner_for_cpu()
@@ -91,7 +106,30 @@ def _main(argv=None):
     runner = registry.get_runner_class(cfg.run_cfg.get("runner", "runner_base"))(
         cfg=cfg, job_id=job_id, task=task, model=model, datasets=datasets
     )
-    return runner.train()
+    tested = _record_evaluations(runner)
+    results = runner.train()
+    if isinstance(results, dict):  # runner_deepspeed returns its test metrics
+        return results
+    # LAVIS's RunnerBase.train() returns nothing; its last evaluate() call holds the test metrics
+    return {f"{split}_{k}": v for split, metrics in (tested[-1] if tested else {}).items()
+            for k, v in (metrics or {}).items() if k != "agg_metrics"}
+
+
+def _record_evaluations(runner) -> list[dict]:
+    """Wraps LAVIS's ``runner.evaluate`` to keep what it returns (split -> metrics)."""
+    seen: list[dict] = []
+    evaluate = getattr(runner, "evaluate", None)
+    if evaluate is None:
+        return seen
+
+    def recording(*args, **kwargs):
+        result = evaluate(*args, **kwargs)
+        if isinstance(result, dict):
+            seen.append(result)
+        return result
+
+    runner.evaluate = recording
+    return seen
 
 
 if __name__ == "__main__":
