@@ -40,7 +40,10 @@ def test_vocab_and_soft_scores_by_hand(data):
     assert build_answer_vocab(s, 2) == ["no", "yes"]
     index = {"2": 0, "red": 1, "blue": 2}
     answers = [{"answer": "Two"}] * 2 + [{"answer": "red"}] * 7 + [{"answer": "the blue"}]
-    assert soft_scores(answers, index) == {0: pytest.approx(2 / 3), 1: 1.0, 2: pytest.approx(1 / 3)}
+    # counts: "2" x2, "red" x7, "blue" x1 (normalised: digits, articles)
+    assert soft_scores(answers, index, "vqa_min3") == {0: pytest.approx(2 / 3), 1: 1.0, 2: pytest.approx(1 / 3)}
+    assert soft_scores(answers, index, "meter") == {0: pytest.approx(0.6), 1: 1.0, 2: pytest.approx(0.3)}
+    assert soft_scores(answers, index) == soft_scores(answers, index, "meter")  # METER's is the default
 
 
 def test_missing_image(data):

@@ -4,6 +4,11 @@ Vision-and-Language Transformers", CVPR 2022), with the frozen LLM block of Pang
 
 Each co-attention layer updates both streams from the previous layer's outputs:
 self-attention, cross-attention to the other stream, feed-forward (post-norm, as BERT).
+
+Where the block sits in the stack (``model.llm_block_at``, the METER host's insertion depth for
+the paper's position ablation, its Table D): ``after_fusion`` (default: on the fused tokens,
+before the poolers) or ``before_fusion`` (on the projected unimodal tokens, before the first
+co-attention layer: retrieval's contrastive features then pass through it too).
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from ..schema import ModelSection
 from .encoders import TextOptions, VisionOptions, build_text_encoder, build_vision_encoder
 
 LLM_BLOCK_PLACES = ("vision", "text", "both", "none")
+LLM_BLOCK_DEPTHS = ("after_fusion", "before_fusion")
 
 
 class METEROptions(ModelSection):
@@ -34,6 +40,8 @@ class METEROptions(ModelSection):
     llm_block: dict[str, Any] | None = Field(None, description="block options (kind, source, layers, ...)")
     llm_block_on: Literal["vision", "text", "both", "none"] = Field(
         "vision", description="which fused stream the block processes")
+    llm_block_at: Literal["after_fusion", "before_fusion"] = Field(
+        "after_fusion", description="insertion depth: after the fusion layers, or on the unimodal tokens before them")
 
 
 class CrossModalLayer(nn.Module):
@@ -78,10 +86,13 @@ class FusedOutput(NamedTuple):  # a tuple, so DeepSpeed ZeRO-3 sees the tensors 
 
 class METERBackbone(nn.Module):
     def __init__(self, vision, text, hidden: int, fusion_layers: int, heads: int, dropout: float,
-                 llm_block: Mapping[str, Any] | None, llm_block_on: str):
+                 llm_block: Mapping[str, Any] | None, llm_block_on: str, llm_block_at: str = "after_fusion"):
         super().__init__()
         if llm_block_on not in LLM_BLOCK_PLACES:
             raise ConfigError(f"model.llm_block_on must be one of {LLM_BLOCK_PLACES}, got {llm_block_on!r}")
+        if llm_block_at not in LLM_BLOCK_DEPTHS:
+            raise ConfigError(f"model.llm_block_at must be one of {LLM_BLOCK_DEPTHS}, got {llm_block_at!r}")
+        self.llm_block_at = llm_block_at
         self.vision = vision
         self.text = text
         self.hidden = hidden
@@ -101,11 +112,17 @@ class METERBackbone(nn.Module):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Unimodal image tokens in the shared width (used by retrieval's contrastive head)."""
         tokens = self.image_proj(self.vision(images))
-        return tokens + self._modality(1, tokens)
+        tokens = tokens + self._modality(1, tokens)
+        if self.llm_block is not None and self.llm_block_at == "before_fusion":
+            tokens = self.llm_block(tokens, None)
+        return tokens
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         tokens = self.text_proj(self.text(input_ids, attention_mask))
-        return tokens + self._modality(0, tokens)
+        tokens = tokens + self._modality(0, tokens)
+        if self.llm_block_text is not None and self.llm_block_at == "before_fusion":
+            tokens = self.llm_block_text(tokens, attention_mask == 0)
+        return tokens
 
     def _modality(self, kind: int, like: torch.Tensor) -> torch.Tensor:
         # called as a module (not .weight[...]) so ZeRO-3 gathers its partitioned weight
@@ -115,9 +132,9 @@ class METERBackbone(nn.Module):
         x_img, x_txt = image_tokens, text_tokens
         for img_layer, txt_layer in zip(self.image_layers, self.text_layers):
             x_img, x_txt = img_layer(x_img, image_pad, x_txt, text_pad), txt_layer(x_txt, text_pad, x_img, image_pad)
-        if self.llm_block is not None:
+        if self.llm_block is not None and self.llm_block_at == "after_fusion":
             x_img = self.llm_block(x_img, image_pad)
-        if self.llm_block_text is not None:
+        if self.llm_block_text is not None and self.llm_block_at == "after_fusion":
             x_txt = self.llm_block_text(x_txt, text_pad)
         pooled = torch.cat([self.text_pooler(x_txt), self.image_pooler(x_img)], dim=-1)
         return FusedOutput(x_img, x_txt, image_pad, text_pad, pooled)
@@ -133,4 +150,5 @@ def build_meter_backbone(options: METEROptions) -> METERBackbone:
         build_vision_encoder(options.vision), build_text_encoder(options.text),
         hidden=options.hidden_size, fusion_layers=options.fusion_layers, heads=options.num_heads,
         dropout=options.dropout, llm_block=options.llm_block, llm_block_on=options.llm_block_on,
+        llm_block_at=options.llm_block_at,
     )

@@ -4,6 +4,7 @@ From a saved score file (rows/columns ordered as the annotation's images / capti
     python projects/retrieval/evaluate.py --scores scores.npz --annotation test.json
 From a trained model:
     python projects/retrieval/evaluate.py --checkpoint runs/x/model_final.pt [--split test]
+        [--rerank-score blip|albef|margin_sim] [--full-itm]   (METER's protocol too: every pair by ITM)
 ``scores.npz`` holds ``scores_i2t`` [images x texts] and ``scores_t2i`` [texts x images].
 """
 from __future__ import annotations
@@ -46,10 +47,17 @@ def from_scores(scores: str, annotation: str) -> dict:
         raise DataError(f"{scores} against {annotation}: {exc}") from exc
 
 
-def from_checkpoint(checkpoint: str, split: str, out_dir: str | None) -> dict:
+def from_checkpoint(checkpoint: str, split: str, out_dir: str | None, rerank_score: str | None = None,
+                    full_itm: bool = False) -> dict:
     from mmllm.engine.evaluation import load_trained
 
-    task, model, datasets = load_trained(checkpoint, out_dir)
+    def edit(cfg):  # evaluation-only settings of the run section; the weights are the run's
+        if rerank_score is not None:
+            cfg.run.rerank_score = rerank_score
+        if full_itm:
+            cfg.run.full_itm = True
+
+    task, model, datasets = load_trained(checkpoint, out_dir, edit=edit)
     if split not in datasets or split == "train":
         raise MMLLMError(f"split {split!r} is not an evaluation split of the config ({sorted(datasets)})")
     return task.evaluate(model, datasets[split], split, Path(task.run.output_dir))
@@ -62,9 +70,14 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out-dir")
+    parser.add_argument("--rerank-score", choices=["blip", "albef", "margin_sim"],
+                        help="with --checkpoint: the re-ranking score (default: the run's run.rerank_score)")
+    parser.add_argument("--full-itm", action="store_true",
+                        help="with --checkpoint: also score every pair with ITM (METER's protocol), full_itm_*")
     args = parser.parse_args(argv)
     if args.checkpoint:
-        return print_report(lambda: from_checkpoint(args.checkpoint, args.split, args.out_dir))
+        return print_report(lambda: from_checkpoint(args.checkpoint, args.split, args.out_dir, args.rerank_score,
+                                                    args.full_itm))
     if args.scores and args.annotation:
         return print_report(lambda: from_scores(args.scores, args.annotation))
     parser.error("give --scores and --annotation, or --checkpoint")

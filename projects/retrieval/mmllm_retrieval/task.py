@@ -1,7 +1,12 @@
-"""Image–text retrieval task for the shared engine: ITC + ITM training, ITM re-ranking at test."""
+"""Image–text retrieval task for the shared engine: ITC + ITM training; at test, ITM re-ranking of
+the ITC top-k (ALBEF/BLIP) and, with ``run.full_itm``, every pair scored by ITM (METER): see
+:mod:`mmllm_retrieval.scoring`."""
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -19,10 +24,18 @@ from mmllm.models.encoders import build_tokenizer, vision_input_spec
 
 from .metrics import caption_index, retrieval_metrics
 from .model import RetrievalModelOptions, create_retrieval_model
+from .scoring import fill_reranked, full_itm_scores, topk_rerank
+
+log = logging.getLogger(__name__)
 
 
 class RetrievalRunOptions(RunConfig):
     k_test: int = Field(16, gt=0, description="ITM re-ranks each query's top k_test contrastive candidates")
+    rerank_score: Literal["blip", "albef", "margin_sim"] = Field(
+        "blip", description="re-ranking score: blip = itm[:,1] + sim (BLIP); albef = itm[:,1] (ALBEF); "
+        "margin_sim = itm[:,1] - itm[:,0] + sim (this library's earlier rule)")
+    full_itm: bool = Field(False, description="also score every image-text pair with the ITM head (METER's protocol) "
+                           "and report it as full_itm_*: images x texts fused passes")
 
 
 class RetrievalEvalSet:
@@ -90,12 +103,9 @@ class RetrievalTask(Task):
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def score_matrices(self, model, data: RetrievalEvalSet) -> tuple[np.ndarray, np.ndarray]:
-        """ITC similarities for every pair; each row's top-k candidates re-scored as ITM score + ITC
-        similarity (as BLIP/LAVIS do: an uninformative ITM head then keeps the ITC order), others -100.
-        Also returns the ITC-only similarities."""
+    def _unimodal(self, model, data: RetrievalEvalSet):
+        """Unimodal tokens, text padding and normalised ITC features of every image and text."""
         batch_size = self.run.batch_size_eval
-        k = self.run.k_test
 
         def image_step(m, batch):
             tokens, feat = m.image_features(batch["images"])
@@ -112,45 +122,89 @@ class RetrievalTask(Task):
             text = self._tokenize([x["caption"] for x in s])
             return {"index": torch.tensor([x["index"] for x in s]), **text}
 
-        images = sorted(predict(model, data.images(), image_collate, batch_size, image_step, "eval images", task=self), key=lambda r: r[0])
-        texts = sorted(predict(model, data.captions(), text_collate, batch_size, text_step, "eval texts", task=self), key=lambda r: r[0])
+        images = sorted(predict(model, data.images(), image_collate, batch_size, image_step, "eval images", task=self),
+                        key=lambda r: r[0])
+        texts = sorted(predict(model, data.captions(), text_collate, batch_size, text_step, "eval texts", task=self),
+                       key=lambda r: r[0])
         img_tok = torch.stack([r[1] for r in images])
         img_feat = torch.stack([r[2] for r in images])
         width = max(r[1].shape[0] for r in texts)
         txt_tok = torch.stack([torch.nn.functional.pad(r[1], (0, 0, 0, width - r[1].shape[0])) for r in texts])
         txt_pad = torch.stack([torch.nn.functional.pad(r[2], (0, width - r[2].shape[0]), value=True) for r in texts])
         txt_feat = torch.stack([r[3] for r in texts])
-        sims = (img_feat @ txt_feat.T).numpy()
+        return img_tok, img_feat, txt_tok, txt_pad, txt_feat
+
+    def _pair_logits(self, model, img_tok, txt_tok, txt_pad):
+        """(image rows, text rows) -> the ITM head's two logits for those pairs, as numpy [n, 2]."""
         device, dtype = next(model.parameters()).device, model_dtype(model)
+
+        def pair_logits(rows_img, rows_txt):
+            rows_img, rows_txt = torch.as_tensor(rows_img), torch.as_tensor(rows_txt)
+            logits = model.itm_logits(img_tok[rows_img].to(device, dtype), txt_tok[rows_txt].to(device, dtype),
+                                      txt_pad[rows_txt].to(device))
+            return logits.float().cpu().numpy()
+
+        return pair_logits
+
+    @staticmethod
+    def _my_rows(n: int) -> range:
+        rank, world = ((torch.distributed.get_rank(), torch.distributed.get_world_size())
+                       if torch.distributed.is_initialized() else (0, 1))
+        return range(rank, n, world)
+
+    @torch.no_grad()
+    def score_matrices(self, model, data: RetrievalEvalSet, full_itm: bool = False):
+        """(scores_i2t, scores_t2i, ITC similarities, full-ITM matrix or None).
+
+        Re-ranking: each query's ITC top-``k_test`` candidates get ``run.rerank_score`` (blip / albef /
+        margin_sim, see :mod:`mmllm_retrieval.scoring`), every other pair a fixed low score. With
+        ``full_itm``, also the ITM match logit of every pair [images x texts] (METER's protocol).
+        """
+        img_tok, img_feat, txt_tok, txt_pad, txt_feat = self._unimodal(model, data)
+        sims = (img_feat @ txt_feat.T).double().numpy()
         was_training = model.training
         model.eval()
+        pair_logits = self._pair_logits(model, img_tok, txt_tok, txt_pad)
+        k, rule = self.run.k_test, self.run.rerank_score
 
-        def itm(rows_img, rows_txt):
-            logits = model.itm_logits(img_tok[rows_img].to(device, dtype), txt_tok[rows_txt].to(device, dtype), txt_pad[rows_txt].to(device))
-            return (logits[:, 1] - logits[:, 0]).float().cpu().numpy()
+        def gathered(part: dict) -> dict:
+            merged = {}
+            for piece in distributed.all_gather_objects(part):
+                merged.update(piece)
+            return merged
 
-        def rerank(n_rows, n_cols, row_sims, pair):
-            rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if torch.distributed.is_initialized() else (0, 1)
-            mine = []
-            for r in range(rank, n_rows, world):
-                top = np.argsort(-row_sims[r], kind="stable")[: min(k, n_cols)]
-                mine.append((r, top, pair(r, top)))
-            full = np.full((n_rows, n_cols), -100.0, dtype=np.float32)
-            for part in distributed.all_gather_objects(mine):
-                for r, top, scores in part:
-                    full[r, top] = scores
-            return full
-
-        scores_i2t = rerank(len(images), len(texts), sims, lambda i, top: itm(np.full(len(top), i), top) + sims[i, top])
-        scores_t2i = rerank(len(texts), len(images), sims.T, lambda t, top: itm(top, np.full(len(top), t)) + sims[top, t])
+        n_img, n_txt = sims.shape
+        i2t = topk_rerank(sims, pair_logits, k, rule, rows=self._my_rows(n_img))
+        t2i = topk_rerank(sims.T, pair_logits, k, rule, transpose=True, rows=self._my_rows(n_txt))
+        scores_i2t = fill_reranked(gathered(i2t), (n_img, n_txt))
+        scores_t2i = fill_reranked(gathered(t2i), (n_txt, n_img))
+        full = None
+        if full_itm:
+            rows = gathered(full_itm_scores(n_img, n_txt, pair_logits, self.run.batch_size_eval, self._my_rows(n_img),
+                                            progress=distributed.is_main()))
+            full = np.stack([rows[i] for i in range(n_img)])
         model.train(was_training)
-        return scores_i2t, scores_t2i, sims
+        return scores_i2t, scores_t2i, sims, full
 
     def evaluate(self, model, dataset, split: str, out_dir: Path) -> dict[str, float]:
-        scores_i2t, scores_t2i, sims = self.score_matrices(model, dataset)
+        """Recalls of ITC top-k re-ranking (the main metric, ``r_mean``), ITC alone (``itc_r_mean``) and,
+        with ``run.full_itm``, of every pair scored by ITM (``full_itm_*``)."""
+        start = time.perf_counter()
+        scores_i2t, scores_t2i, sims, full = self.score_matrices(model, dataset, full_itm=self.run.full_itm)
+        seconds = time.perf_counter() - start
         metrics = retrieval_metrics(scores_i2t, scores_t2i, dataset.img2txt, dataset.txt2img)
         itc_only = retrieval_metrics(sims, sims.T, dataset.img2txt, dataset.txt2img)  # before re-ranking
+        report = {**metrics, "itc_only": itc_only, "rerank_score": self.run.rerank_score, "k_test": self.run.k_test,
+                  "eval_seconds": round(seconds, 2)}
+        out = {**{k: round(v, 2) for k, v in metrics.items()}, "itc_r_mean": round(itc_only["r_mean"], 2)}
+        if full is not None:
+            full_metrics = retrieval_metrics(full, full.T, dataset.img2txt, dataset.txt2img)
+            report["full_itm"] = {**full_metrics, "pairs": int(full.size)}
+            out.update({f"full_itm_{k}": round(v, 2) for k, v in full_metrics.items()})
+            log.info("%s: full ITM scored %d pairs; evaluation took %.1f s", split, full.size, seconds)
         if distributed.is_main():
             np.savez(Path(out_dir) / f"scores_{split}.npz", scores_i2t=scores_i2t, scores_t2i=scores_t2i)
-            write_json(Path(out_dir) / f"recall_{split}.json", {**metrics, "itc_only": itc_only})
-        return {**{k: round(v, 2) for k, v in metrics.items()}, "itc_r_mean": round(itc_only["r_mean"], 2)}
+            if full is not None:  # same keys: projects/retrieval/evaluate.py --scores reads either file
+                np.savez(Path(out_dir) / f"scores_full_itm_{split}.npz", scores_i2t=full, scores_t2i=full.T)
+            write_json(Path(out_dir) / f"recall_{split}.json", report)
+        return out

@@ -5,6 +5,8 @@ and the embedded easy-VQA conversion; only ``image_pattern`` differs.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mmllm.data.images import check_images_exist, image_transform, load_image
-from mmllm.errors import DataError
+from mmllm.errors import ConfigError, DataError
 from mmllm.jsonio import read_json
 
 from .vqa_eval import normalize_answer
@@ -23,20 +25,24 @@ COCO_PATTERN = "COCO_{split}2014_{image_id:012d}.jpg"
 
 
 def load_json_records(path: str | Path, field: str) -> list[dict[str, Any]]:
-    """Records under ``field`` of a VQAv2 JSON file, read with the ``datasets`` library (Arrow-cached)."""
-    import datasets
-
+    """Records under ``field`` of a VQAv2 JSON file, checked to be JSON objects (plain JSON: the
+    records are used as Python dicts, so an Arrow round trip would only cost time)."""
     path = Path(path)
     head = read_json(path, f"{field} file")
     if not isinstance(head, dict) or field not in head or not isinstance(head[field], list):
         raise DataError(f"{path}: expected a JSON object with a list under {field!r} (VQAv2 format)")
-    if not head[field]:
-        return []
-    try:
-        table = datasets.Dataset.from_list(head[field])
-    except Exception as exc:  # arrow type errors: inconsistent records
-        raise DataError(f"{path}: inconsistent records under {field!r}: {exc}") from exc
-    return table.to_list()
+    records = head[field]
+    kinds: dict[str, str] = {}
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: inconsistent records under {field!r}: item {i} is a "
+                            f"{type(record).__name__}, not an object")
+        for key, value in record.items():  # one type per key, as a table column would need
+            kind = "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value).__name__
+            if value is not None and kinds.setdefault(key, kind) != kind:
+                raise DataError(f"{path}: inconsistent records under {field!r}: item {i} has {key!r} of type "
+                                f"{kind}, earlier items {kinds[key]}")
+    return records
 
 
 def _require(record: dict, keys: tuple[str, ...], where: str) -> None:
@@ -94,24 +100,53 @@ def build_answer_vocab(split: VQASplit, top_k: int) -> list[str]:
     return [answer for answer, _ in ranked[:top_k]]
 
 
-def soft_scores(answers: list[dict], vocab_index: dict[str, int]) -> dict[int, float]:
-    """VQA soft target: min(1, #annotators giving the (normalised) answer / 3)."""
+def _meter_score(n: int) -> float:
+    """METER/ViLT's ``get_score``: 0.3, 0.6, 0.9, 1.0 for 1, 2, 3, >= 4 annotators. With 10 annotators this
+    is exactly the official accuracy of that answer (the mean of min(1, matches/3) over the 10
+    leave-one-out subsets of 9), which min(1, n/3) overstates for n = 1, 2, 3."""
+    return (0.0, 0.3, 0.6, 0.9)[n] if n < 4 else 1.0
+
+
+def _vqa_min3_score(n: int) -> float:
+    """The VQA accuracy formula without the leave-one-out average: min(1, n / 3)."""
+    return min(1.0, n / 3)
+
+
+# named soft-target schemes (``datasets.mmllm_vqa.soft_score``)
+SOFT_SCORES = {"meter": _meter_score, "vqa_min3": _vqa_min3_score}
+
+
+def soft_scores(answers: list[dict], vocab_index: dict[str, int], scheme: str = "meter") -> dict[int, float]:
+    """VQA soft targets {answer index: score} from the count of annotators giving each (normalised)
+    answer: ``meter`` (0.3/0.6/0.9/1.0 for 1/2/3/>=4, METER's and ViLT's training targets) or
+    ``vqa_min3`` (min(1, n/3))."""
+    if scheme not in SOFT_SCORES:
+        raise ConfigError(f"datasets.mmllm_vqa.soft_score must be one of {sorted(SOFT_SCORES)}, got {scheme!r}")
+    score = SOFT_SCORES[scheme]
     counts = Counter(normalize_answer(a["answer"]) for a in answers)
-    return {vocab_index[ans]: min(1.0, n / 3) for ans, n in counts.items() if ans in vocab_index}
+    return {vocab_index[ans]: score(n) for ans, n in counts.items() if ans in vocab_index}
 
 
 class VQADataset(Dataset):
-    def __init__(self, split: VQASplit, vocab: list[str], image_size: int, mean, std):
+    def __init__(self, split: VQASplit, vocab: list[str], image_size: int, mean, std, soft_score: str = "meter"):
         self.split = split
         self.vocab = vocab
         self.index = {a: i for i, a in enumerate(vocab)}
         self.transform = image_transform(image_size, mean, std)
         self._targets = None
         if split.annotations:
-            self._targets = [soft_scores(split.annotations[q["question_id"]]["answers"], self.index) for q in split.questions]
+            self._targets = [soft_scores(split.annotations[q["question_id"]]["answers"], self.index, soft_score)
+                             for q in split.questions]
 
     def __len__(self) -> int:
         return len(self.split.questions)
+
+    def head(self, n: int) -> VQADataset:
+        """The first ``n`` questions, scored against their own annotations (``run.max_eval_samples``)."""
+        part = copy.copy(self)
+        part.split = dataclasses.replace(self.split, questions=self.split.questions[:n])
+        part._targets = None if self._targets is None else self._targets[:n]
+        return part
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         q = self.split.questions[i]

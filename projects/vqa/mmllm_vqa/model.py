@@ -12,9 +12,10 @@ class VQAModel(nn.Module):
     def __init__(self, backbone, num_answers: int):
         super().__init__()
         self.backbone = backbone
-        dim = 2 * backbone.hidden
-        # METER's VQA classifier: Linear -> LayerNorm -> GELU -> Linear over the answer vocabulary
-        self.vqa_head = nn.Sequential(nn.Linear(dim, dim * 2), nn.LayerNorm(dim * 2), nn.GELU(), nn.Linear(dim * 2, num_answers))
+        dim = 2 * backbone.hidden  # pooled text ++ pooled image
+        # METER's VQA classifier (Dou et al. 2022; METERTransformerSS.vqa_classifier in the official code):
+        # Linear(2h -> 2h) -> LayerNorm(2h) -> GELU -> Linear(2h -> answers)
+        self.vqa_head = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim), nn.GELU(), nn.Linear(dim, num_answers))
 
     def forward(self, images, input_ids, attention_mask) -> torch.Tensor:
         return self.vqa_head(self.backbone(images, input_ids, attention_mask).pooled)

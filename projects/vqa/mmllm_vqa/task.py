@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import torch
 from pydantic import Field
 from torch.utils.data import Dataset
 
 from mmllm.engine import distributed
-from mmllm.engine.evaluation import predict
+from mmllm.engine.evaluation import model_dtype, predict
 from mmllm.engine.task import Task
 from mmllm.errors import DataError
 from mmllm.jsonio import read_json, write_json
@@ -40,6 +41,9 @@ class VQADataOptions(DataSection):
     answer_vocab: str | None = Field(None, description="JSON list of answers; default: top num_answers of train")
     num_answers: int = Field(3129, gt=0)
     max_text_len: int = Field(40, gt=0)
+    soft_score: Literal["meter", "vqa_min3"] = Field(
+        "meter", description="training targets: meter = 0.3/0.6/0.9/1.0 for 1/2/3/>=4 annotators (METER, ViLT); "
+        "vqa_min3 = min(1, n/3)")
     check_images: bool = True
 
 
@@ -87,7 +91,8 @@ class VQATask(Task):
         out_dir = Path(self.run.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "answer_vocab.json", self._vocab())
-        return {name: VQADataset(self._split(name), self._vocab(), *self.image_spec) for name in self.data_cfg.splits}
+        return {name: VQADataset(self._split(name), self._vocab(), *self.image_spec, soft_score=self.data_cfg.soft_score)
+                for name in self.data_cfg.splits}
 
     def collate(self, samples):
         return make_collate(self.tokenizer, len(self._vocab()), self.data_cfg.max_text_len)(samples)
@@ -107,6 +112,19 @@ class VQATask(Task):
 
         return dict(predict(model, dataset, self.collate, self.run.batch_size_eval, step,
                             desc=f"eval {dataset.split.name}", task=self))
+
+    @torch.no_grad()
+    def answer_questions(self, model, images: torch.Tensor, questions: list[str]) -> list[str]:
+        """The best vocabulary answer to each question about its (transformed) image: LAVIS's
+        ``model.predict_answers`` calls this; tokenized exactly as :meth:`collate` does."""
+        text = self.tokenizer(list(questions), padding="longest", truncation=True,
+                              max_length=self.data_cfg.max_text_len, return_tensors="pt")
+        batch = self.move_batch({"images": images, "input_ids": text["input_ids"],
+                                 "attention_mask": text["attention_mask"]},
+                                next(model.parameters()).device, model_dtype(model))
+        logits = model(batch["images"], batch["input_ids"], batch["attention_mask"])
+        vocab = self._vocab()
+        return [vocab[i] for i in logits.argmax(-1).tolist()]
 
     def evaluate(self, model, dataset, split: str, out_dir: Path) -> dict[str, float]:
         answers = self.predict_answers(model, dataset)
