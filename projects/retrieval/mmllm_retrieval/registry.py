@@ -16,4 +16,10 @@ def entries() -> list[TaskEntry]:
         lavis_model_config=DEFAULTS / "mmllm_meter_retrieval.yaml",
         lavis_dataset_config=DEFAULTS / "mmllm_retrieval.yaml",
         description="METER-style ITC + ITM retrieval with the frozen LLM block after fusion; Recall@K",
+    ), TaskEntry(  # VLAP (issue 13): one linear layer into the LLM's word-embedding space
+        name="mmllm_retrieval_vlap", task="mmllm_retrieval.vlap_task:VLAPRetrievalTask",
+        dataset="mmllm_retrieval_vlap", model_arch="mmllm_vlap_retrieval", metric="r_mean",
+        default_config=ROOT / "configs/retrieval/emoji_vlap_smollm2.yaml",
+        variants={"vlap": (), "vlap_assign_only": ("model.caption_weight=0",)},
+        description="VLAP: frozen ViT -> linear -> LLM word-embedding space, assignment prediction (+ captioning); Recall@K",
     )]

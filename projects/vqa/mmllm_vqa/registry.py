@@ -14,4 +14,16 @@ def entries() -> list[TaskEntry]:
         preparers={"easy_vqa": "mmllm_vqa.easy_vqa_convert:ensure_converted"},
         lavis_model_config=DEFAULTS / "mmllm_meter_vqa.yaml", lavis_dataset_config=DEFAULTS / "mmllm_vqa.yaml",
         description="METER-style VQA with the frozen LLM block after fusion; official VQA accuracy",
+    ), TaskEntry(  # LLaVA-style generative baseline and LLaViT (issue 13)
+        name="mmllm_vqa_generative", task="mmllm_vqa.generative_task:GenerativeVQATask",
+        dataset="mmllm_vqa_generative", model_arch="mmllm_llava_vqa", metric="accuracy",
+        default_config=ROOT / "configs/vqa/easyvqa_llava_smollm2.yaml",
+        variants={"llava": (), "llavit": ("model.llavit.visual_qkv=true", "model.llavit.bidirectional_visual=true",
+                                          "model.llavit.feature_layers=[1,-1]")},
+        description="LLaVA-style: ViT -> projector -> whole LLM, answers generated; LLaViT switches; official VQA accuracy",
+    ), TaskEntry(  # VLAP's linear layer + assignment loss as the LLaVA path's visual input (issue 13)
+        name="mmllm_vqa_vlap", task="mmllm_vqa.vlap_task:VLAPVQATask", dataset="mmllm_vqa_vlap",
+        model_arch="mmllm_vlap_vqa", metric="accuracy", default_config=ROOT / "configs/vqa/easyvqa_vlap_smollm2.yaml",
+        variants={"vlap": ()},
+        description="VLAP: frozen ViT -> linear (assignment prediction + answer loss) -> whole frozen LLM; VQA accuracy",
     )]
