@@ -59,7 +59,8 @@ setup(
     ],
     extras_require={
         "tb": ["tensorboard==2.21.0"],  # training curves as TensorBoard events (mmllm.engine.tracking)
-        "test": ["pytest==9.0.3", "ruff==0.17.6", "tensorboard==2.21.0", "torchmetrics==1.9.0"],
+        "test": ["pytest==9.0.3", "ruff==0.17.6", "tensorboard==2.21.0", "torchmetrics==1.9.0", "peft==0.21.2"],
+        "lora": ["peft==0.21.2"],  # stage-2 LoRA of the LLaVA-style path
     },
     package_data={"mmllm.lavis": ["defaults/*.yaml"], **{p: ["lavis_defaults/*.yaml"] for p in project_packages if "." not in p}},
     entry_points={

@@ -1,0 +1,133 @@
+"""LLaVA-style generative VQA model, with LLaViT's three changes each switchable in the config.
+
+vision encoder (the same open_clip ViT builder as the METER-style VQA) -> projector -> the whole
+pretrained causal LM (:class:`mmllm.models.llava.VisualPrefixLM`), answer generated as text.
+LLaViT (c), global + local features, is here: the encoder's tokens at several depths (each
+through the encoder's final LayerNorm) concatenated channel-wise before the projector.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from mmllm.errors import ConfigError
+from mmllm.models.encoders import VisionEncoder, VisionOptions, build_vision_encoder
+from mmllm.models.llava import PROJECTORS, PromptFormat, VisualPrefixLM, load_causal_lm, load_tokenizer
+from mmllm.schema import ModelSection, Section
+
+
+class LoRAOptions(Section):
+    r: int = Field(8, gt=0)
+    alpha: int = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class LLMOptions(Section):
+    source: str = Field("smollm2-135m", description="embedded asset name, HF folder or .gguf file (never downloaded)")
+    dtype: str = Field("auto", description="auto | bf16 | fp32 (auto: bf16 on a GPU, measured on CPU)")
+    prompt: Literal["auto", "chat", "plain"] = "auto"
+    projector: Literal["linear", "mlp2", "none"] = "mlp2"
+    train: Literal["frozen", "full", "lora"] = Field("frozen", description="stage 1: frozen; stage 2: full or lora")
+    lora: LoRAOptions = LoRAOptions()
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+
+
+class LLaViTOptions(Section):
+    """Each of LLaViT's changes on its own (all off = the LLaVA baseline)."""
+
+    visual_qkv: bool = Field(False, description="(a) separate trainable Q/K/V for visual tokens in every layer")
+    bidirectional_visual: bool = Field(False, description="(b) visual tokens attend to each other both ways")
+    feature_layers: list[int] | None = Field(None, description="(c) encoder depths concatenated channel-wise, e.g. [1, -1]")
+
+
+class GenerativeVQAOptions(ModelSection):
+    vision: VisionOptions = VisionOptions()
+    train_vision: bool = Field(True, description="no pretrained ViT ships offline, so the encoder trains by default")
+    llm: LLMOptions = LLMOptions()
+    llavit: LLaViTOptions = LLaViTOptions()
+    max_new_tokens: int = Field(8, gt=0)
+    max_question_tokens: int = Field(48, gt=0)
+
+
+class MultiDepthVision(nn.Module):
+    """Encoder tokens [B, 1 + patches, width * len(layers)]; ``layers=None`` is the final output only."""
+
+    def __init__(self, encoder: VisionEncoder, layers: list[int] | None):
+        super().__init__()
+        self.encoder = encoder
+        depth = len(encoder.visual.transformer.resblocks)
+        if layers is not None:
+            if not layers:
+                raise ConfigError("model.llavit.feature_layers: empty list (use null for the last layer only)")
+            bad = [i for i in layers if not -depth <= i < depth]
+            if bad:
+                raise ConfigError(f"model.llavit.feature_layers: {bad} outside the encoder's {depth} layers")
+            if len({i % depth for i in layers}) != len(layers):
+                raise ConfigError(f"model.llavit.feature_layers: {layers} names a layer twice")
+        self.layers = layers
+        self.out_dim = encoder.width * (len(layers) if layers else 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.layers is None:
+            return self.encoder(images)
+        out = self.encoder.visual.forward_intermediates(
+            images, indices=self.layers, normalize_intermediates=True, intermediates_only=True,
+            output_fmt="NLC", output_extra_tokens=True)
+        by_depth = [torch.cat([cls, patches], dim=1)
+                    for cls, patches in zip(out["image_intermediates_prefix"], out["image_intermediates"])]
+        depth = len(self.encoder.visual.transformer.resblocks)
+        order = sorted(range(len(self.layers)), key=lambda i: self.layers[i] % depth)  # timm returns them shallow first
+        ranked = {j: by_depth[rank] for rank, j in enumerate(order)}
+        return torch.cat([ranked[i] for i in range(len(self.layers))], dim=-1)
+
+
+class GenerativeVQAModel(nn.Module):
+    def __init__(self, vision: MultiDepthVision, lm: VisualPrefixLM):
+        super().__init__()
+        self.vision = vision
+        self.lm = lm
+
+    def forward(self, images, prompt_ids, prompt_mask, answer_ids, answer_mask) -> torch.Tensor:
+        return self.lm(self.vision(images), prompt_ids, prompt_mask, answer_ids, answer_mask)
+
+    @torch.no_grad()
+    def generate(self, images, prompt_ids, prompt_mask, max_new_tokens: int) -> list[list[int]]:
+        return self.lm.generate(self.vision(images), prompt_ids, prompt_mask, max_new_tokens)
+
+
+def build_prompt_format(options: GenerativeVQAOptions, tokenizer=None) -> PromptFormat:
+    return PromptFormat(tokenizer if tokenizer is not None else load_tokenizer(options.llm.source), options.llm.prompt)
+
+
+def create_generative_vqa_model(options: GenerativeVQAOptions, fmt: PromptFormat, lm: nn.Module | None = None):
+    """Factory: encoder + projector + LM from the typed ``model`` section (``lm`` given: tests' tiny LMs)."""
+    if options.llm.projector not in PROJECTORS:
+        raise ConfigError(f"model.llm.projector: {options.llm.projector!r} not one of {PROJECTORS}")
+    vision = MultiDepthVision(build_vision_encoder(options.vision), options.llavit.feature_layers)
+    for p in vision.parameters():
+        p.requires_grad = options.train_vision
+    if lm is None:
+        lm = load_causal_lm(options.llm.source, options.llm.dtype, options.llm.attn_implementation)
+    llm = options.llm
+    if llm.train == "lora":
+        if options.llavit.visual_qkv:
+            raise ConfigError("model.llm.train: lora with model.llavit.visual_qkv is not supported (use frozen or full)")
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError as exc:
+            raise ConfigError("model.llm.train: lora needs peft (pip install peft==0.21.2)") from exc
+        lm = get_peft_model(lm, LoraConfig(r=llm.lora.r, lora_alpha=llm.lora.alpha, lora_dropout=llm.lora.dropout,
+                                           target_modules=list(llm.lora.target_modules)))  # freezes all but LoRA
+    model = VisualPrefixLM(lm, vision.out_dim, llm.projector, fmt.prefix_ids, fmt.pad_id, fmt.eos_ids,
+                           visual_qkv=options.llavit.visual_qkv,
+                           bidirectional_visual=options.llavit.bidirectional_visual)
+    if llm.train == "frozen":
+        model.freeze_lm()
+    elif llm.train == "full":
+        for p in model.lm.parameters():
+            p.requires_grad = True
+    return GenerativeVQAModel(vision, model)
