@@ -1,0 +1,139 @@
+"""VLAP image–text retrieval for the shared engine: assignment prediction (+ captioning) training,
+ranking by cosine similarity in the LLM's word-embedding space, the same Recall@K evaluator."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmllm.data.captions import CaptionDataOptions, CaptionPairs, load_karpathy
+from mmllm.data.images import image_transform
+from mmllm.engine import distributed
+from mmllm.engine.evaluation import predict
+from mmllm.engine.task import Task
+from mmllm.errors import ConfigError, DataError
+from mmllm.jsonio import write_json
+from mmllm.models.encoders import vision_input_spec
+from mmllm.models.vlap import word_frequency_prior
+
+from .metrics import retrieval_metrics
+from .task import RetrievalEvalSet
+from .vlap_model import VLAPRetrievalOptions, create_vlap_retrieval_model
+
+
+def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and mask [B, L] (L >= 1)."""
+    width = max(1, max(len(r) for r in rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+class VLAPRetrievalTask(Task):
+    ModelOptions = VLAPRetrievalOptions
+    DataOptions = CaptionDataOptions
+    compute_dtype_inputs = ("images",)
+
+    def build_preprocess(self, tokenizer=None) -> None:
+        """The LLM's own tokenizer (captions are read in its vocabulary) and the image transform."""
+        from mmllm.models.llava import load_tokenizer
+
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.model_cfg.llm)
+        if self.tokenizer.eos_token_id is None:
+            raise ConfigError(f"model.llm={self.model_cfg.llm}: the tokenizer has no EOS token")
+        self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
+                          else self.tokenizer.eos_token_id)
+        self.transform = image_transform(*vision_input_spec(self.model_cfg.vision))
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])[: self.model_cfg.max_text_tokens]
+
+    def word_prior(self) -> torch.Tensor:
+        """Token frequencies of the training captions in the LLM's vocabulary, add-alpha smoothed."""
+        if "train" not in self.data_cfg.splits:
+            raise ConfigError(f"datasets.{self.dataset_key}.splits.train is needed for the word prior")
+        spec = self.data_cfg.splits["train"]
+        items = load_karpathy(spec.annotation, spec.image_root, check_images=False)
+        vocab = len(self.tokenizer)
+        return word_frequency_prior((self._ids(c) for item in items for c in item.captions), vocab,
+                                    self.model_cfg.prior_smoothing, ignore_ids=[self.pad_id])
+
+    def build_model(self, lm=None):
+        if not hasattr(self, "tokenizer"):
+            self.build_preprocess()
+        return create_vlap_retrieval_model(self.model_cfg, self.word_prior(), self.tokenizer, lm)
+
+    def build_datasets(self):
+        check = self.data_cfg.check_images
+        out = {}
+        for name, spec in self.data_cfg.splits.items():
+            items = load_karpathy(spec.annotation, spec.image_root, check)
+            out[name] = CaptionPairs(items, self.transform) if name == "train" else RetrievalEvalSet(items, self.transform)
+        return out
+
+    def _text_batch(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        rows = [self._ids(c) for c in captions]
+        empty = [c for c, r in zip(captions, rows) if not r]
+        if empty:
+            raise DataError(f"caption {empty[0]!r} has no tokens")
+        ids, mask = _pad(rows, self.pad_id)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def collate(self, samples):
+        captions = [s["caption"] for s in samples]
+        batch = {"images": torch.stack([s["image"] for s in samples]), **self._text_batch(captions)}
+        if self.model_cfg.caption_weight > 0:
+            prompt = self._ids(self.model_cfg.caption_prompt)
+            eos = int(self.tokenizer.eos_token_id)
+            batch["prompt_ids"], batch["prompt_mask"] = _pad([prompt] * len(samples), self.pad_id)
+            batch["answer_ids"], batch["answer_mask"] = _pad([self._ids(" " + c.strip()) + [eos] for c in captions],
+                                                             self.pad_id)
+        return batch
+
+    def training_loss(self, model, batch):
+        out = model(batch)
+        logs = {k: v.item() for k, v in out.items() if k != "loss"}
+        return out["loss"], logs
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def similarities(self, model, data: RetrievalEvalSet) -> np.ndarray:
+        """Cosine similarity [images x texts] in the word-embedding space."""
+        module = getattr(model, "module", model)
+        size = self.run.batch_size_eval
+
+        def image_step(m, batch):
+            return zip(batch["index"].tolist(), module.image_features(batch["images"]).float().cpu())
+
+        def text_step(m, batch):
+            feats = module.text_features(batch["input_ids"], batch["attention_mask"])
+            return zip(batch["index"].tolist(), feats.float().cpu())
+
+        def image_collate(s):
+            return {"index": torch.tensor([x["index"] for x in s]), "images": torch.stack([x["image"] for x in s])}
+
+        def text_collate(s):
+            return {"index": torch.tensor([x["index"] for x in s]), **self._text_batch([x["caption"] for x in s])}
+
+        images = sorted(predict(model, data.images(), image_collate, size, image_step, "eval images", task=self),
+                        key=lambda r: r[0])
+        texts = sorted(predict(model, data.captions(), text_collate, size, text_step, "eval texts", task=self),
+                       key=lambda r: r[0])
+        for name, rows, n in (("image", images, len(data.items)), ("text", texts, len(data.texts))):
+            if [r[0] for r in rows] != list(range(n)):
+                raise DataError(f"evaluation gathered {len(rows)} {name} features for {n} {name}s (missing or duplicated)")
+        img = torch.nn.functional.normalize(torch.stack([r[1] for r in images]), dim=-1)
+        txt = torch.nn.functional.normalize(torch.stack([r[1] for r in texts]), dim=-1)
+        return (img @ txt.T).numpy()
+
+    def evaluate(self, model, dataset, split: str, out_dir: Path) -> dict[str, float]:
+        sims = self.similarities(model, dataset)
+        metrics = retrieval_metrics(sims, sims.T, dataset.img2txt, dataset.txt2img)
+        if distributed.is_main():
+            np.savez(Path(out_dir) / f"scores_{split}.npz", scores_i2t=sims, scores_t2i=sims.T)
+            write_json(Path(out_dir) / f"recall_{split}.json", metrics)
+        return {k: round(v, 2) for k, v in metrics.items()}
