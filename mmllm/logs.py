@@ -30,6 +30,32 @@ def _rank() -> int:
     return 0
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (not the stream it was made with), so a
+    command run in-process under a capturing harness, or after stderr is replaced, never writes to a
+    closed stream."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property always wins
+        pass
+
+
+def reset_logging() -> None:
+    """Undo :func:`setup_logging` (our handler removed, records propagate again): for embedding code and tests."""
+    logger = logging.getLogger(ROOT_LOGGER)
+    for handler in [h for h in logger.handlers if h.get_name() == _HANDLER_NAME]:
+        logger.removeHandler(handler)
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
+
+
 def setup_logging(level: str | int = "info", rank: int | None = None) -> logging.Logger:
     """Configure the ``mmllm`` logger (idempotent) and quiet the libraries in :data:`NOISY`.
 
@@ -50,7 +76,7 @@ def setup_logging(level: str | int = "info", rank: int | None = None) -> logging
     logger.setLevel(level)
     logger.propagate = False
     if not any(h.get_name() == _HANDLER_NAME for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.set_name(_HANDLER_NAME)
         prefix = f"[rank {rank}] " if rank else ""
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s", "%H:%M:%S"))

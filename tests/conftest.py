@@ -11,3 +11,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helpers
 for project in sorted((ROOT / "projects").glob("*/")):  # project packages (also installed by setup.py)
     sys.path.insert(0, str(project))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _fresh_mmllm_logging():
+    """A command run in-process (``mmllm.cli.main([...])``) configures the ``mmllm`` logger; undo it so the
+    next test's ``caplog`` sees the records again."""
+    yield
+    from mmllm.logs import reset_logging
+
+    reset_logging()
