@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .errors import MMLLMError
 
@@ -92,8 +93,18 @@ def _leaderboard(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no finished run (summary.json) under {args.runs}", file=sys.stderr)
         return 1
-    paths = leaderboard.write(rows, args.out or args.runs, args.metric)
+    out = args.out or args.runs
+    paths = leaderboard.write(rows, out, args.metric)
     print(paths["markdown"].read_text())
+    try:
+        paths.update(leaderboard.write_aggregate(leaderboard.aggregate(rows, mix_steps=args.mix_steps), out))
+        print(paths["mean_markdown"].read_text())
+    except MMLLMError as exc:
+        print(f"error: no seed statistics: {exc}", file=sys.stderr)
+        return 2
+    curves = leaderboard.plot_loss_curves(rows, args.runs, Path(out) / "loss_curves.png")
+    if curves:
+        paths["loss_curves"] = curves
     print("written: " + ", ".join(str(p) for p in paths.values()))
     return 0
 
@@ -139,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--runs", default="runs", help="folder searched for summary.json files")
     board.add_argument("--out", default=None, help="output folder (default: --runs)")
     board.add_argument("--metric", default=None, help="metric to plot (default: each task's main metric)")
+    board.add_argument("--mix-steps", action="store_true",
+                       help="average runs of different step counts / max_eval_samples in one group anyway")
     board.set_defaults(func=_leaderboard)
     return parser
 

@@ -66,6 +66,9 @@ def collect(runs_dir: str | Path) -> list[dict[str, Any]]:
         metrics = dict(sorted(metrics.items(), key=lambda kv: (kv[0] not in HEADLINE, kv[0])))
         rows.append({"run": summary.parent.name, "task": data.get("task", "?"), "llm_block": _block_label(data.get("llm_block")),
                      "steps": data.get("steps"), **metrics})
+        # what seed statistics group on (not table columns): the variant a sweep names, else the block
+        rows[-1]["_meta"] = {"seed": data.get("seed"), "variant": data.get("variant") or rows[-1]["llm_block"],
+                             "max_eval_samples": data.get("max_eval_samples")}
     if summaries and not rows:
         log.warning("leaderboard: all %d summary.json file(s) under %s were skipped, no run to list",
                     len(summaries), runs_dir)
@@ -106,6 +109,7 @@ def write(rows: list[dict[str, Any]], out_dir: str | Path, plot_metric: str | No
                     sorted({k for r in rows for k in r} - {"run", "task", "llm_block", "steps"}))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    rows = [{k: v for k, v in r.items() if k != "_meta"} for r in rows]
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
@@ -152,3 +156,162 @@ def _plot(panels, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+# ---------------------------------------------------------------------- seed statistics
+BASELINE = "none"  # the no-block variant every other variant of a task is compared with
+
+
+def aggregate(rows: list[dict[str, Any]], mix_steps: bool = False) -> list[dict[str, Any]]:
+    """One row per task × variant: mean ± sample std of the task's main metric over seeds, and the paired
+    difference to the task's no-block variant with a 95% t interval (:mod:`mmllm.stats`).
+
+    Runs of one group must agree on steps and ``max_eval_samples`` (a 20-step smoke run averaged with a
+    400-step run is not a result) unless ``mix_steps``; two runs of one group with the same seed are an
+    error (a duplicated input, not a second sample)."""
+    from .stats import mean_std, paired_difference
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        meta = row.get("_meta", {})
+        groups.setdefault((row["task"], meta.get("variant", row["llm_block"])), []).append(row)
+    by_seed: dict[tuple[str, str], dict[int, float]] = {}
+    out = []
+    for (task, variant), members in groups.items():
+        metric, higher = main_metric(task, members)
+        members = [r for r in members if metric in r]
+        if not members:
+            continue
+        budgets = {(r["steps"], r.get("_meta", {}).get("max_eval_samples")) for r in members}
+        if len(budgets) > 1 and not mix_steps:
+            raise DataError(f"{task} / {variant}: runs of different (steps, max_eval_samples) {sorted(budgets, key=str)} "
+                            f"({', '.join(r['run'] for r in members)}); pass --mix-steps to average them anyway")
+        seeds: dict[int, float] = {}
+        for r in members:
+            seed = r.get("_meta", {}).get("seed")
+            if seed in seeds:
+                raise DataError(f"{task} / {variant}: two runs with seed {seed} (one is {r['run']}): a duplicate, "
+                                "not a second sample")
+            seeds[seed] = r[metric]
+        by_seed[(task, variant)] = seeds
+        mean, sd, n = mean_std(list(seeds.values()))
+        out.append({"task": task, "variant": variant, "metric": metric, "higher_is_better": higher, "n": n,
+                    "mean": mean, "std": sd, "seeds": sorted(seeds, key=str),
+                    "steps": sorted({r["steps"] for r in members})})
+    for row in out:
+        base = by_seed.get((row["task"], BASELINE))
+        row.update({"diff": None, "low": None, "high": None, "n_paired": 0, "verdict": ""})
+        if base is None or row["variant"] == BASELINE:
+            continue
+        shared = {k: v for k, v in by_seed[(row["task"], row["variant"])].items() if k in base}
+        if not shared:
+            row["verdict"] = "no seed shared with the no-block runs"
+            continue
+        row.update(paired_difference(shared, base))
+        if row["low"] is None:
+            row["verdict"] = "one paired seed: no interval"
+        elif row["low"] > 0 or row["high"] < 0:
+            better = (row["low"] > 0) == row["higher_is_better"]
+            row["verdict"] = "better than no block" if better else "worse than no block"
+        else:
+            row["verdict"] = "no clear difference"
+    return out
+
+
+METHOD_NOTE = ("mean ± sample std over seeds; Δ = variant − no block, paired by seed, with a 95% Student-t interval "
+               "(mean ± t(0.975, n−1)·sd/√n of the per-seed differences); 'better'/'worse' only when the interval "
+               "excludes 0, in the metric's direction (↑ higher / ↓ lower is better)")
+
+
+def write_aggregate(stats: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Path]:
+    """leaderboard_mean.md (one table per task, the method stated under it), .csv and .png (bars ± std)."""
+    if not stats:
+        raise DataError("no group to aggregate")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fmt = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
+    lines: list[str] = []
+    for task in dict.fromkeys(r["task"] for r in stats):
+        rows = [r for r in stats if r["task"] == task]
+        arrow = "↑" if rows[0]["higher_is_better"] else "↓"
+        lines += [f"### {task} — {rows[0]['metric']} {arrow}", "",
+                  "| variant | n | mean ± std | Δ vs no block [95% CI] | verdict | steps |", "|---|---|---|---|---|---|"]
+        for r in rows:
+            spread = f"{fmt(r['mean'])} ± {fmt(r['std'])}" if r["std"] is not None else fmt(r["mean"])
+            delta = "" if r["diff"] is None else (f"{r['diff']:+.2f} [{fmt(r['low'])}, {fmt(r['high'])}]"
+                                                  if r["low"] is not None else f"{r['diff']:+.2f}")
+            lines.append(f"| {r['variant']} | {r['n']} | {spread} | {delta} | {r['verdict']} | "
+                         f"{', '.join(map(str, r['steps']))} |")
+        lines += ["", METHOD_NOTE, ""]
+    (out / "leaderboard_mean.md").write_text("\n".join(lines))
+    keys = ["task", "variant", "metric", "higher_is_better", "n", "mean", "std", "diff", "low", "high", "n_paired",
+            "verdict", "seeds", "steps"]
+    with open(out / "leaderboard_mean.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows({k: r[k] for k in keys} for r in stats)
+    paths = {"mean_markdown": out / "leaderboard_mean.md", "mean_csv": out / "leaderboard_mean.csv"}
+    paths["mean_plot"] = _plot_aggregate(stats, out / "leaderboard_mean.png")
+    return paths
+
+
+def _plot_aggregate(stats: list[dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in stats))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(4.0, 3.2 * len(tasks)), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        rows = [r for r in stats if r["task"] == task]
+        ax.bar(range(len(rows)), [r["mean"] for r in rows], yerr=[r["std"] or 0.0 for r in rows], capsize=3,
+               color=["#999999" if r["variant"] == BASELINE else "#4c72b0" for r in rows])
+        ax.set_xticks(range(len(rows)), [f"{r['variant']}\n(n={r['n']})" for r in rows], fontsize=6, rotation=20)
+        better = "higher" if rows[0]["higher_is_better"] else "lower"
+        ax.set_title(task, fontsize=9)
+        ax.set_ylabel(f"test {rows[0]['metric']} ({better} is better), mean ± std", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_loss_curves(rows: list[dict[str, Any]], runs_dir: str | Path, path: str | Path) -> Path | None:
+    """Training loss against step of every listed run (from its ``metrics.jsonl``), one panel per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[str, list[tuple[str, list[int], list[float]]]] = {}
+    for summary in sorted(Path(runs_dir).glob("**/summary.json")):
+        match = [r for r in rows if r["run"] == summary.parent.name]
+        log_file = summary.parent / "metrics.jsonl"
+        if not match or not log_file.is_file():
+            continue
+        steps, losses = [], []
+        for line in log_file.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if rec.get("split") == "train" and isinstance(rec.get("loss"), (int, float)):
+                steps.append(rec["step"])
+                losses.append(rec["loss"])
+        if steps:
+            curves.setdefault(match[0]["task"], []).append((f"{summary.parent.name}", steps, losses))
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, len(curves), figsize=(max(4.0, 4.0 * len(curves)), 3.5), squeeze=False)
+    for ax, (task, lines) in zip(axes[0], curves.items()):
+        for label, steps, losses in lines:
+            ax.plot(steps, losses, label=label, linewidth=1)
+        ax.set_title(task, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("training loss", fontsize=8)
+        ax.legend(fontsize=5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
