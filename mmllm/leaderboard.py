@@ -51,6 +51,18 @@ def _read_summary(path: Path) -> dict[str, Any]:
     return data
 
 
+def _read_sweep_label(path: Path) -> dict[str, Any]:
+    """The label ``mmllm sweep`` leaves beside a run (its variant name), or {} for runs made otherwise."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        log.warning("leaderboard: ignoring unreadable %s: %s", path, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def collect(runs_dir: str | Path) -> list[dict[str, Any]]:
     """One row per usable ``summary.json`` under ``runs_dir``; unusable ones (corrupt, 0 steps, NaN/inf
     metrics) are skipped with a warning naming the file, so one bad run does not hide the others."""
@@ -64,10 +76,12 @@ def collect(runs_dir: str | Path) -> list[dict[str, Any]]:
             continue
         metrics = {k[len("test_"):]: v for k, v in data.items() if k.startswith("test_")}
         metrics = dict(sorted(metrics.items(), key=lambda kv: (kv[0] not in HEADLINE, kv[0])))
-        rows.append({"run": summary.parent.name, "task": data.get("task", "?"), "llm_block": _block_label(data.get("llm_block")),
+        rows.append({"run": summary.parent.relative_to(runs_dir).as_posix(), "task": data.get("task", "?"), "llm_block": _block_label(data.get("llm_block")),
                      "steps": data.get("steps"), **metrics})
         # what seed statistics group on (not table columns): the variant a sweep names, else the block
-        rows[-1]["_meta"] = {"seed": data.get("seed"), "variant": data.get("variant") or rows[-1]["llm_block"],
+        sweep = _read_sweep_label(summary.parent / "sweep.json")
+        rows[-1]["_meta"] = {"seed": data.get("seed"),
+                             "variant": sweep.get("variant") or data.get("variant") or rows[-1]["llm_block"],
                              "max_eval_samples": data.get("max_eval_samples")}
     if summaries and not rows:
         log.warning("leaderboard: all %d summary.json file(s) under %s were skipped, no run to list",
@@ -198,6 +212,7 @@ def aggregate(rows: list[dict[str, Any]], mix_steps: bool = False) -> list[dict[
         out.append({"task": task, "variant": variant, "metric": metric, "higher_is_better": higher, "n": n,
                     "mean": mean, "std": sd, "seeds": sorted(seeds, key=str),
                     "steps": sorted({r["steps"] for r in members})})
+    out.sort(key=lambda r: (r["task"], r["variant"] != BASELINE))  # stable: the baseline first in each task
     for row in out:
         base = by_seed.get((row["task"], BASELINE))
         row.update({"diff": None, "low": None, "high": None, "n_paired": 0, "verdict": ""})
@@ -286,7 +301,8 @@ def plot_loss_curves(rows: list[dict[str, Any]], runs_dir: str | Path, path: str
 
     curves: dict[str, list[tuple[str, list[int], list[float]]]] = {}
     for summary in sorted(Path(runs_dir).glob("**/summary.json")):
-        match = [r for r in rows if r["run"] == summary.parent.name]
+        name = summary.parent.relative_to(runs_dir).as_posix()
+        match = [r for r in rows if r["run"] == name]
         log_file = summary.parent / "metrics.jsonl"
         if not match or not log_file.is_file():
             continue
@@ -300,7 +316,7 @@ def plot_loss_curves(rows: list[dict[str, Any]], runs_dir: str | Path, path: str
                 steps.append(rec["step"])
                 losses.append(rec["loss"])
         if steps:
-            curves.setdefault(match[0]["task"], []).append((f"{summary.parent.name}", steps, losses))
+            curves.setdefault(match[0]["task"], []).append((name, steps, losses))
     if not curves:
         return None
     fig, axes = plt.subplots(1, len(curves), figsize=(max(4.0, 4.0 * len(curves)), 3.5), squeeze=False)
