@@ -146,9 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--force", action="store_true", help="rebuild the cache")
     prep.set_defaults(func=_assets_prepare)
 
+    from .analysis.run import add_parser as add_analyze_parser
     from .sweep import add_parser as add_sweep_parser
 
     add_sweep_parser(sub)
+    add_analyze_parser(sub)
     board = sub.add_parser("leaderboard", help="table (markdown, CSV) and plot of finished runs")
     board.add_argument("--runs", default="runs", help="folder searched for summary.json files")
     board.add_argument("--out", default=None, help="output folder (default: --runs)")

@@ -59,6 +59,7 @@ class TaskEntry:
         default_factory=lambda: {"block": (), "no_block": ("model.llm_block.kind=none",)}
     )  # what the task's main command trains: name -> config overrides
     description: str = ""
+    analysis: str | None = None  # "module:function" giving `mmllm analyze` inputs and foreground masks
 
     def task_class(self) -> type[Task]:
         return resolve_target(self.task)

@@ -18,6 +18,7 @@ def entries() -> list[TaskEntry]:
             higher_is_better=True,
             default_config=ROOT / "configs/vision/image_cls_mnist.yaml",
             preparers={"mnist": "vision.classification.data:prepare_mnist"},
+            analysis="vision.classification.analysis:analysis_inputs",
             variants={"block": (), "no_block": ("model.llm_block.kind=none",)},
             description="timm ViT/DeiT with the LLM block after ViT block k; top-1/top-5 and corrupted-set accuracy",
         )
