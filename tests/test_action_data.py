@@ -107,6 +107,20 @@ def test_decode_picks_the_requested_frames(tmp_path, decoder):
     assert frame_ids(frames) == [0, 3, 7, 11]
 
 
+def test_decord_under_the_torch_bridge_lavis_sets(tmp_path):
+    """LAVIS's video processors switch decord's process-wide bridge to torch on import; decoding must not care."""
+    import decord
+
+    path = tmp_path / "v.mp4"
+    write_video(path, 12)
+    decord.bridge.set_bridge("torch")
+    try:
+        frames = count_and_decode(path, lambda n: [0, 3, 7, 11], "decord")
+    finally:
+        decord.bridge.set_bridge("native")
+    assert isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frame_ids(frames) == [0, 3, 7, 11]
+
+
 @pytest.mark.parametrize("decoder", ["decord", "pyav"])
 def test_bad_videos_name_the_file(tmp_path, decoder):
     garbage = tmp_path / "garbage.mp4"

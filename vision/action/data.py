@@ -229,7 +229,10 @@ def count_and_decode(path: Path, pick, decoder: str = "decord") -> np.ndarray:
 
             reader = decord.VideoReader(str(path), num_threads=1)
             indices = _pick(path, len(reader), pick)
-            frames = reader.get_batch(list(indices)).asnumpy()
+            batch = reader.get_batch(list(indices))
+            # decord's output type follows a process-wide bridge that other code may switch (LAVIS's video
+            # processors set it to torch on import): accept its native NDArray and a torch tensor alike
+            frames = batch.asnumpy() if hasattr(batch, "asnumpy") else batch.cpu().numpy()
         else:
             import av
 
