@@ -6,6 +6,7 @@ becomes a column, so one table compares runs with and without the frozen LLM blo
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError
+from .jsonio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +129,11 @@ def write(rows: list[dict[str, Any]], out_dir: str | Path, plot_metric: str | No
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
-    with open(out / "leaderboard.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "leaderboard.csv", buffer.getvalue())
     by_task: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_task.setdefault(row["task"], []).append(row)
@@ -144,7 +147,7 @@ def write(rows: list[dict[str, Any]], out_dir: str | Path, plot_metric: str | No
         shown = [r for r in task_rows if metric and metric in r]
         if shown:
             panels.append((task, metric, higher, shown))
-    (out / "leaderboard.md").write_text("\n".join(lines))
+    atomic_write_text(out / "leaderboard.md", "\n".join(lines))
     paths = {"markdown": out / "leaderboard.md", "csv": out / "leaderboard.csv"}
     if panels:
         paths["plot"] = _plot(panels, out / "leaderboard.png")
@@ -176,13 +179,18 @@ def _plot(panels, path: Path) -> Path:
 BASELINE = "none"  # the no-block variant every other variant of a task is compared with
 
 
+def _budget(row: dict[str, Any]) -> tuple[Any, Any]:
+    return row["steps"], row.get("_meta", {}).get("max_eval_samples")
+
+
 def aggregate(rows: list[dict[str, Any]], mix_steps: bool = False) -> list[dict[str, Any]]:
     """One row per task × variant: mean ± sample std of the task's main metric over seeds, and the paired
     difference to the task's no-block variant with a 95% t interval (:mod:`mmllm.stats`).
 
     Runs of one group must agree on steps and ``max_eval_samples`` (a 20-step smoke run averaged with a
-    400-step run is not a result) unless ``mix_steps``; two runs of one group with the same seed are an
-    error (a duplicated input, not a second sample)."""
+    400-step run is not a result), and a variant is compared with the no-block runs only at the same budget,
+    unless ``mix_steps``; two runs of one group with the same seed are an error (a duplicated input, not a
+    second sample)."""
     from .stats import mean_std, paired_difference
 
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -196,7 +204,7 @@ def aggregate(rows: list[dict[str, Any]], mix_steps: bool = False) -> list[dict[
         members = [r for r in members if metric in r]
         if not members:
             continue
-        budgets = {(r["steps"], r.get("_meta", {}).get("max_eval_samples")) for r in members}
+        budgets = {_budget(r) for r in members}
         if len(budgets) > 1 and not mix_steps:
             raise DataError(f"{task} / {variant}: runs of different (steps, max_eval_samples) {sorted(budgets, key=str)} "
                             f"({', '.join(r['run'] for r in members)}); pass --mix-steps to average them anyway")
@@ -211,12 +219,21 @@ def aggregate(rows: list[dict[str, Any]], mix_steps: bool = False) -> list[dict[
         mean, sd, n = mean_std(list(seeds.values()))
         out.append({"task": task, "variant": variant, "metric": metric, "higher_is_better": higher, "n": n,
                     "mean": mean, "std": sd, "seeds": sorted(seeds, key=str),
-                    "steps": sorted({r["steps"] for r in members})})
+                    "steps": sorted({r["steps"] for r in members}),
+                    "max_eval_samples": sorted({_budget(r)[1] for r in members}, key=str), "_budgets": budgets})
     out.sort(key=lambda r: (r["task"], r["variant"] != BASELINE))  # stable: the baseline first in each task
+    baselines = {r["task"]: r for r in out if r["variant"] == BASELINE}
     for row in out:
         base = by_seed.get((row["task"], BASELINE))
         row.update({"diff": None, "low": None, "high": None, "n_paired": 0, "verdict": ""})
-        if base is None or row["variant"] == BASELINE:
+        if row["variant"] == BASELINE:
+            continue
+        if base is None:
+            row["verdict"] = "no no-block runs to compare with"
+            continue
+        if row["_budgets"] != baselines[row["task"]]["_budgets"] and not mix_steps:
+            row["verdict"] = (f"not compared: budget {sorted(row['_budgets'], key=str)} differs from no block's "
+                              f"{sorted(baselines[row['task']]['_budgets'], key=str)} (--mix-steps to compare)")
             continue
         shared = {k: v for k, v in by_seed[(row["task"], row["variant"])].items() if k in base}
         if not shared:
@@ -230,103 +247,138 @@ def aggregate(rows: list[dict[str, Any]], mix_steps: bool = False) -> list[dict[
             row["verdict"] = "better than no block" if better else "worse than no block"
         else:
             row["verdict"] = "no clear difference"
+    for row in out:
+        del row["_budgets"]
     return out
 
 
-METHOD_NOTE = ("mean ± sample std over seeds; Δ = variant − no block, paired by seed, with a 95% Student-t interval "
-               "(mean ± t(0.975, n−1)·sd/√n of the per-seed differences); 'better'/'worse' only when the interval "
+METHOD_NOTE = ("mean ± sample std (n − 1) over seeds; Δ = variant − no block, paired by seed (the seeds both arms "
+               "ran), with a 95% Student-t interval on the per-seed differences: mean ± t(0.975, n−1)·sd/√n "
+               "(t from scipy.stats.t, or a table when scipy is absent); 'better'/'worse' only when the interval "
                "excludes 0, in the metric's direction (↑ higher / ↓ lower is better)")
 
 
+def aggregate_markdown(rows: list[dict[str, Any]], heading: str = "###") -> str:
+    """The markdown table of one task's aggregated rows (a heading naming the metric and its direction)."""
+    fmt = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
+    arrow = "↑" if rows[0]["higher_is_better"] else "↓"
+    lines = [f"{heading} {rows[0]['task']} — test {rows[0]['metric']} {arrow}", "",
+             "| variant | n | mean ± std | Δ vs no block [95% CI] | verdict | steps |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        spread = f"{fmt(r['mean'])} ± {fmt(r['std'])}" if r["std"] is not None else fmt(r["mean"])
+        delta = "" if r["diff"] is None else (f"{r['diff']:+.2f} [{fmt(r['low'])}, {fmt(r['high'])}]"
+                                              if r["low"] is not None else f"{r['diff']:+.2f}")
+        lines.append(f"| {r['variant']} | {r['n']} | {spread} | {delta} | {r['verdict']} | "
+                     f"{', '.join(map(str, r['steps']))} |")
+    return "\n".join(lines)
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
 def write_aggregate(stats: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Path]:
-    """leaderboard_mean.md (one table per task, the method stated under it), .csv and .png (bars ± std)."""
+    """leaderboard_mean.md (one table per task, the method stated under it), .csv, and per task
+    leaderboard_mean_<task>.png (bars: mean ± std; beside them Δ vs no block with its 95% interval)."""
     if not stats:
         raise DataError("no group to aggregate")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fmt = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
+    tasks = list(dict.fromkeys(r["task"] for r in stats))
     lines: list[str] = []
-    for task in dict.fromkeys(r["task"] for r in stats):
-        rows = [r for r in stats if r["task"] == task]
-        arrow = "↑" if rows[0]["higher_is_better"] else "↓"
-        lines += [f"### {task} — {rows[0]['metric']} {arrow}", "",
-                  "| variant | n | mean ± std | Δ vs no block [95% CI] | verdict | steps |", "|---|---|---|---|---|---|"]
-        for r in rows:
-            spread = f"{fmt(r['mean'])} ± {fmt(r['std'])}" if r["std"] is not None else fmt(r["mean"])
-            delta = "" if r["diff"] is None else (f"{r['diff']:+.2f} [{fmt(r['low'])}, {fmt(r['high'])}]"
-                                                  if r["low"] is not None else f"{r['diff']:+.2f}")
-            lines.append(f"| {r['variant']} | {r['n']} | {spread} | {delta} | {r['verdict']} | "
-                         f"{', '.join(map(str, r['steps']))} |")
-        lines += ["", METHOD_NOTE, ""]
-    (out / "leaderboard_mean.md").write_text("\n".join(lines))
+    for task in tasks:
+        lines += [aggregate_markdown([r for r in stats if r["task"] == task]), "", METHOD_NOTE, ""]
+    atomic_write_text(out / "leaderboard_mean.md", "\n".join(lines))
     keys = ["task", "variant", "metric", "higher_is_better", "n", "mean", "std", "diff", "low", "high", "n_paired",
-            "verdict", "seeds", "steps"]
-    with open(out / "leaderboard_mean.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows({k: r[k] for k in keys} for r in stats)
+            "verdict", "seeds", "steps", "max_eval_samples"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: r[k] for k in keys} for r in stats)
+    atomic_write_text(out / "leaderboard_mean.csv", buffer.getvalue())
     paths = {"mean_markdown": out / "leaderboard_mean.md", "mean_csv": out / "leaderboard_mean.csv"}
-    paths["mean_plot"] = _plot_aggregate(stats, out / "leaderboard_mean.png")
+    for task in tasks:
+        paths[f"mean_plot_{task}"] = _plot_task(task, [r for r in stats if r["task"] == task],
+                                                out / f"leaderboard_mean_{_safe_name(task)}.png")
     return paths
 
 
-def _plot_aggregate(stats: list[dict[str, Any]], path: Path) -> Path:
+def _plot_task(task: str, rows: list[dict[str, Any]], path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = list(dict.fromkeys(r["task"] for r in stats))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(max(4.0, 3.2 * len(tasks)), 3.8), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        rows = [r for r in stats if r["task"] == task]
-        ax.bar(range(len(rows)), [r["mean"] for r in rows], yerr=[r["std"] or 0.0 for r in rows], capsize=3,
-               color=["#999999" if r["variant"] == BASELINE else "#4c72b0" for r in rows])
-        ax.set_xticks(range(len(rows)), [f"{r['variant']}\n(n={r['n']})" for r in rows], fontsize=6, rotation=20)
-        better = "higher" if rows[0]["higher_is_better"] else "lower"
-        ax.set_title(task, fontsize=9)
-        ax.set_ylabel(f"test {rows[0]['metric']} ({better} is better), mean ± std", fontsize=7)
+    names = [f"{r['variant']}\n(n={r['n']})" for r in rows]
+    better = "higher" if rows[0]["higher_is_better"] else "lower"
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(6.0, 1.3 * len(rows) + 3), 4.0))
+    left.bar(range(len(rows)), [r["mean"] for r in rows], yerr=[r["std"] or 0.0 for r in rows], capsize=3,
+             color=["#999999" if r["variant"] == BASELINE else "#4c72b0" for r in rows])
+    left.set_xticks(range(len(rows)), names, fontsize=6, rotation=25)
+    left.set_ylabel(f"test {rows[0]['metric']} ({better} is better)\nmean ± sample std over seeds", fontsize=7)
+    left.set_title(task, fontsize=9)
+    compared = [r for r in rows if r["diff"] is not None]
+    colours = {"better than no block": "#2ca02c", "worse than no block": "#d62728"}
+    for i, r in enumerate(compared):
+        err = None if r["low"] is None else [[r["diff"] - r["low"]], [r["high"] - r["diff"]]]
+        right.errorbar([i], [r["diff"]], yerr=err, fmt="o", capsize=4, color=colours.get(r["verdict"], "#4c72b0"))
+    right.axhline(0.0, color="#999999", linewidth=1)
+    right.set_xticks(range(len(compared)), [f"{r['variant']}\n(n={r['n_paired']})" for r in compared], fontsize=6,
+                     rotation=25)
+    right.set_xlim(-0.7, max(len(compared), 1) - 0.3)
+    right.set_ylabel("Δ vs no block, paired by seed\n95% t interval", fontsize=7)
+    right.set_title(f"{task}: difference to no block", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
+def _train_losses(log_file: Path) -> tuple[list[int], list[float]]:
+    steps, losses = [], []
+    for line in log_file.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        loss = rec.get("loss")
+        if (isinstance(rec, dict) and rec.get("split") == "train" and isinstance(loss, (int, float))
+                and math.isfinite(loss) and isinstance(rec.get("step"), int)):
+            steps.append(rec["step"])
+            losses.append(float(loss))
+    return steps, losses
+
+
 def plot_loss_curves(rows: list[dict[str, Any]], runs_dir: str | Path, path: str | Path) -> Path | None:
-    """Training loss against step of every listed run (from its ``metrics.jsonl``), one panel per task."""
+    """Training loss against step of every listed run (its ``metrics.jsonl``, the trainer's ``split: train``
+    records), one panel per task, one colour per variant (each seed a line)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves: dict[str, list[tuple[str, list[int], list[float]]]] = {}
-    for summary in sorted(Path(runs_dir).glob("**/summary.json")):
-        name = summary.parent.relative_to(runs_dir).as_posix()
-        match = [r for r in rows if r["run"] == name]
-        log_file = summary.parent / "metrics.jsonl"
-        if not match or not log_file.is_file():
+    curves: dict[str, dict[str, list[tuple[list[int], list[float]]]]] = {}
+    for row in rows:
+        log_file = Path(runs_dir) / row["run"] / "metrics.jsonl"
+        if not log_file.is_file():
             continue
-        steps, losses = [], []
-        for line in log_file.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get("split") == "train" and isinstance(rec.get("loss"), (int, float)):
-                steps.append(rec["step"])
-                losses.append(rec["loss"])
+        steps, losses = _train_losses(log_file)
         if steps:
-            curves.setdefault(match[0]["task"], []).append((name, steps, losses))
+            variant = row.get("_meta", {}).get("variant", row["llm_block"])
+            curves.setdefault(row["task"], {}).setdefault(variant, []).append((steps, losses))
     if not curves:
         return None
-    fig, axes = plt.subplots(1, len(curves), figsize=(max(4.0, 4.0 * len(curves)), 3.5), squeeze=False)
-    for ax, (task, lines) in zip(axes[0], curves.items()):
-        for label, steps, losses in lines:
-            ax.plot(steps, losses, label=label, linewidth=1)
+    fig, axes = plt.subplots(1, len(curves), figsize=(max(4.5, 4.5 * len(curves)), 3.6), squeeze=False)
+    for ax, (task, variants) in zip(axes[0], curves.items()):
+        for i, (variant, lines) in enumerate(variants.items()):
+            colour = plt.get_cmap("tab10")(i % 10)
+            for j, (steps, losses) in enumerate(lines):
+                ax.plot(steps, losses, color=colour, linewidth=0.9, alpha=0.8,
+                        label=f"{variant} ({len(lines)} run{'s' if len(lines) > 1 else ''})" if j == 0 else None)
         ax.set_title(task, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel("training loss", fontsize=8)
-        ax.legend(fontsize=5)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

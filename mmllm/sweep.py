@@ -1,5 +1,5 @@
 """``mmllm sweep FILE``: task × variant × LLM × seed from one YAML file, each run in its own process
-through the shared engine, resumable, then the leaderboard with seed statistics.
+through the shared engine, resumable, then the leaderboard with seed statistics and a generated report.
 
 Sweep file::
 
@@ -11,14 +11,22 @@ Sweep file::
       - {task: mmllm_image_cls, options: [run.max_steps=300]}      # config: the task's registered one
       - {task: mmllm_vqa, config: configs/vqa/easyvqa_meter_smollm2.yaml}
     llms: {smollm2: smollm2-135m, qwen1.5b: qwen2.5-1.5b}          # model.llm_block.source of block variants
-    variants:
-      none: [model.llm_block.kind=none]                            # no LLM: run once per seed, not per LLM
-      frozen: [model.llm_block.kind=llm_block]
-      mlp: [model.llm_block.kind=mlp]
+    variants: [none, frozen, random_trained, mlp, layer_middle, depth_head]   # names from the standard set
+    # or a mapping: name -> overrides (null = the standard set's), e.g. {none: null, lr2: [run.init_lr=2e-4]}
 
-A finished run (its folder holds ``summary.json``) is skipped; an interrupted one is restarted with the
-same command and the engine resumes it; a folder holding a different run is refused by the engine.
-Each run folder gets a ``sweep.json`` (task, variant, llm, seed) that the leaderboard groups on.
+Variant names (:data:`STANDARD_VARIANTS`): the paper's controls (``none``, ``frozen``, ``finetuned``,
+``random_trained``, ``random_frozen``, ``mlp``), the LLM layer (``layer_last``, ``layer_middle``,
+``layer_first``, ``layer_last_two``; the paper's Fig. 2), the insertion depth in the host encoder
+(``depth_head``, ``depth_middle``, ``depth_tail``; its Table D, from the task's registry entry
+:class:`~mmllm.engine.registry.InsertionDepths`), and any variant the task registers itself (``mmllm tasks``).
+A name a task cannot take (METER has no middle depth; the LLaVA task has no ``model.llm_block``) is left
+out for that task and said so; a name no task can take is an error. Variants without an LLM (``none``)
+run once per seed; the others once per LLM of ``llms`` (asset names or a path to your checkpoint).
+
+Before anything trains, every run's config is built and checked (a misspelled override fails at once) and
+compared with what its folder holds (:mod:`mmllm.engine.rundir`): a finished run with the same resolved
+config is skipped, an unfinished one is resumed by the engine, a folder holding a different run is refused.
+Each run folder gets a ``sweep.json`` (task, variant, LLM, seed, seconds) that the leaderboard groups on.
 """
 from __future__ import annotations
 
@@ -30,11 +38,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .jsonio import write_json
+from .errors import ConfigError, MMLLMError
+from .jsonio import read_json, write_json
 
-NO_LLM_MARKERS = ("model.llm_block.kind=none",)
-KEYS = {"name", "runs_dir", "seeds", "options", "tasks", "llms", "variants"}
+KEYS = {"name", "runs_dir", "seeds", "options", "tasks", "llms", "variants", "description"}
+NO_BLOCK = "model.llm_block.kind=none"
+_BLOCK = "model.llm_block.kind=llm_block"
+# name -> config overrides; every key here is sweepable on any task whose config has a `model.llm_block`
+STANDARD_VARIANTS: dict[str, tuple[str, ...]] = {
+    "none": (NO_BLOCK,),                                          # the baseline every row is paired with
+    "frozen": (_BLOCK,),                                          # the method: pretrained, frozen
+    "finetuned": ("model.llm_block.kind=llm_block_finetuned",),   # pretrained, trained end to end
+    "random_trained": ("model.llm_block.kind=random_trained",),   # the paper's random-init control (App. B.2)
+    "random_frozen": ("model.llm_block.kind=random_frozen",),
+    "mlp": ("model.llm_block.kind=mlp",),                         # GELU + LayerNorm between the adapters (§5.1)
+    "layer_last": (_BLOCK, "model.llm_block.layers=last"),        # which LLM layer (the paper's Fig. 2)
+    "layer_middle": (_BLOCK, "model.llm_block.layers=middle"),
+    "layer_first": (_BLOCK, "model.llm_block.layers=first"),
+    "layer_last_two": (_BLOCK, "model.llm_block.layers=[-2,-1]"),
+}
+DEPTHS = ("head", "middle", "tail")  # depth_<name>: where in the host encoder (the paper's Table D)
+STATES = ("todo", "resume", "done", "different")
 
 
 @dataclass(frozen=True)
@@ -46,15 +70,22 @@ class SweepRun:
     config: str
     options: tuple[str, ...] = field(default_factory=tuple)
     out_dir: Path = Path()
+    llm_source: str | None = None
 
     @property
     def label(self) -> str:
         """The leaderboard's group name: ``none`` for the no-block baseline, else ``variant [llm]``."""
-        return "none" if self.llm is None and self.variant == "none" else (
-            self.variant if self.llm is None else f"{self.variant} [{self.llm}]")
+        return self.variant if self.llm is None else f"{self.variant} [{self.llm}]"
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "mmllm.cli", "train", "--config", self.config, "--options", *self.options]
+
+    def shown(self) -> str:
+        """The command as a user would type it (config relative to the working directory when it is below it)."""
+        config = Path(self.config)
+        if config.is_absolute() and config.is_relative_to(Path.cwd()):
+            config = config.relative_to(Path.cwd())
+        return " ".join(["mmllm train --config", str(config), "--options", *self.options])
 
 
 def _list(value: Any, where: str) -> list:
@@ -66,6 +97,7 @@ def _list(value: Any, where: str) -> list:
 
 
 def load_sweep(path: str | Path) -> dict[str, Any]:
+    """The sweep file as a dict, its keys checked (a misspelled key names the nearest known one)."""
     import yaml
 
     try:
@@ -86,8 +118,92 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def expand(spec: dict[str, Any], runs_dir: str | Path | None = None) -> list[SweepRun]:
-    """Every run of the sweep, in order task → seed → variant → LLM (so an interrupted sweep has whole seeds)."""
+def _variants(spec: dict[str, Any]) -> tuple[dict[str, list[str] | None], dict[str, list[str]]]:
+    """(name -> its own overrides, or None for "the standard / the task's set"; name -> the LLMs it is limited to).
+
+    A mapping's value is a list of overrides, null, or ``{options: [...], llms: [...]}`` (e.g. the controls
+    with the small LLM only)."""
+    raw = spec["variants"]
+    if isinstance(raw, list):
+        if len(set(map(str, raw))) != len(raw):
+            raise ConfigError(f"variants {raw} repeat a name")
+        return {str(name): None for name in raw}, {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"variants must be a list of names or a mapping name -> overrides, got {type(raw).__name__}")
+    overrides: dict[str, list[str] | None] = {}
+    only: dict[str, list[str]] = {}
+    for name, value in raw.items():
+        name = str(name)
+        if isinstance(value, dict):
+            unknown = set(value) - {"options", "llms"}
+            if unknown:
+                raise ConfigError(f"variants.{name}: unknown key(s) {sorted(unknown)} (use options, llms)")
+            options = value.get("options")
+            if value.get("llms") is not None:
+                only[name] = [str(x) for x in _list(value["llms"], f"variants.{name}.llms")]
+        else:
+            options = value
+        overrides[name] = None if options is None else [str(o) for o in _list(options, f"variants.{name}")]
+    return overrides, only
+
+
+def _llms(spec: dict[str, Any]) -> dict[str, str]:
+    """``llms`` as short name -> source; a list of sources gets names from the sources themselves."""
+    raw = spec.get("llms")
+    if raw is None:
+        return {}
+    if isinstance(raw, dict):
+        return {str(k): str(v) for k, v in raw.items()}
+    names: dict[str, str] = {}
+    for source in _list(raw, "llms"):
+        name = Path(str(source).rstrip("/")).name.replace(".gguf", "").replace(" ", "_") or str(source)
+        if name in names:
+            raise ConfigError(f"llms: two sources are both called {name!r}; give a mapping name -> source")
+        names[name] = str(source)
+    return names
+
+
+def _task_variants(entry, base_cfg, names: dict[str, list[str] | None]) -> tuple[dict[str, tuple[str, ...]], dict]:
+    """(variant -> overrides this task can run, variant -> why it cannot) for one task."""
+    from omegaconf import OmegaConf
+
+    has_block = OmegaConf.select(base_cfg, "model.llm_block", default=None) is not None
+    depths: dict[str, tuple[str, ...]] = {}
+    depth_problem = f"task {entry.name} declares no insertion depths (TaskEntry.insertion_depths)"
+    if entry.insertion_depths is not None:
+        try:
+            depths = {f"depth_{k}": (_BLOCK, *v) for k, v in entry.insertion_depths.overrides(base_cfg).items()}
+        except ConfigError as exc:
+            depth_problem = str(exc)
+    ok: dict[str, tuple[str, ...]] = {}
+    skipped: dict[str, str] = {}
+    for name, own in names.items():
+        if own is not None:
+            ok[name] = tuple(own)
+        elif name in entry.variants:
+            ok[name] = tuple(entry.variants[name])
+        elif name in STANDARD_VARIANTS or name in {f"depth_{d}" for d in DEPTHS}:
+            if not has_block:
+                skipped[name] = f"task {entry.name}'s config has no model.llm_block"
+            elif name in STANDARD_VARIANTS:
+                ok[name] = STANDARD_VARIANTS[name]
+            elif name in depths:
+                ok[name] = depths[name]
+            else:
+                skipped[name] = (f"{entry.name} has no {name} ({', '.join(sorted(depths))} only)" if depths
+                                 else depth_problem)
+        else:
+            skipped[name] = "unknown"
+    return ok, skipped
+
+
+def expand(spec: dict[str, Any], runs_dir: str | Path | None = None,
+           notes: list[str] | None = None) -> list[SweepRun]:
+    """Every run of the sweep, in order task → seed → variant → LLM (so an interrupted sweep has whole seeds).
+    Variants a task cannot take are left out and described in ``notes``."""
+    from omegaconf import OmegaConf
+
+    from .config import load_config
     from .engine.registry import get_task
 
     root = Path(runs_dir or spec.get("runs_dir") or f"runs/sweep_{spec.get('name', 'unnamed')}")
@@ -95,60 +211,233 @@ def expand(spec: dict[str, Any], runs_dir: str | Path | None = None) -> list[Swe
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds {seeds} repeat a seed")
     common = [str(o) for o in _list(spec.get("options"), "options")]
-    llms: dict[str, str] = dict(spec.get("llms") or {})
-    variants: dict[str, list] = dict(spec["variants"])
-    runs = []
+    llms = _llms(spec)
+    names, only = _variants(spec)
+    for variant, wanted in only.items():
+        unknown = sorted(set(wanted) - set(llms))
+        if unknown:
+            raise ConfigError(f"variants.{variant}.llms: {unknown} are not in llms ({sorted(llms)})")
+    runs: list[SweepRun] = []
+    unknown_everywhere = set(names)
+    notes = notes if notes is not None else []
     for item in _list(spec["tasks"], "tasks"):
         if isinstance(item, str):
             item = {"task": item}
+        if not isinstance(item, dict) or set(item) - {"task", "config", "options"}:
+            raise ConfigError(f"tasks: each item is a task name or {{task, config, options}}, got {item!r}")
         entry = get_task(item.get("task"))
         config = item.get("config") or entry.default_config
         if config is None:
             raise ConfigError(f"task {entry.name!r} registers no default config: give 'config' in the sweep file")
         task_options = [str(o) for o in _list(item.get("options"), f"tasks[{entry.name}].options")]
+        base_cfg = load_config(config, [*common, *task_options])
+        variants, skipped = _task_variants(entry, base_cfg, names)
+        unknown_everywhere &= {k for k, why in skipped.items() if why == "unknown"}
+        reasons: dict[str, list[str]] = {}
+        for name, why in skipped.items():
+            if why != "unknown":
+                reasons.setdefault(why, []).append(name)
+        notes += [f"{entry.name}: left out {', '.join(names_)}: {why}" for why, names_ in reasons.items()]
+        has_block = OmegaConf.select(base_cfg, "model.llm_block", default=None) is not None
         for seed in seeds:
             for variant, overrides in variants.items():
-                overrides = [str(o) for o in _list(overrides, f"variants.{variant}")]
-                no_llm = any(o.replace(" ", "") in NO_LLM_MARKERS for o in overrides) or not llms
-                for llm in [None] if no_llm else list(llms):
+                no_llm = not llms or not has_block or any(o.replace(" ", "") == NO_BLOCK for o in overrides)
+                for llm in [None] if no_llm else [m for m in llms if m in only.get(variant, llms)]:
                     name = variant if llm is None else f"{variant}_{llm}"
                     out = root / entry.name / name / f"seed{seed}"
                     source = [] if llm is None else [f"model.llm_block.source={llms[llm]}"]
                     options = (f"run.output_dir={out}", f"run.seed={seed}", *common, *task_options, *source, *overrides)
-                    runs.append(SweepRun(entry.name, variant, llm, seed, str(config), options, out))
+                    runs.append(SweepRun(entry.name, variant, llm, seed, str(config), options, out,
+                                         None if llm is None else llms[llm]))
+    if unknown_everywhere:
+        from .schema import suggest
+
+        name = sorted(unknown_everywhere)[0]
+        known = sorted({*STANDARD_VARIANTS, *(f"depth_{d}" for d in DEPTHS)})
+        raise ConfigError(f"variant {name!r} is neither a standard variant{suggest(name, known)} nor one a task "
+                          f"registers; give its overrides (variants: {{{name}: [key=value, ...]}}). Standard: {known}")
     return runs
 
 
-def run_sweep(path: str | Path, runs_dir: str | None = None, dry_run: bool = False) -> Path:
-    """Train every unfinished run of the sweep, then write the leaderboard (tables, seed statistics, plots)."""
+def run_state(run: SweepRun) -> tuple[str, list[str]]:
+    """(state, differences) of a run's folder: ``todo`` (empty), ``done`` (finished, same resolved config),
+    ``resume`` (started, same config), ``different`` (holds another run; the differences say how).
+    Builds the run's task from its config, so a bad override fails here, before any training."""
+    from omegaconf import OmegaConf
+
+    from .config import load_config
+    from .engine.cli import task_for
+    from .engine.rundir import CONFIG_FILE, config_differences, holds_a_run
+
+    task = task_for(load_config(run.config, run.options))
+    if not holds_a_run(run.out_dir):
+        return "todo", []
+    stored_file = run.out_dir / CONFIG_FILE
+    if not stored_file.is_file():
+        return "different", [f"{stored_file} is missing (not a run of this version?)"]
+    try:
+        stored = task.entry.build(OmegaConf.create(read_json(stored_file, "stored run config"))).resolved_config()
+    except MMLLMError as exc:
+        return "different", [f"its {CONFIG_FILE} no longer parses: {exc}"]
+    differences = config_differences(stored, task.resolved_config())
+    if differences:
+        return "different", differences
+    return ("done" if (run.out_dir / "summary.json").is_file() else "resume"), []
+
+
+def _root(spec: dict[str, Any], runs_dir: str | Path | None) -> Path:
+    return Path(runs_dir or spec.get("runs_dir") or f"runs/sweep_{spec.get('name', 'unnamed')}")
+
+
+def run_sweep(path: str | Path, runs_dir: str | None = None, dry_run: bool = False, keep_going: bool = False,
+              mix_steps: bool = False, jobs: int = 1) -> Path:
+    """Train every unfinished run of the sweep, then write the leaderboard and the report (RESULTS.md)."""
     from tqdm import tqdm
 
     spec = load_sweep(path)
-    runs = expand(spec, runs_dir)
-    root = Path(runs_dir or spec.get("runs_dir") or f"runs/sweep_{spec.get('name', 'unnamed')}")
-    todo = [r for r in runs if not (r.out_dir / "summary.json").is_file()]
-    print(f"sweep {spec.get('name', path)}: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run "
-          f"-> {root}", flush=True)
+    notes: list[str] = []
+    runs = expand(spec, runs_dir, notes)
+    root = _root(spec, runs_dir)
+    states = {r: run_state(r) for r in tqdm(runs, desc="checking run folders", unit="run", leave=False,
+                                            disable=len(runs) < 20)}
+    count = {s: sum(1 for st, _ in states.values() if st == s) for s in STATES}
+    print(f"sweep {spec.get('name', path)}: {len(runs)} runs -> {root}: " + ", ".join(f"{n} {s}" for s, n in count.items()),
+          flush=True)
+    for note in notes:
+        print(f"note: {note}")
+    different = [(r, diff) for r, (st, diff) in states.items() if st == "different"]
     if dry_run:
         for r in runs:
-            state = "done" if r not in todo else "todo"
-            print(f"[{state}] {r.task} {r.label} seed {r.seed}: {' '.join(r.command())}")
+            state, diff = states[r]
+            print(f"[{state}] {r.task} {r.label} seed {r.seed}: {r.shown()}")
+            if diff:
+                print(f"    differs: {'; '.join(diff[:6])}")
         return root
-    bar = tqdm(todo, desc="sweep", unit="run")
-    for r in bar:
-        bar.set_postfix_str(f"{r.task} {r.label} s{r.seed}")
-        r.out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(r.out_dir / "sweep.json", {"task": r.task, "variant": r.label, "llm": r.llm, "seed": r.seed,
-                                              "sweep": str(path)})
-        start = time.time()
-        if subprocess.run(r.command()).returncode != 0:
-            raise ConfigError(f"run {r.out_dir} failed after {time.time() - start:.0f} s "
-                              f"(command: {' '.join(r.command())}); re-run the sweep to resume it")
-    from .cli import main as cli
-
-    if cli(["leaderboard", "--runs", str(root)]) != 0:
-        raise ConfigError(f"no leaderboard could be made from {root}")
+    if different:
+        listed = "\n".join(f"  {r.out_dir}: {'; '.join(diff[:4])}" for r, diff in different[:10])
+        raise ConfigError(f"{len(different)} run folder(s) hold a different run (nothing was trained):\n{listed}\n"
+                          "delete those folders, or give the sweep another runs_dir (--runs)")
+    todo = [r for r in runs if states[r][0] in ("todo", "resume")]
+    failed = _train_all(todo, spec, path, jobs, keep_going)
+    report(path, runs_dir, mix_steps=mix_steps)
+    if failed:
+        raise ConfigError(f"{len(failed)} run(s) failed: {'; '.join(failed)}; re-run the sweep to retry them")
     return root
+
+
+def start_run(command: list[str], log: Any = None) -> subprocess.Popen:
+    """One training process (its own, so a crash or a leak ends with it); output to ``log`` when given."""
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT if log else None)
+
+
+def _train_all(todo: list[SweepRun], spec: dict[str, Any], path: str | Path, jobs: int, keep_going: bool) -> list[str]:
+    """Run ``todo``, ``jobs`` processes at a time (on a CPU give each one thread: OMP_NUM_THREADS=1).
+    With more than one job a run's output goes to its ``train.log``. Returns the failures; without
+    ``keep_going`` the first failure starts no further run and, once the running ones end, raises."""
+    from tqdm import tqdm
+
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+    queue, running, failed = list(todo), [], []
+    bar = tqdm(total=len(todo), desc="sweep", unit="run")  # tqdm's ETA: mean time per finished run × those left
+    while queue or running:
+        while queue and len(running) < jobs and (keep_going or not failed):
+            r = queue.pop(0)
+            r.out_dir.mkdir(parents=True, exist_ok=True)
+            label = {"task": r.task, "variant": r.label, "variant_name": r.variant, "llm": r.llm,
+                     "llm_source": r.llm_source, "seed": r.seed, "sweep": spec.get("name"), "sweep_file": str(path),
+                     "command": r.shown(), "jobs": jobs}
+            write_json(r.out_dir / "sweep.json", label)
+            log = open(r.out_dir / "train.log", "w") if jobs > 1 else None  # noqa: SIM115 - closed below
+            process = start_run(r.command(), log)
+            running.append((r, process, time.time(), label, log))
+            bar.set_postfix_str(", ".join(f"{x.task} {x.label} s{x.seed}" for x, *_ in running))
+        if not running:
+            break
+        time.sleep(0.2)
+        for item in [x for x in running if x[1].poll() is not None]:
+            running.remove(item)
+            r, process, start, label, log = item
+            if log:
+                log.close()
+            seconds = round(time.time() - start, 1)
+            bar.update(1)
+            if process.returncode != 0:
+                failed.append(f"{r.out_dir} (exit {process.returncode} after {seconds:.0f} s; command: {r.shown()})")
+                bar.write(f"FAILED {r.out_dir} after {seconds:.0f} s" + (f" (log: {r.out_dir / 'train.log'})" if log else ""))
+                continue
+            write_json(r.out_dir / "sweep.json", {**label, "process_seconds": seconds})
+            bar.write(f"finished {r.out_dir} in {seconds:.0f} s")
+    bar.close()
+    if failed and not keep_going:
+        raise ConfigError(f"run failed: {failed[0]}; the sweep stopped (re-run it to resume)")
+    return failed
+
+
+# ---------------------------------------------------------------------- the generated report
+def _fmt_seconds(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def report(path: str | Path, runs_dir: str | None = None, mix_steps: bool = False) -> Path:
+    """Leaderboard files (tables, CSV, bar plots, loss curves) and ``RESULTS.md`` from the summaries under the
+    sweep's folder: no training, so committed ``summary.json`` files regenerate the README's table."""
+    from . import leaderboard
+
+    spec = load_sweep(path)
+    root = _root(spec, runs_dir)
+    notes: list[str] = []
+    runs = expand(spec, runs_dir, notes)
+    labels = {r.out_dir.relative_to(root).as_posix(): r.label for r in runs}
+    found = leaderboard.collect(root)
+    rows = [r for r in found if r["run"] in labels]
+    others = len(found) - len(rows)
+    for row in rows:  # the group is the sweep's own label of the folder, whatever sweep.json says
+        row["_meta"]["variant"] = labels[row["run"]]
+    if not rows:
+        raise ConfigError(f"no finished run (summary.json) of this sweep under {root}: run `mmllm sweep {path}` first")
+    leaderboard.write(rows, root)
+    stats = leaderboard.aggregate(rows, mix_steps=mix_steps)
+    leaderboard.write_aggregate(stats, root)
+    leaderboard.plot_loss_curves(rows, root, root / "loss_curves.png")
+    finished = {r["run"] for r in rows}
+    missing = [r for r in runs if r.out_dir.relative_to(root).as_posix() not in finished]
+    summaries = [read_json(root / r["run"] / "summary.json", "summary") for r in rows]
+    devices = sorted({str(s["device"]) for s in summaries if s.get("device")}) or ["not recorded"]
+    precisions = sorted({str(s["precision"]) for s in summaries if s.get("precision")}) or ["not recorded"]
+    train_seconds = sum(float(s.get("train_seconds") or 0) for s in summaries)
+    process = [read_json(root / r["run"] / "sweep.json", "label").get("process_seconds")
+               for r in rows if (root / r["run"] / "sweep.json").is_file()]
+    process_total = sum(p for p in process if isinstance(p, (int, float)))
+    llms = _llms(spec)
+    lines = [f"<!-- generated by `mmllm sweep {path} --report` from {root}/**/summary.json; do not edit by hand -->",
+             "",
+             f"**Sweep `{spec.get('name', Path(path).stem)}`** (`{path}`): {len(rows)} runs of {len(runs)}; seeds "
+             f"{', '.join(map(str, spec['seeds']))}; LLMs: "
+             + (", ".join(f"{k} = `{v}`" for k, v in llms.items()) or "the configs' own")
+             + f"; device: {', '.join(devices)}; precision: {', '.join(precisions)}; training time "
+             f"{_fmt_seconds(train_seconds)}" + (f", {_fmt_seconds(process_total)} with start-up and evaluation "
+                                                  f"({len(process)} runs timed)" if process else "") + ".",
+             ""]
+    if spec.get("description"):
+        lines += [str(spec["description"]).strip(), ""]
+    for task in dict.fromkeys(r["task"] for r in stats):
+        task_stats = [r for r in stats if r["task"] == task]
+        lines += leaderboard.aggregate_markdown(task_stats, heading="####"), ""
+    lines += [leaderboard.METHOD_NOTE + ".", ""]
+    if missing:
+        lines += [f"Not (yet) in this table: {len(missing)} run(s) of the sweep without a summary, e.g. "
+                  + ", ".join(f"`{m.out_dir.relative_to(root).as_posix()}`" for m in missing[:5]) + ".", ""]
+    if others:
+        lines += [f"{others} other run(s) under `{root}` that this sweep file does not name were left out.", ""]
+    lines += [f"Regenerate: `mmllm sweep {path} --report` (from the committed summaries); re-run: "
+              f"`mmllm sweep {path}` (finished runs are skipped).", ""]
+    from .jsonio import atomic_write_text
+
+    out = root / "RESULTS.md"
+    atomic_write_text(out, "\n".join(lines))
+    print(out.read_text())
+    return out
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -156,4 +445,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("file", help="sweep YAML (configs/sweeps/*.yaml)")
     parser.add_argument("--runs", default=None, help="override runs_dir")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state, train nothing")
-    parser.set_defaults(func=lambda args: (run_sweep(args.file, args.runs, args.dry_run), 0)[1])
+    parser.add_argument("--report", action="store_true",
+                        help="train nothing: regenerate the leaderboard and RESULTS.md from the summaries")
+    parser.add_argument("--keep-going", action="store_true", help="run the others when a run fails")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time (each its own process; on an N-core CPU: N jobs, OMP_NUM_THREADS=1)")
+    parser.add_argument("--mix-steps", action="store_true",
+                        help="average runs of different step counts / max_eval_samples anyway")
+
+    def _main(args: argparse.Namespace) -> int:
+        if args.report:
+            report(args.file, args.runs, mix_steps=args.mix_steps)
+        else:
+            run_sweep(args.file, args.runs, args.dry_run, args.keep_going, args.mix_steps, args.jobs)
+        return 0
+
+    parser.set_defaults(func=_main)

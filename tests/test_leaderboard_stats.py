@@ -76,5 +76,5 @@ def test_cli_writes_tables_plots_and_loss_curves(tmp_path, capsys):
     text = (tmp_path / "leaderboard_mean.md").read_text()
     assert "| frozen | 2 | 73.50 ± 0.71 | +2.00 [2.00, 2.00] | better than no block |" in text  # both per-seed differences are 2: a zero-width interval
     assert "Student-t" in text
-    for name in ("leaderboard_mean.csv", "leaderboard_mean.png", "loss_curves.png"):
+    for name in ("leaderboard_mean.csv", "leaderboard_mean_mmllm_vqa.png", "loss_curves.png"):
         assert (tmp_path / name).stat().st_size > 0

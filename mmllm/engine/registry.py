@@ -42,6 +42,38 @@ def resolve_target(target: str | Callable | type) -> Any:
 
 
 @dataclass(frozen=True)
+class InsertionDepths:
+    """Where a task's host encoder can take the block, as config overrides: the paper's head / middle / tail
+    (Pang et al., ICLR 2024, Table D: the block's position in the visual encoder, not the LLM layer).
+
+    Either ``fixed`` named positions (METER's stack: ``head`` = before fusion, ``tail`` = after fusion), or an
+    index key counted in host blocks: with ``n`` host blocks before the LLM block (head 1, middle depth // 2,
+    tail depth; ``depth`` read from the run's config at ``depth_key``) the override is ``key=n + offset``
+    (``offset=-1`` for hosts whose key means "after block k, 0-based", 0 for "k blocks before it").
+    """
+
+    key: str | None = None
+    depth_key: str | None = None
+    offset: int = -1
+    fixed: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def overrides(self, cfg: DictConfig) -> dict[str, tuple[str, ...]]:
+        """``{"head": (...), "middle": (...), "tail": (...)}`` (only the fixed names for fixed positions)."""
+        if self.fixed:
+            return {name: tuple(values) for name, values in self.fixed.items()}
+        from omegaconf import OmegaConf
+
+        if not self.key or not self.depth_key:
+            raise ConfigError("InsertionDepths needs `fixed` positions, or both `key` and `depth_key`")
+        depth = OmegaConf.select(cfg, self.depth_key, default=None)
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise ConfigError(f"{self.depth_key} is {depth!r}: the insertion-depth variants need the host's number "
+                              "of blocks there (set it in the config)")
+        blocks = {"head": 1, "middle": max(1, depth // 2), "tail": depth}
+        return {name: (f"{self.key}={n + self.offset}",) for name, n in blocks.items()}
+
+
+@dataclass(frozen=True)
 class TaskEntry:
     """Everything the faces need to know about a task, said once."""
 
@@ -60,6 +92,7 @@ class TaskEntry:
     )  # what the task's main command trains: name -> config overrides
     description: str = ""
     analysis: str | None = None  # "module:function" giving `mmllm analyze` inputs and foreground masks
+    insertion_depths: InsertionDepths | None = None  # `mmllm sweep`'s depth_head/middle/tail variants
 
     def task_class(self) -> type[Task]:
         return resolve_target(self.task)

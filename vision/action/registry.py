@@ -1,7 +1,7 @@
 """Registry entry of action recognition (SSv2 / Kinetics formats; embedded MNIST-motion clips)."""
 from pathlib import Path
 
-from mmllm.engine.registry import TaskEntry
+from mmllm.engine.registry import InsertionDepths, TaskEntry
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -12,6 +12,7 @@ def entries() -> list[TaskEntry]:
         model_arch="mmllm_videovit_cls", metric="top1", higher_is_better=True,
         default_config=ROOT / "configs/vision/action_mnist.yaml",
         preparers={"mnist_motion": "vision.action.data:prepare_mnist_motion"},
+        insertion_depths=InsertionDepths("model.insert_after", "model.depth", offset=-1),
         variants={
             "block": (),
             "no_block": ("model.llm_block.kind=none",),

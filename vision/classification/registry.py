@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from mmllm.engine.registry import TaskEntry
+from mmllm.engine.registry import InsertionDepths, TaskEntry
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,6 +19,7 @@ def entries() -> list[TaskEntry]:
             default_config=ROOT / "configs/vision/image_cls_mnist.yaml",
             preparers={"mnist": "vision.classification.data:prepare_mnist"},
             analysis="vision.classification.analysis:analysis_inputs",
+            insertion_depths=InsertionDepths("model.insert_after", "model.vit_kwargs.depth", offset=-1),
             variants={"block": (), "no_block": ("model.llm_block.kind=none",)},
             description="timm ViT/DeiT with the LLM block after ViT block k; top-1/top-5 and corrupted-set accuracy",
         )

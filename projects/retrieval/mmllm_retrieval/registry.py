@@ -1,7 +1,7 @@
 """Registry entry of image–text retrieval (Karpathy format; embedded emoji data)."""
 from pathlib import Path
 
-from mmllm.engine.registry import TaskEntry
+from mmllm.engine.registry import InsertionDepths, TaskEntry
 
 ROOT = Path(__file__).resolve().parents[3]
 DEFAULTS = Path(__file__).resolve().parent / "lavis_defaults"
@@ -15,6 +15,7 @@ def entries() -> list[TaskEntry]:
         preparers={"twemoji": "mmllm_retrieval.emoji_convert:ensure_converted"},
         lavis_model_config=DEFAULTS / "mmllm_meter_retrieval.yaml",
         lavis_dataset_config=DEFAULTS / "mmllm_retrieval.yaml",
+        insertion_depths=InsertionDepths(fixed={"head": ("model.llm_block_at=before_fusion",), "tail": ("model.llm_block_at=after_fusion",)}),
         description="METER-style ITC + ITM retrieval with the frozen LLM block after fusion; Recall@K",
     ), TaskEntry(  # VLAP (issue 13): one linear layer into the LLM's word-embedding space
         name="mmllm_retrieval_vlap", task="mmllm_retrieval.vlap_task:VLAPRetrievalTask",

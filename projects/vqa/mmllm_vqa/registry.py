@@ -1,7 +1,7 @@
 """Registry entry of 2D VQA (VQAv2 format; embedded easy-VQA)."""
 from pathlib import Path
 
-from mmllm.engine.registry import TaskEntry
+from mmllm.engine.registry import InsertionDepths, TaskEntry
 
 ROOT = Path(__file__).resolve().parents[3]
 DEFAULTS = Path(__file__).resolve().parent / "lavis_defaults"
@@ -13,6 +13,7 @@ def entries() -> list[TaskEntry]:
         metric="accuracy", default_config=ROOT / "configs/vqa/easyvqa_meter_smollm2.yaml",
         preparers={"easy_vqa": "mmllm_vqa.easy_vqa_convert:ensure_converted"},
         lavis_model_config=DEFAULTS / "mmllm_meter_vqa.yaml", lavis_dataset_config=DEFAULTS / "mmllm_vqa.yaml",
+        insertion_depths=InsertionDepths(fixed={"head": ("model.llm_block_at=before_fusion",), "tail": ("model.llm_block_at=after_fusion",)}),
         description="METER-style VQA with the frozen LLM block after fusion; official VQA accuracy",
     ), TaskEntry(  # LLaVA-style generative baseline and LLaViT (issue 13)
         name="mmllm_vqa_generative", task="mmllm_vqa.generative_task:GenerativeVQATask",
