@@ -31,6 +31,7 @@ Each run folder gets a ``sweep.json`` (task, variant, LLM, seed, seconds) that t
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -325,20 +326,30 @@ def run_sweep(path: str | Path, runs_dir: str | None = None, dry_run: bool = Fal
     return root
 
 
-def start_run(command: list[str], log: Any = None) -> subprocess.Popen:
+def start_run(command: list[str], log: Any = None, env: dict[str, str] | None = None) -> subprocess.Popen:
     """One training process (its own, so a crash or a leak ends with it); output to ``log`` when given."""
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT if log else None)
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT if log else None, env=env)
+
+
+def job_environment(jobs: int) -> dict[str, str]:
+    """The environment of each run: with ``jobs`` > 1 and no ``OMP_NUM_THREADS`` set, the cores are shared out
+    (cores // jobs threads each). Measured on a 2-core CPU: two one-thread METER VQA runs side by side trained
+    1.36x as many steps per second as one two-thread run (torch's small GEMMs scale poorly across threads)."""
+    env = dict(os.environ)
+    if jobs > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    return env
 
 
 def _train_all(todo: list[SweepRun], spec: dict[str, Any], path: str | Path, jobs: int, keep_going: bool) -> list[str]:
-    """Run ``todo``, ``jobs`` processes at a time (on a CPU give each one thread: OMP_NUM_THREADS=1).
-    With more than one job a run's output goes to its ``train.log``. Returns the failures; without
+    """Run ``todo``, ``jobs`` processes at a time (threads shared out: :func:`job_environment`). With more than one job a run's output goes to its ``train.log``. Returns the failures; without
     ``keep_going`` the first failure starts no further run and, once the running ones end, raises."""
     from tqdm import tqdm
 
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
     queue, running, failed = list(todo), [], []
+    env = job_environment(jobs)
     bar = tqdm(total=len(todo), desc="sweep", unit="run")  # tqdm's ETA: mean time per finished run × those left
     while queue or running:
         while queue and len(running) < jobs and (keep_going or not failed):
@@ -346,10 +357,11 @@ def _train_all(todo: list[SweepRun], spec: dict[str, Any], path: str | Path, job
             r.out_dir.mkdir(parents=True, exist_ok=True)
             label = {"task": r.task, "variant": r.label, "variant_name": r.variant, "llm": r.llm,
                      "llm_source": r.llm_source, "seed": r.seed, "sweep": spec.get("name"), "sweep_file": str(path),
-                     "command": r.shown(), "jobs": jobs}
+                     "command": r.shown(), "jobs": jobs,
+                     "omp_num_threads": env.get("OMP_NUM_THREADS")}
             write_json(r.out_dir / "sweep.json", label)
             log = open(r.out_dir / "train.log", "w") if jobs > 1 else None  # noqa: SIM115 - closed below
-            process = start_run(r.command(), log)
+            process = start_run(r.command(), log, env)
             running.append((r, process, time.time(), label, log))
             bar.set_postfix_str(", ".join(f"{x.task} {x.label} s{x.seed}" for x, *_ in running))
         if not running:
@@ -449,7 +461,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="train nothing: regenerate the leaderboard and RESULTS.md from the summaries")
     parser.add_argument("--keep-going", action="store_true", help="run the others when a run fails")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="runs at a time (each its own process; on an N-core CPU: N jobs, OMP_NUM_THREADS=1)")
+                        help="runs at a time, each its own process (unless OMP_NUM_THREADS is set, each gets cores // jobs "
+                             "threads)")
     parser.add_argument("--mix-steps", action="store_true",
                         help="average runs of different step counts / max_eval_samples anyway")
 

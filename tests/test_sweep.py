@@ -86,12 +86,14 @@ def test_unknown_variant_name_is_an_error(tmp_path):
         sweep.expand({**SPEC, "variants": ["none", "random_frozn"]}, tmp_path)
 
 
-def _fake_training(tmp_path, called, metric=50.0, fail=()):
+def _fake_training(tmp_path, called, metric=50.0, fail=(), envs=None):
     """A stand-in for the training process (``sweep.start_run``) that writes what the engine would:
     config.json and summary.json; runs whose folder name is in ``fail`` exit 1 and write nothing."""
+    envs = [] if envs is None else envs
     class FakePopen:
-        def __init__(self, cmd, stdout=None):
+        def __init__(self, cmd, stdout=None, env=None):
             called.append(cmd)
+            envs.append(env)
             config, options = cmd[cmd.index("--config") + 1], cmd[cmd.index("--options") + 1:]
             cfg = load_config(config, options)
             out = tmp_path / cfg.run.output_dir
@@ -203,11 +205,14 @@ def test_parallel_jobs_failures_and_per_variant_llms(tmp_path, monkeypatch):
     assert sorted({r.out_dir.parent.name for r in runs}) == ["frozen_qwen", "frozen_smol", "mlp_smol", "none"]
     assert len(runs) == 8
     monkeypatch.chdir(tmp_path)
-    called = []
-    monkeypatch.setattr(sweep, "start_run", _fake_training(tmp_path, called, fail=("frozen_qwen",)))
+    called, envs = [], []
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(sweep.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(sweep, "start_run", _fake_training(tmp_path, called, fail=("frozen_qwen",), envs=envs))
     with pytest.raises(ConfigError, match="frozen_qwen/seed1"):  # stops: no new run after the failure
         sweep.run_sweep(path, jobs=2)
     assert len(called) < len(runs)
+    assert {e["OMP_NUM_THREADS"] for e in envs} == {"2"}  # 4 cores, 2 jobs: 2 threads each
     called.clear()
     with pytest.raises(ConfigError, match="2 run\\(s\\) failed"):  # --keep-going: the others all run
         sweep.run_sweep(path, jobs=2, keep_going=True)
@@ -215,5 +220,10 @@ def test_parallel_jobs_failures_and_per_variant_llms(tmp_path, monkeypatch):
     assert len(done) == 6 and all(r.out_dir.parent.name != "frozen_qwen" for r in done)
     assert all((r.out_dir / "train.log").read_text() == "training log\n" for r in done)  # jobs > 1: a log per run
     assert (tmp_path / "runs" / "RESULTS.md").is_file()  # the report of what finished is written anyway
+    assert json.loads((done[0].out_dir / "sweep.json").read_text())["omp_num_threads"] == "2"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's own setting is kept
+    assert sweep.job_environment(2)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert "OMP_NUM_THREADS" not in sweep.job_environment(1)
     with pytest.raises(ConfigError, match="not in llms"):
         sweep.expand({**spec, "variants": {"mlp": {"llms": ["gpt"]}}})
