@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmllm.analysis import best_iou, frequency_map, iou, magnitude_map, mean_iou
+from mmllm.analysis import attention_map, best_iou, frequency_map, iou, magnitude_map, mean_iou
 from mmllm.errors import DataError
 
 TOKENS = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [4.0, 0.0, 0.0, 3.0]]
@@ -44,3 +44,12 @@ def test_iou_and_best_threshold_by_hand():
     assert score == 1.0 and threshold == pytest.approx(0.6)  # 0.6 .. 0.9 keep only the top-left patch
     assert best_iou(token_map, target, thresholds=[0.1])[0] == 0.5  # 0.1 keeps the top half
     assert mean_iou([1.0, 0.5]) == 0.75
+
+
+def test_attention_map_is_min_max_normalised_cls_row():
+    # a CLS row over 4 patches: 0.1, 0.4, 0.2, 0.3 -> (x - 0.1) / 0.3
+    row = torch.tensor([0.1, 0.4, 0.2, 0.3])
+    assert attention_map(row).numpy() == pytest.approx([0.0, 1.0, 1 / 3, 2 / 3], abs=1e-6)
+    assert torch.equal(attention_map(torch.full((4,), 0.25)), torch.zeros(4))  # uniform attention: nothing stands out
+    with pytest.raises(DataError, match="one attention row"):
+        attention_map(torch.ones(2, 2))

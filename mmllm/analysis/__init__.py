@@ -1,4 +1,4 @@
 """The information-filtering analysis of Pang et al. (ICLR 2024, §6): which tokens the frozen block amplifies."""
-from .maps import best_iou, frequency_map, iou, magnitude_map, mean_iou
+from .maps import attention_map, best_iou, frequency_map, iou, magnitude_map, mean_iou
 
-__all__ = ["best_iou", "frequency_map", "iou", "magnitude_map", "mean_iou"]
+__all__ = ["attention_map", "best_iou", "frequency_map", "iou", "magnitude_map", "mean_iou"]

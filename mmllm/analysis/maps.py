@@ -3,7 +3,8 @@
 Pang et al. (ICLR 2024, §6, "information filtering hypothesis") visualise, for the tokens of one image,
 how strongly each token stands out from the others — by magnitude (the L2 norm of the token minus the
 mean token) and by frequency (the phase of its FFT over the feature dimension, compared with the mean
-phase) — before and after the frozen block, and score the maps as pseudo-masks against ground-truth
+phase) — before and after the frozen block, beside the [CLS] token's attention in the last attention
+block (:mod:`.attention`), and score the maps as pseudo-masks against ground-truth
 foregrounds (best IoU over thresholds, averaged over images).
 """
 from __future__ import annotations
@@ -44,6 +45,14 @@ def frequency_map(tokens: torch.Tensor) -> torch.Tensor:
     angle vector, min–max normalised."""
     angle = torch.angle(torch.fft.fft(_tokens(tokens), dim=-1))
     return _minmax((angle - angle.mean(dim=0, keepdim=True)).norm(dim=-1)).float()
+
+
+def attention_map(weights: torch.Tensor) -> torch.Tensor:
+    """[N]: one token's attention probabilities over the N patch tokens (the CLS row), min–max normalised
+    like the magnitude and frequency maps, so that the same thresholds make its pseudo-masks."""
+    if weights.dim() != 1 or weights.shape[0] == 0:
+        raise DataError(f"expected one attention row [N], got shape {tuple(weights.shape)}")
+    return _minmax(weights.detach().double()).float()
 
 
 def iou(pred: torch.Tensor, target: torch.Tensor) -> float:

@@ -12,6 +12,7 @@ def entries() -> list[TaskEntry]:
         name="mmllm_vqa", task="mmllm_vqa.task:VQATask", dataset="mmllm_vqa", model_arch="mmllm_meter_vqa",
         metric="accuracy", default_config=ROOT / "configs/vqa/easyvqa_meter_smollm2.yaml",
         preparers={"easy_vqa": "mmllm_vqa.easy_vqa_convert:ensure_converted"},
+        analysis="mmllm_vqa.analysis:analysis_inputs",
         lavis_model_config=DEFAULTS / "mmllm_meter_vqa.yaml", lavis_dataset_config=DEFAULTS / "mmllm_vqa.yaml",
         insertion_depths=InsertionDepths(fixed={"head": ("model.llm_block_at=before_fusion",), "tail": ("model.llm_block_at=after_fusion",)}),
         description="METER-style VQA with the frozen LLM block after fusion; official VQA accuracy",
