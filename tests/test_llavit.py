@@ -180,3 +180,31 @@ def test_multi_depth_features_concatenate_encoder_depths():
     for bad in ([], [3], [0, -3]):
         with pytest.raises(ConfigError):
             MultiDepthVision(enc, bad)
+
+
+def test_multi_depth_features_of_the_cnn_encoder():
+    """A CNN's depths: its stages (hooked here on timm's own blocks), pooled onto the last grid, then its head."""
+    from torch.nn import functional as F
+
+    from mmllm.errors import ConfigError
+    from mmllm.models.cnn_encoder import CNNOptions, CNNVisionEncoder
+    from mmllm_vqa.generative_model import MultiDepthVision
+
+    enc = CNNVisionEncoder(CNNOptions(image_size=64, weights=None)).eval()
+    images = torch.randn(2, 3, 64, 64)
+    stage_modules = [enc.net.get_submodule(info["module"]) for info in enc.net.feature_info]
+    captured = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, k=k: captured.__setitem__(k, o)) for k, m in enumerate(stage_modules)]
+    with torch.no_grad():
+        head = enc.net.forward_features(images)  # [2, 1280, 2, 2]
+        for h in hooks:
+            h.remove()
+        both = MultiDepthVision(enc, [-1, 3])
+        assert both.out_dim == 1280 + enc.net.feature_info[3]["num_chs"]
+        grid = torch.cat([head, F.adaptive_avg_pool2d(captured[3], head.shape[-2:])], dim=1)
+        tokens = grid.flatten(2).transpose(1, 2)
+        torch.testing.assert_close(both(images), torch.cat([tokens.mean(1, keepdim=True), tokens], 1))
+        torch.testing.assert_close(MultiDepthVision(enc, None)(images), MultiDepthVision(enc, [-1])(images))
+    for bad in ([], [6], [5, -1]):
+        with pytest.raises(ConfigError):
+            MultiDepthVision(enc, bad)

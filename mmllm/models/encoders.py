@@ -1,7 +1,8 @@
 """Vision and text encoders for the METER-style models, built offline.
 
 Vision: an open_clip ViT by name (weights from a local file when given, random init
-otherwise) or a custom small ViT config. Text: a Hugging Face encoder from a local
+otherwise), a custom small ViT config, or a pretrained timm CNN (:mod:`.cnn_encoder`: the ImageNet
+EfficientNet-Lite0 that ships in a registry package). Text: a Hugging Face encoder from a local
 folder or an embedded text-encoder asset (``minilm-l6``), or a random-init BERT config.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from ..schema import Section
+from .cnn_encoder import CNNOptions, CNNVisionEncoder, input_statistics
 
 TEXT_ENCODER_ASSETS = {
     # name: (module, folder inside it, pip command)
@@ -57,13 +59,19 @@ class VisionEncoder(nn.Module):
         _, tokens = self.visual(images)
         return tokens
 
+    def set_trainable(self, trainable: bool) -> None:
+        for p in self.parameters():
+            p.requires_grad = trainable
+
 
 class VisionOptions(Section):
-    """``{name: ViT-B-16, checkpoint: /path/open_clip.bin}`` or ``{vit: {image_size, patch_size, width, layers, heads}}``."""
+    """``{name: ViT-B-16, checkpoint: /path/open_clip.bin}``, ``{vit: {image_size, patch_size, width, layers, heads}}``
+    or ``{cnn: {arch: tf_efficientnet_lite0, weights: efficientnet-lite0, image_size: 128}}`` (pretrained, offline)."""
 
     name: str = "ViT-B-16"
     checkpoint: str | None = None
     vit: dict[str, Any] | None = None
+    cnn: CNNOptions | None = None
 
 
 class TextOptions(Section):
@@ -80,6 +88,10 @@ def vision_input_spec(cfg: VisionOptions) -> tuple[int, tuple, tuple]:
     from open_clip import get_model_config
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+    if cfg.cnn is not None:
+        if cfg.vit is not None:
+            raise ConfigError("model.vision: give vit or cnn, not both")
+        return cfg.cnn.image_size, *input_statistics(cfg.cnn.arch)
     if cfg.vit is not None:
         if "image_size" not in cfg.vit:
             raise ConfigError("model.vision.vit needs image_size")
@@ -99,12 +111,16 @@ def build_tokenizer(cfg: TextOptions):
     return AutoTokenizer.from_pretrained(str(text_encoder_path(cfg.path or cfg.name)), local_files_only=True)
 
 
-def build_vision_encoder(cfg: VisionOptions) -> VisionEncoder:
-    """``{name: ViT-B-16, checkpoint: /path/open_clip.bin}`` or ``{vit: {image_size, patch_size, width, layers, heads}}``."""
+def build_vision_encoder(cfg: VisionOptions) -> VisionEncoder | CNNVisionEncoder:
+    """The encoder a :class:`VisionOptions` names (both kinds give [B, 1 + grid, width] tokens, a pooled or CLS
+    token first, and ``set_trainable``)."""
     import open_clip
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
     from open_clip.transformer import VisionTransformer
 
+    if cfg.cnn is not None:
+        vision_input_spec(cfg)  # refuses vit + cnn together
+        return CNNVisionEncoder(cfg.cnn)
     if cfg.vit is not None:
         vit = dict(cfg.vit)
         vit.setdefault("mlp_ratio", 4.0)

@@ -27,8 +27,8 @@ from mmllm.schema import ModelSection
 
 class VLAPRetrievalOptions(ModelSection):
     vision: VisionOptions = VisionOptions()
-    train_vision: bool = Field(False, description="VLAP keeps the vision encoder frozen; true trains it too "
-                               "(no pretrained ViT ships offline, so a frozen one is randomly initialised)")
+    train_vision: bool = Field(False, description="VLAP keeps the (pretrained) vision encoder frozen; true trains it "
+                               "too (a random-init ViT frozen gives the linear layer little to map: use model.vision.cnn)")
     llm: str = Field("smollm2-135m", description="LLM source: embedded asset name, HF folder or .gguf (never downloaded)")
     llm_dtype: str = Field("auto", description="dtype of the whole frozen LLM (captioning, llm_hidden)")
     text_features: Literal["embeddings", "llm_hidden"] = Field(
@@ -49,8 +49,7 @@ class VLAPRetrievalModel(nn.Module):
         super().__init__()
         self.vision = vision
         self.train_vision = options.train_vision
-        for p in vision.parameters():
-            p.requires_grad = self.train_vision
+        vision.set_trainable(self.train_vision)
         self.projector = VLAPProjector(vision.width, assign.dim)
         self.assign = assign
         self.captioner = captioner  # VisualPrefixLM with projector "none" (frozen LM), or None

@@ -14,6 +14,7 @@ from pydantic import Field
 from torch import nn
 
 from mmllm.errors import ConfigError
+from mmllm.models.cnn_encoder import CNNVisionEncoder
 from mmllm.models.encoders import VisionEncoder, VisionOptions, build_vision_encoder
 from mmllm.models.llava import PROJECTORS, PromptFormat, VisualPrefixLM, load_causal_lm, load_tokenizer
 from mmllm.schema import ModelSection, Section
@@ -46,7 +47,8 @@ class LLaViTOptions(Section):
 
 class GenerativeVQAOptions(ModelSection):
     vision: VisionOptions = VisionOptions()
-    train_vision: bool = Field(True, description="no pretrained ViT ships offline, so the encoder trains by default")
+    train_vision: bool = Field(True, description="train the vision encoder (a random-init ViT must; the pretrained "
+                               "CNN of model.vision.cnn can stay frozen, as LLaVA's stage 1 keeps CLIP)")
     llm: LLMOptions = LLMOptions()
     llavit: LLaViTOptions = LLaViTOptions()
     max_new_tokens: int = Field(8, gt=0)
@@ -54,13 +56,15 @@ class GenerativeVQAOptions(ModelSection):
 
 
 class MultiDepthVision(nn.Module):
-    """Encoder tokens [B, 1 + patches, width * len(layers)]; ``layers=None`` is the final output only."""
+    """Encoder tokens [B, 1 + patches, sum of the depths' widths] (LLaViT's global + local features); ``layers=None``
+    is the final output only. A ViT's depths are its blocks; a CNN's, its stages then its head (``-1``)."""
 
     def __init__(self, encoder: VisionEncoder, layers: list[int] | None):
         super().__init__()
         self.encoder = encoder
-        depth = len(encoder.visual.transformer.resblocks)
+        self.cnn = isinstance(encoder, CNNVisionEncoder)
         if layers is not None:
+            depth = encoder.depths if self.cnn else len(encoder.visual.transformer.resblocks)
             if not layers:
                 raise ConfigError("model.llavit.feature_layers: empty list (use null for the last layer only)")
             bad = [i for i in layers if not -depth <= i < depth]
@@ -69,11 +73,16 @@ class MultiDepthVision(nn.Module):
             if len({i % depth for i in layers}) != len(layers):
                 raise ConfigError(f"model.llavit.feature_layers: {layers} names a layer twice")
         self.layers = layers
-        self.out_dim = encoder.width * (len(layers) if layers else 1)
+        if self.cnn and layers:  # a CNN's depths differ in width: its stages, then its head
+            self.out_dim = sum(encoder.depth_widths(layers))
+        else:
+            self.out_dim = encoder.width * (len(layers) if layers else 1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.layers is None:
             return self.encoder(images)
+        if self.cnn:
+            return self.encoder.depth_tokens(images, self.layers)
         out = self.encoder.visual.forward_intermediates(
             images, indices=self.layers, normalize_intermediates=True, intermediates_only=True,
             output_fmt="NLC", output_extra_tokens=True)
@@ -108,8 +117,7 @@ def create_generative_vqa_model(options: GenerativeVQAOptions, fmt: PromptFormat
     if options.llm.projector not in PROJECTORS:
         raise ConfigError(f"model.llm.projector: {options.llm.projector!r} not one of {PROJECTORS}")
     vision = MultiDepthVision(build_vision_encoder(options.vision), options.llavit.feature_layers)
-    for p in vision.parameters():
-        p.requires_grad = options.train_vision
+    vision.encoder.set_trainable(options.train_vision)  # frozen: no gradients; a CNN's batch norms stay in eval mode
     if lm is None:
         lm = load_causal_lm(options.llm.source, options.llm.dtype, options.llm.attn_implementation)
     llm = options.llm
