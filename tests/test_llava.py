@@ -8,10 +8,13 @@ import json
 
 import pytest
 import torch
+from conftest import ROOT
 from tiny_llms import tiny_model
 from torch.nn import functional as F
 
 from mmllm.models.llava import PromptFormat, VisualPrefixLM, build_projector
+
+ROOT_CONFIG = ROOT / "configs/vqa/easyvqa_llava_smollm2.yaml"
 
 PREFIX, PAD, EOS = [5, 6], 0, 3
 
@@ -283,6 +286,34 @@ def test_shipped_config_and_variants_validate():
         task = task_for(load_config(ROOT / "configs/vqa/easyvqa_llava_smollm2.yaml", list(overrides)))
         assert task.model_cfg.llm.source == "smollm2-135m"
     llavit = task_for(load_config(entry.default_config, list(entry.variants["llavit"]))).model_cfg.llavit
-    assert llavit.visual_qkv and llavit.bidirectional_visual and llavit.feature_layers == [1, -1]
+    assert llavit.visual_qkv and llavit.bidirectional_visual and llavit.feature_layers == [2, -1]
     with pytest.raises(ConfigError, match="visual_qvk"):
         task_for(load_config(entry.default_config, ["model.llavit.visual_qvk=true"]))
+
+
+def test_eval_subset_is_the_same_for_every_training_seed(tmp_path):
+    """Runs of different seeds (and the methods compared with each other) must answer the same questions."""
+    from tiny_vqa import write_images_and_qa
+
+    from mmllm.config import load_config
+    from mmllm.engine.cli import task_for
+
+    data = write_images_and_qa(tmp_path / "data", n_images=12)
+    split = {"questions": str(data / "questions.json"), "annotations": str(data / "annotations.json"),
+             "image_root": str(data / "images")}
+    all_ids = {q["question_id"] for q in json.loads((data / "questions.json").read_text())["questions"]}
+    assert len(all_ids) > 8
+
+    def test_ids(*options):
+        cfg = load_config(ROOT_CONFIG, [f"run.output_dir={tmp_path / 'run'}", "datasets.mmllm_vqa_generative.eval_limit=8",
+                                        *options])
+        cfg.datasets.mmllm_vqa_generative.splits = {"train": split, "test": split}
+        task = task_for(cfg)
+        task.fmt = object()  # the datasets need only the image spec, not the tokenizer
+        task.image_spec = (32, (0.5,) * 3, (0.5,) * 3)
+        return [item["question_id"] for item in task.build_datasets()["test"].items]
+
+    first = test_ids("run.seed=1")
+    assert len(first) == 8 and set(first) <= all_ids and first == sorted(first)
+    assert test_ids("run.seed=2") == first
+    assert test_ids("run.seed=1", "datasets.mmllm_vqa_generative.eval_subset_seed=5") != first

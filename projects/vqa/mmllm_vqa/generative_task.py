@@ -39,6 +39,8 @@ class GenerativeVQADataOptions(DataSection):
     max_answer_tokens: int = Field(8, gt=0, description="answers longer than this (EOS included) are cut in training")
     eval_limit: int | None = Field(None, gt=0, description="score a fixed random subset of this many questions "
                                    "per evaluated split (CPU budgets); null = all")
+    eval_subset_seed: int = Field(0, description="the seed drawing that subset: fixed, not run.seed, so runs of "
+                                  "every seed and every method are scored on the same questions")
 
 
 def training_answer(annotation: dict[str, Any]) -> str:
@@ -119,7 +121,8 @@ class GenerativeVQATask(Task):
         out = {}
         for name in self.data_cfg.splits:
             limit = None if name == "train" else self.data_cfg.eval_limit
-            out[name] = GenerativeVQADataset(self._split(name), *self.image_spec, limit=limit, seed=self.run.seed)
+            out[name] = GenerativeVQADataset(self._split(name), *self.image_spec, limit=limit,
+                                             seed=self.data_cfg.eval_subset_seed)
         return out
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:

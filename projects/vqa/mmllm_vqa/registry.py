@@ -20,12 +20,18 @@ def entries() -> list[TaskEntry]:
         name="mmllm_vqa_generative", task="mmllm_vqa.generative_task:GenerativeVQATask",
         dataset="mmllm_vqa_generative", model_arch="mmllm_llava_vqa", metric="accuracy",
         default_config=ROOT / "configs/vqa/easyvqa_llava_smollm2.yaml",
-        variants={"llava": (), "llavit": ("model.llavit.visual_qkv=true", "model.llavit.bidirectional_visual=true",
-                                          "model.llavit.feature_layers=[1,-1]")},
+        variants={  # LLaViT's three modifications together and each on its own (the paper's ablation)
+            "llava": (),
+            "llavit": ("model.llavit.visual_qkv=true", "model.llavit.bidirectional_visual=true",
+                       "model.llavit.feature_layers=[2,-1]"),
+            "llavit_qkv": ("model.llavit.visual_qkv=true",),
+            "llavit_bidirectional": ("model.llavit.bidirectional_visual=true",),
+            "llavit_multidepth": ("model.llavit.feature_layers=[2,-1]",),
+        },
         description="LLaVA-style: ViT -> projector -> whole LLM, answers generated; LLaViT switches; official VQA accuracy",
     ), TaskEntry(  # VLAP's linear layer + assignment loss as the LLaVA path's visual input (issue 13)
         name="mmllm_vqa_vlap", task="mmllm_vqa.vlap_task:VLAPVQATask", dataset="mmllm_vqa_vlap",
         model_arch="mmllm_vlap_vqa", metric="accuracy", default_config=ROOT / "configs/vqa/easyvqa_vlap_smollm2.yaml",
-        variants={"vlap": ()},
+        variants={"vlap": (), "vlap_no_assign": ("model.vlap.assign_weight=0",)},
         description="VLAP: frozen ViT -> linear (assignment prediction + answer loss) -> whole frozen LLM; VQA accuracy",
     )]
