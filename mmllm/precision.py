@@ -212,3 +212,13 @@ def _store(entry: dict[str, Any]) -> torch.dtype:
 def forget_measurements() -> None:
     """Drop what this process measured (the cache file stays): for tests of the cache itself."""
     _MEMO.clear()
+
+
+def cast_parameters(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Parameters to ``dtype``, buffers as they are: exactly what DeepSpeed's bf16 does to a training model
+    (it keeps fp32 buffers such as rotary ``inv_freq``), so a reloaded model evaluates in the dtypes it trained
+    in. ``model.to(dtype)`` would also round ``inv_freq`` to bf16 and shift every rotary position."""
+    for p in model.parameters():
+        if p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+    return model

@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from ..precision import cast_parameters
 from . import distributed
 
 
@@ -71,6 +72,6 @@ def load_trained(checkpoint: str | Path, out_dir: str | Path | None = None, edit
     model = task.build_model()
     load_model_file(model, checkpoint)
     if compute_precision(task) == "bf16":
-        model.to(torch.bfloat16)
+        cast_parameters(model, torch.bfloat16)  # as DeepSpeed's bf16 casts a training model
     Path(cfg.run.output_dir).mkdir(parents=True, exist_ok=True)
     return task, model, task.build_datasets()

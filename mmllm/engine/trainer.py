@@ -29,6 +29,7 @@ from ..config import to_dict
 from ..errors import CheckpointError, ConfigError, TrainingError
 from ..jsonio import write_json
 from ..params import param_groups
+from ..precision import cast_parameters
 from . import distributed
 from .checkpoint import CheckpointStore, rng_state, set_rng_state
 from .paths import repo_path
@@ -435,7 +436,7 @@ class Trainer:
         self.precision = compute_precision(self.task)
         model.to(distributed.device())
         if self.precision == "bf16":
-            model.to(torch.bfloat16)
+            cast_parameters(model, torch.bfloat16)  # as DeepSpeed's bf16 casts a training model
         model.eval()
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
