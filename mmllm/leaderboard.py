@@ -84,7 +84,9 @@ def collect(runs_dir: str | Path) -> list[dict[str, Any]]:
         sweep = _read_sweep_label(summary.parent / "sweep.json")
         rows[-1]["_meta"] = {"seed": data.get("seed"),
                              "variant": sweep.get("variant") or data.get("variant") or rows[-1]["llm_block"],
-                             "max_eval_samples": data.get("max_eval_samples")}
+                             "max_eval_samples": data.get("max_eval_samples"),
+                             "trainable_params": data.get("trainable_params"),
+                             "seconds_per_step": data.get("seconds_per_step")}
     if summaries and not rows:
         log.warning("leaderboard: all %d summary.json file(s) under %s were skipped, no run to list",
                     len(summaries), runs_dir)
@@ -217,8 +219,14 @@ def aggregate(rows: list[dict[str, Any]], mix_steps: bool = False) -> list[dict[
             seeds[seed] = r[metric]
         by_seed[(task, variant)] = seeds
         mean, sd, n = mean_std(list(seeds.values()))
+        params = sorted({r["_meta"]["trainable_params"] for r in members
+                         if isinstance(r.get("_meta", {}).get("trainable_params"), int)})
+        timed = [r["_meta"]["seconds_per_step"] for r in members
+                 if isinstance(r.get("_meta", {}).get("seconds_per_step"), (int, float))]
         out.append({"task": task, "variant": variant, "metric": metric, "higher_is_better": higher, "n": n,
                     "mean": mean, "std": sd, "seeds": sorted(seeds, key=str),
+                    "trainable_params": params[0] if len(params) == 1 else (params or None),
+                    "seconds_per_step": sum(timed) / len(timed) if timed else None,
                     "steps": sorted({r["steps"] for r in members}),
                     "max_eval_samples": sorted({_budget(r)[1] for r in members}, key=str), "_budgets": budgets})
     out.sort(key=lambda r: (r["task"], r["variant"] != BASELINE))  # stable: the baseline first in each task
@@ -263,14 +271,25 @@ def aggregate_markdown(rows: list[dict[str, Any]], heading: str = "###") -> str:
     fmt = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
     arrow = "↑" if rows[0]["higher_is_better"] else "↓"
     lines = [f"{heading} {rows[0]['task']} — test {rows[0]['metric']} {arrow}", "",
-             "| variant | n | mean ± std | Δ vs no block [95% CI] | verdict | steps |", "|---|---|---|---|---|---|"]
+             "| variant | n | mean ± std | Δ vs no block [95% CI] | verdict | steps | trainable params | s/step |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         spread = f"{fmt(r['mean'])} ± {fmt(r['std'])}" if r["std"] is not None else fmt(r["mean"])
         delta = "" if r["diff"] is None else (f"{r['diff']:+.2f} [{fmt(r['low'])}, {fmt(r['high'])}]"
                                               if r["low"] is not None else f"{r['diff']:+.2f}")
+        seconds = "" if r.get("seconds_per_step") is None else f"{r['seconds_per_step']:.2f}"
         lines.append(f"| {r['variant']} | {r['n']} | {spread} | {delta} | {r['verdict']} | "
-                     f"{', '.join(map(str, r['steps']))} |")
+                     f"{', '.join(map(str, r['steps']))} | {_params(r.get('trainable_params'))} | {seconds} |")
     return "\n".join(lines)
+
+
+def _params(value: Any) -> str:
+    """2,374,656 -> "2.37 M"; runs of one group that disagree show their range."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return f"{_params(value[0])} – {_params(value[-1])}"
+    return f"{value / 1e6:.2f} M" if value >= 1e5 else f"{value:,}"
 
 
 def _safe_name(text: str) -> str:
@@ -290,7 +309,7 @@ def write_aggregate(stats: list[dict[str, Any]], out_dir: str | Path) -> dict[st
         lines += [aggregate_markdown([r for r in stats if r["task"] == task]), "", METHOD_NOTE, ""]
     atomic_write_text(out / "leaderboard_mean.md", "\n".join(lines))
     keys = ["task", "variant", "metric", "higher_is_better", "n", "mean", "std", "diff", "low", "high", "n_paired",
-            "verdict", "seeds", "steps", "max_eval_samples"]
+            "verdict", "seeds", "steps", "max_eval_samples", "trainable_params", "seconds_per_step"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
     writer.writeheader()

@@ -10,6 +10,7 @@ Sweep file::
     tasks:
       - {task: mmllm_image_cls, options: [run.max_steps=300]}      # config: the task's registered one
       - {task: mmllm_vqa, config: configs/vqa/easyvqa_meter_smollm2.yaml}
+      - {task: mmllm_vqa_generative, variants: [llava, llavit]}      # only these of the variants below
     llms: {smollm2: smollm2-135m, qwen1.5b: qwen2.5-1.5b}          # model.llm_block.source of block variants
     variants: [none, frozen, random_trained, mlp, layer_middle, depth_head]   # names from the standard set
     # or a mapping: name -> overrides (null = the standard set's), e.g. {none: null, lr2: [run.init_lr=2e-4]}
@@ -224,15 +225,25 @@ def expand(spec: dict[str, Any], runs_dir: str | Path | None = None,
     for item in _list(spec["tasks"], "tasks"):
         if isinstance(item, str):
             item = {"task": item}
-        if not isinstance(item, dict) or set(item) - {"task", "config", "options"}:
-            raise ConfigError(f"tasks: each item is a task name or {{task, config, options}}, got {item!r}")
+        if not isinstance(item, dict) or set(item) - {"task", "config", "options", "variants"}:
+            raise ConfigError(f"tasks: each item is a task name or {{task, config, options, variants}}, got {item!r}")
         entry = get_task(item.get("task"))
         config = item.get("config") or entry.default_config
         if config is None:
             raise ConfigError(f"task {entry.name!r} registers no default config: give 'config' in the sweep file")
         task_options = [str(o) for o in _list(item.get("options"), f"tasks[{entry.name}].options")]
         base_cfg = load_config(config, [*common, *task_options])
-        variants, skipped = _task_variants(entry, base_cfg, names)
+        chosen = names
+        if item.get("variants") is not None:  # this task runs only these of the sweep's variants
+            wanted = [str(v) for v in _list(item["variants"], f"tasks[{entry.name}].variants")]
+            stray = [v for v in wanted if v not in names]
+            if stray:
+                raise ConfigError(f"tasks[{entry.name}].variants: {stray} are not among the sweep's variants {list(names)}")
+            chosen = {v: names[v] for v in wanted}
+        variants, skipped = _task_variants(entry, base_cfg, chosen)
+        if chosen is not names and skipped:
+            raise ConfigError(f"tasks[{entry.name}].variants: {entry.name} cannot run "
+                              + "; ".join(f"{k} ({why})" for k, why in skipped.items()))
         unknown_everywhere &= {k for k, why in skipped.items() if why == "unknown"}
         reasons: dict[str, list[str]] = {}
         for name, why in skipped.items():

@@ -106,7 +106,9 @@ def _fake_training(tmp_path, called, metric=50.0, fail=(), envs=None):
             block = to_dict(cfg.model.llm_block)
             (out / "summary.json").write_text(json.dumps(
                 {"task": "mmllm_vqa", "steps": 2, "seed": cfg.run.seed, "llm_block": block,
-                 "test_accuracy": metric + cfg.run.seed + (block["kind"] != "none"), "train_seconds": 1.5}))
+                 "test_accuracy": metric + cfg.run.seed + (block["kind"] != "none"), "train_seconds": 1.5,
+                 "trainable_params": 2_374_656 if block["kind"] != "none" else 1000,
+                 "seconds_per_step": 0.5 + 0.25 * cfg.run.seed}))
 
         def poll(self):
             return self.returncode
@@ -130,7 +132,10 @@ def test_sweep_trains_skips_finished_runs_and_writes_the_report(tmp_path, monkey
     assert stats["frozen [qwen]"]["n"] == 2 and stats["frozen [qwen]"]["mean"] == pytest.approx(52.5)
     assert stats["frozen [qwen]"]["diff"] == pytest.approx(1.0)
     report = (tmp_path / "runs" / "RESULTS.md").read_text()
-    assert "| frozen [qwen] | 2 | 52.50 ± 0.71 | +1.00 [1.00, 1.00] | better than no block | 2 |" in report
+    # seeds 1, 2: s/step 0.75 and 1.00 -> 0.88 (0.875 rounded half to even); 2,374,656 parameters -> 2.37 M
+    assert ("| frozen [qwen] | 2 | 52.50 ± 0.71 | +1.00 [1.00, 1.00] | better than no block | 2 | 2.37 M | 0.88 |"
+            in report)
+    assert "| none | 2 | 51.50 ± 0.71 |  |  | 2 | 1,000 | 0.88 |" in report
     assert f"mmllm sweep {path} --report" in report and "Student-t" in report
     assert (tmp_path / "runs" / "leaderboard_mean_mmllm_vqa.png").stat().st_size > 1000
     called.clear()
@@ -227,3 +232,22 @@ def test_parallel_jobs_failures_and_per_variant_llms(tmp_path, monkeypatch):
     assert "OMP_NUM_THREADS" not in sweep.job_environment(1)
     with pytest.raises(ConfigError, match="not in llms"):
         sweep.expand({**spec, "variants": {"mlp": {"llms": ["gpt"]}}})
+
+
+def test_a_task_can_run_a_subset_of_the_variants(tmp_path):
+    spec = {"seeds": [1], "variants": ["llava", "llavit_qkv", "vlap", "vlap_assign_only"],
+            "tasks": [{"task": "mmllm_vqa_generative", "variants": ["llava", "llavit_qkv"]},
+                      {"task": "mmllm_retrieval_vlap", "variants": ["vlap", "vlap_assign_only"],
+                       "options": ["run.max_steps=40"]}]}
+    runs = sweep.expand(spec, tmp_path)
+    assert sorted((r.task, r.variant) for r in runs) == [
+        ("mmllm_retrieval_vlap", "vlap"), ("mmllm_retrieval_vlap", "vlap_assign_only"),
+        ("mmllm_vqa_generative", "llava"), ("mmllm_vqa_generative", "llavit_qkv")]
+    (qkv,) = _options(runs, "mmllm_vqa_generative", "llavit_qkv")
+    assert "model.llavit.visual_qkv=true" in qkv and all(r.llm is None for r in runs)  # no model.llm_block: no LLM
+    (assign_only,) = _options(runs, "mmllm_retrieval_vlap", "vlap_assign_only")
+    assert "model.caption_weight=0" in assign_only and "run.max_steps=40" in assign_only
+    with pytest.raises(ConfigError, match="not among the sweep's variants"):
+        sweep.expand({**spec, "tasks": [{"task": "mmllm_vqa_generative", "variants": ["llavit"]}]}, tmp_path)
+    with pytest.raises(ConfigError, match="mmllm_vqa_generative cannot run vlap"):
+        sweep.expand({**spec, "tasks": [{"task": "mmllm_vqa_generative", "variants": ["vlap"]}]}, tmp_path)
