@@ -302,7 +302,7 @@ def _root(spec: dict[str, Any], runs_dir: str | Path | None) -> Path:
 
 
 def run_sweep(path: str | Path, runs_dir: str | None = None, dry_run: bool = False, keep_going: bool = False,
-              mix_steps: bool = False, jobs: int = 1) -> Path:
+              mix_steps: bool = False, jobs: int = 1, readme: str | Path | None = None) -> Path:
     """Train every unfinished run of the sweep, then write the leaderboard and the report (RESULTS.md)."""
     from tqdm import tqdm
 
@@ -331,7 +331,7 @@ def run_sweep(path: str | Path, runs_dir: str | None = None, dry_run: bool = Fal
                           "delete those folders, or give the sweep another runs_dir (--runs)")
     todo = [r for r in runs if states[r][0] in ("todo", "resume")]
     failed = _train_all(todo, spec, path, jobs, keep_going)
-    report(path, runs_dir, mix_steps=mix_steps)
+    report(path, runs_dir, mix_steps=mix_steps, readme=readme)
     if failed:
         raise ConfigError(f"{len(failed)} run(s) failed: {'; '.join(failed)}; re-run the sweep to retry them")
     return root
@@ -402,9 +402,9 @@ def _fmt_seconds(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def report(path: str | Path, runs_dir: str | None = None, mix_steps: bool = False) -> Path:
-    """Leaderboard files (tables, CSV, bar plots, loss curves) and ``RESULTS.md`` from the summaries under the
-    sweep's folder: no training, so committed ``summary.json`` files regenerate the README's table."""
+def render(path: str | Path, runs_dir: str | None = None, mix_steps: bool = False) -> tuple[str, list, list]:
+    """(the report's markdown, the finished runs' leaderboard rows, their seed statistics), from the summaries
+    under the sweep's folder alone: nothing is trained or written."""
     from . import leaderboard
 
     spec = load_sweep(path)
@@ -419,10 +419,7 @@ def report(path: str | Path, runs_dir: str | None = None, mix_steps: bool = Fals
         row["_meta"]["variant"] = labels[row["run"]]
     if not rows:
         raise ConfigError(f"no finished run (summary.json) of this sweep under {root}: run `mmllm sweep {path}` first")
-    leaderboard.write(rows, root)
     stats = leaderboard.aggregate(rows, mix_steps=mix_steps)
-    leaderboard.write_aggregate(stats, root)
-    leaderboard.plot_loss_curves(rows, root, root / "loss_curves.png")
     finished = {r["run"] for r in rows}
     missing = [r for r in runs if r.out_dir.relative_to(root).as_posix() not in finished]
     summaries = [read_json(root / r["run"] / "summary.json", "summary") for r in rows]
@@ -455,11 +452,56 @@ def report(path: str | Path, runs_dir: str | None = None, mix_steps: bool = Fals
         lines += [f"{others} other run(s) under `{root}` that this sweep file does not name were left out.", ""]
     lines += [f"Regenerate: `mmllm sweep {path} --report` (from the committed summaries); re-run: "
               f"`mmllm sweep {path}` (finished runs are skipped).", ""]
+    return "\n".join(lines), rows, stats
+
+
+def readme_block(path: str | Path) -> tuple[str, str]:
+    """The markers around a sweep's generated results in a README."""
+    return f"<!-- results of `mmllm sweep {path}` (generated) -->", "<!-- end of generated results -->"
+
+
+def update_readme(readme: str | Path, path: str | Path, text: str) -> None:
+    """Replace what stands between the sweep's markers in ``readme`` with ``text`` (atomically)."""
     from .jsonio import atomic_write_text
 
+    readme = Path(readme)
+    content = readme.read_text(encoding="utf-8")
+    begin, end = readme_block(path)
+    start = content.find(begin)
+    stop = content.find(end, start + len(begin)) if start >= 0 else -1
+    if start < 0 or stop < 0:
+        raise ConfigError(f"{readme} has no block for this sweep: put the two lines\n{begin}\n{end}\nwhere its "
+                          "results belong")
+    atomic_write_text(readme, content[:start + len(begin)] + "\n" + text.rstrip("\n") + "\n" + content[stop:])
+
+
+def readme_text(readme: str | Path, path: str | Path) -> str | None:
+    """What stands between the sweep's markers in ``readme`` (None: no block)."""
+    content = Path(readme).read_text(encoding="utf-8")
+    begin, end = readme_block(path)
+    start = content.find(begin)
+    stop = content.find(end, start + len(begin)) if start >= 0 else -1
+    return None if start < 0 or stop < 0 else content[start + len(begin):stop].strip("\n")
+
+
+def report(path: str | Path, runs_dir: str | None = None, mix_steps: bool = False,
+           readme: str | Path | None = None) -> Path:
+    """Leaderboard files (tables, CSV, bar plots, loss curves) and ``RESULTS.md`` from the summaries under the
+    sweep's folder (no training: committed ``summary.json`` files regenerate the README's table); with
+    ``readme``, the sweep's block in that file too."""
+    from . import leaderboard
+    from .jsonio import atomic_write_text
+
+    text, rows, stats = render(path, runs_dir, mix_steps)
+    root = _root(load_sweep(path), runs_dir)
+    leaderboard.write(rows, root)
+    leaderboard.write_aggregate(stats, root)
+    leaderboard.plot_loss_curves(rows, root, root / "loss_curves.png")
     out = root / "RESULTS.md"
-    atomic_write_text(out, "\n".join(lines))
-    print(out.read_text())
+    atomic_write_text(out, text)
+    if readme is not None:
+        update_readme(readme, path, text)
+    print(text)
     return out
 
 
@@ -476,12 +518,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                              "threads)")
     parser.add_argument("--mix-steps", action="store_true",
                         help="average runs of different step counts / max_eval_samples anyway")
+    parser.add_argument("--readme", default=None,
+                        help="also write the results into this file, between the sweep's markers (README.md)")
 
     def _main(args: argparse.Namespace) -> int:
         if args.report:
-            report(args.file, args.runs, mix_steps=args.mix_steps)
+            report(args.file, args.runs, mix_steps=args.mix_steps, readme=args.readme)
         else:
-            run_sweep(args.file, args.runs, args.dry_run, args.keep_going, args.mix_steps, args.jobs)
+            run_sweep(args.file, args.runs, args.dry_run, args.keep_going, args.mix_steps, args.jobs, args.readme)
         return 0
 
     parser.set_defaults(func=_main)

@@ -181,9 +181,20 @@ def test_report_regenerates_from_summaries_without_training(tmp_path, monkeypatc
         r.out_dir.mkdir(parents=True)
         fake(r.command())
     monkeypatch.setattr(sweep, "start_run", lambda *a, **k: pytest.fail("--report must not train"))
-    text = sweep.report(path).read_text()
+    readme = tmp_path / "README.md"
+    begin, end = sweep.readme_block(path)
+    readme.write_text(f"# title\n\nbefore\n{begin}\nold table, typed by hand\n{end}\nafter\n")
+    text = sweep.report(path, readme=readme).read_text()
     assert "3 runs of 6" in text and "Not (yet) in this table: 3 run(s)" in text
     assert "| frozen [smol] | 1 | 52.00 | +1.00 | one paired seed: no interval | 2 |" in text
+    written = readme.read_text()
+    assert written.startswith("# title\n\nbefore\n") and written.endswith(f"{end}\nafter\n")
+    assert "old table" not in written and sweep.readme_text(readme, path) == text.strip("\n")
+    assert sweep.render(path)[0] == text  # the same text, nothing written
+    readme.write_text("no markers\n")
+    with pytest.raises(ConfigError, match="has no block for this sweep"):
+        sweep.report(path, readme=readme)
+    assert sweep.readme_text(readme, path) is None
 
 
 def test_bad_sweep_files(tmp_path):
