@@ -5,6 +5,8 @@ Sweep file::
 
     name: readme
     runs_dir: results/readme            # runs land in <runs_dir>/<task>/<variant>[_<llm>]/seed<S>
+    report_dir: results/readme          # RESULTS.md, leaderboards, plots (default: runs_dir); two sweeps may share
+                                        # a runs_dir (a run both name trains once) and keep their own reports
     seeds: [1, 2, 3]
     options: [run.precision=fp32]       # every run
     tasks:
@@ -43,7 +45,7 @@ from typing import Any
 from .errors import ConfigError, MMLLMError
 from .jsonio import read_json, write_json
 
-KEYS = {"name", "runs_dir", "seeds", "options", "tasks", "llms", "variants", "description"}
+KEYS = {"name", "runs_dir", "report_dir", "seeds", "options", "tasks", "llms", "variants", "description"}
 NO_BLOCK = "model.llm_block.kind=none"
 _BLOCK = "model.llm_block.kind=llm_block"
 # name -> config overrides; every key here is sweepable on any task whose config has a `model.llm_block`
@@ -493,11 +495,13 @@ def report(path: str | Path, runs_dir: str | None = None, mix_steps: bool = Fals
     from .jsonio import atomic_write_text
 
     text, rows, stats = render(path, runs_dir, mix_steps)
-    root = _root(load_sweep(path), runs_dir)
-    leaderboard.write(rows, root)
-    leaderboard.write_aggregate(stats, root)
-    leaderboard.plot_loss_curves(rows, root, root / "loss_curves.png")
-    out = root / "RESULTS.md"
+    spec = load_sweep(path)
+    root = _root(spec, runs_dir)
+    where = Path(spec.get("report_dir") or root)
+    leaderboard.write(rows, where)
+    leaderboard.write_aggregate(stats, where)
+    leaderboard.plot_loss_curves(rows, root, where / "loss_curves.png")
+    out = where / "RESULTS.md"
     atomic_write_text(out, text)
     if readme is not None:
         update_readme(readme, path, text)

@@ -262,3 +262,24 @@ def test_a_task_can_run_a_subset_of_the_variants(tmp_path):
         sweep.expand({**spec, "tasks": [{"task": "mmllm_vqa_generative", "variants": ["llavit"]}]}, tmp_path)
     with pytest.raises(ConfigError, match="mmllm_vqa_generative cannot run vlap"):
         sweep.expand({**spec, "tasks": [{"task": "mmllm_vqa_generative", "variants": ["vlap"]}]}, tmp_path)
+
+
+def test_two_sweeps_share_runs_and_keep_their_own_reports(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text(yaml.safe_dump({**SPEC, "name": "a", "runs_dir": str(tmp_path / "runs")}))
+    second.write_text(yaml.safe_dump({**SPEC, "name": "b", "runs_dir": str(tmp_path / "runs"),
+                                      "report_dir": str(tmp_path / "b_report"),
+                                      "variants": {**SPEC["variants"], "mlp": ["model.llm_block.kind=mlp"]}}))
+    called = []
+    monkeypatch.setattr(sweep, "start_run", _fake_training(tmp_path, called))
+    sweep.run_sweep(first)
+    assert len(called) == 6
+    called.clear()
+    sweep.run_sweep(second)  # only the mlp runs are new: 2 seeds x 2 LLMs
+    assert len(called) == 4 and all("model.llm_block.kind=mlp" in c for c in called)
+    ours = (tmp_path / "b_report" / "RESULTS.md").read_text()
+    assert "10 runs of 10" in ours and "mlp [smol]" in ours
+    theirs = (tmp_path / "runs" / "RESULTS.md").read_text()
+    assert "mlp" not in theirs and "4 other run(s)" not in theirs  # the first sweep's report, written once, untouched
+    assert "4 other run(s)" in sweep.render(first)[0]  # rendered again now, it says what it leaves out
