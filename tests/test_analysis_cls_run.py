@@ -61,7 +61,8 @@ def test_textured_analysis_reports_all_three_maps(runs):
     report = json.loads((tmp / "an" / "analysis.json").read_text())
     assert report["images"] == 6 and report["background"] == "textured"
     assert report["cls_attention"] == "vit.blocks.3.attn"  # TINY_VIT has 4 blocks: the last one's attention
-    for kind in ("magnitude_before", "magnitude_after", "frequency_before", "frequency_after", "cls_attention"):
+    for kind in ("magnitude_before", "magnitude_after", "frequency_before", "frequency_after", "cls_attention",
+                 "random"):  # random: the chance level of the same scoring
         assert 0.0 <= report[f"miou_{kind}"] <= 100.0
     assert json.loads(done.stdout) == report
     assert sorted(p.name for p in (tmp / "an").glob("maps_*.png")) == ["maps_000.png", "maps_001.png"]

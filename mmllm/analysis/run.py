@@ -142,6 +142,9 @@ def analyse(run_dir: str | Path, split: str = "test", num: int = 16, out: str | 
     if rows is not None:
         maps["cls_attention"] = [attention_map(r).reshape(h, w) for r in rows]
         report["miou_cls_attention"] = _score(maps["cls_attention"], inputs.masks)
+    # the level a map that knows nothing reaches: uniform random maps, scored the same way (best of 9 thresholds)
+    generator = torch.Generator().manual_seed(0)
+    report["miou_random"] = _score([torch.rand(h, w, generator=generator) for _ in inputs.masks], inputs.masks)
     out.mkdir(parents=True, exist_ok=True)
     _overlays(inputs.display, maps, out, figures)
     write_json(out / "analysis.json", report)
