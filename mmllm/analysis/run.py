@@ -177,12 +177,31 @@ def _overlays(display: torch.Tensor, maps: dict[str, list[torch.Tensor]], out: P
         plt.close(fig)
 
 
+def summarise(reports: list[dict]) -> dict:
+    """mean ± sample std over runs (seeds) of every mIoU in their reports: what a figure or a table quotes."""
+    from ..stats import mean_std
+
+    keys = [k for k in reports[0] if k.startswith("miou_")]
+    missing = [k for k in keys for r in reports if k not in r]
+    if missing:
+        raise ConfigError(f"the runs' analyses differ: {sorted(set(missing))} missing in some (mixed tasks or hooks?)")
+    summary: dict = {"runs": [r["run"] for r in reports], "background": sorted({r["background"] for r in reports})}
+    for key in keys:
+        mean, sd, n = mean_std([float(r[key]) for r in reports])
+        summary[key] = {"mean": round(mean, 2), "std": None if sd is None else round(sd, 2), "n": n}
+    return summary
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("analyze", help="activation maps before/after the block of a trained run, and mIoU")
-    parser.add_argument("--run", required=True, help="a finished run folder (holds model_final.pt)")
+    parser.add_argument("--run", required=True, nargs="+",
+                        help="finished run folder(s) (each holds model_final.pt); several: each analysed, then "
+                             "mean ± std over them")
     parser.add_argument("--split", default="test")
     parser.add_argument("--num", type=int, default=16, help="images to analyse")
-    parser.add_argument("--out", default=None, help="default: <run>/analysis")
+    parser.add_argument("--out", default=None, help="one run: where to write (default: <run>/<--out-name>)")
+    parser.add_argument("--out-name", default="analysis", help="the folder inside each run (default: analysis)")
+    parser.add_argument("--summary", default=None, help="several runs: also write their mean ± std (JSON) here")
     parser.add_argument("--figures", type=int, default=4, help="overlay PNGs to write")
     parser.add_argument("--background", default="plain",
                         help="plain (the images as they are) or, where the task's hook offers it, textured")
@@ -190,8 +209,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> int:
         import json
 
-        report = analyse(args.run, args.split, args.num, args.out, args.figures, args.background)
-        print(json.dumps(report, indent=1))
+        if args.out and len(args.run) > 1:
+            raise ConfigError("--out names one folder: with several runs use --out-name (a folder inside each run)")
+        reports = [analyse(r, args.split, args.num, args.out or Path(r) / args.out_name, args.figures, args.background)
+                   for r in args.run]
+        if len(reports) == 1:
+            print(json.dumps(reports[0], indent=1))
+            return 0
+        summary = summarise(reports)
+        if args.summary:
+            write_json(args.summary, summary)
+        print(json.dumps(summary, indent=1))
         return 0
 
     parser.set_defaults(func=run)
