@@ -181,13 +181,21 @@ def _plot(panels, path: Path) -> Path:
 BASELINE = "none"  # the no-block variant every other variant of a task is compared with
 
 
+def reference_label(reference: str) -> str:
+    """How tables and verdicts name what a task's variants are compared with."""
+    return "no block" if reference == BASELINE else f"`{reference}`"
+
+
 def _budget(row: dict[str, Any]) -> tuple[Any, Any]:
     return row["steps"], row.get("_meta", {}).get("max_eval_samples")
 
 
-def aggregate(rows: list[dict[str, Any]], mix_steps: bool = False) -> list[dict[str, Any]]:
+def aggregate(rows: list[dict[str, Any]], mix_steps: bool = False,
+              references: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """One row per task × variant: mean ± sample std of the task's main metric over seeds, and the paired
-    difference to the task's no-block variant with a 95% t interval (:mod:`mmllm.stats`).
+    difference to the task's reference variant with a 95% t interval (:mod:`mmllm.stats`). The reference is
+    the no-block variant unless ``references`` names another for the task: a task whose every arm holds an
+    LLM (LLaVA vs LLaViT) has no no-block arm, and "what does each change add" is a difference to its base.
 
     Runs of one group must agree on steps and ``max_eval_samples`` (a 20-step smoke run averaged with a
     400-step run is not a result), and a variant is compared with the no-block runs only at the same budget,
@@ -229,30 +237,36 @@ def aggregate(rows: list[dict[str, Any]], mix_steps: bool = False) -> list[dict[
                     "seconds_per_step": sum(timed) / len(timed) if timed else None,
                     "steps": sorted({r["steps"] for r in members}),
                     "max_eval_samples": sorted({_budget(r)[1] for r in members}, key=str), "_budgets": budgets})
-    out.sort(key=lambda r: (r["task"], r["variant"] != BASELINE))  # stable: the baseline first in each task
-    baselines = {r["task"]: r for r in out if r["variant"] == BASELINE}
+    references = references or {}
+    reference = {r["task"]: references.get(r["task"], BASELINE) for r in out}
+    # stable: the reference first in each task
+    out.sort(key=lambda r: (r["task"], r["variant"] != reference[r["task"]]))
+    baselines = {r["task"]: r for r in out if r["variant"] == reference[r["task"]]}
     for row in out:
-        base = by_seed.get((row["task"], BASELINE))
-        row.update({"diff": None, "low": None, "high": None, "n_paired": 0, "verdict": ""})
-        if row["variant"] == BASELINE:
+        ref = reference[row["task"]]
+        label = reference_label(ref)
+        base = by_seed.get((row["task"], ref))
+        row.update({"diff": None, "low": None, "high": None, "n_paired": 0, "verdict": "", "reference": ref})
+        if row["variant"] == ref:
             continue
         if base is None:
-            row["verdict"] = "no no-block runs to compare with"
+            row["verdict"] = ("no no-block runs to compare with" if ref == BASELINE
+                              else f"no runs of the reference {label} to compare with")
             continue
         if row["_budgets"] != baselines[row["task"]]["_budgets"] and not mix_steps:
-            row["verdict"] = (f"not compared: budget {sorted(row['_budgets'], key=str)} differs from no block's "
+            row["verdict"] = (f"not compared: budget {sorted(row['_budgets'], key=str)} differs from {label}'s "
                               f"{sorted(baselines[row['task']]['_budgets'], key=str)} (--mix-steps to compare)")
             continue
         shared = {k: v for k, v in by_seed[(row["task"], row["variant"])].items() if k in base}
         if not shared:
-            row["verdict"] = "no seed shared with the no-block runs"
+            row["verdict"] = f"no seed shared with the {label} runs"
             continue
         row.update(paired_difference(shared, base))
         if row["low"] is None:
             row["verdict"] = "one paired seed: no interval"
         elif row["low"] > 0 or row["high"] < 0:
             better = (row["low"] > 0) == row["higher_is_better"]
-            row["verdict"] = "better than no block" if better else "worse than no block"
+            row["verdict"] = f"better than {label}" if better else f"worse than {label}"
         else:
             row["verdict"] = "no clear difference"
     for row in out:
@@ -270,8 +284,9 @@ def aggregate_markdown(rows: list[dict[str, Any]], heading: str = "###") -> str:
     """The markdown table of one task's aggregated rows (a heading naming the metric and its direction)."""
     fmt = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
     arrow = "↑" if rows[0]["higher_is_better"] else "↓"
+    versus = reference_label(rows[0].get("reference", BASELINE))
     lines = [f"{heading} {rows[0]['task']} — test {rows[0]['metric']} {arrow}", "",
-             "| variant | n | mean ± std | Δ vs no block [95% CI] | verdict | steps | trainable params | s/step |",
+             f"| variant | n | mean ± std | Δ vs {versus} [95% CI] | verdict | steps | trainable params | s/step |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         spread = f"{fmt(r['mean'])} ± {fmt(r['std'])}" if r["std"] is not None else fmt(r["mean"])
@@ -298,7 +313,7 @@ def _safe_name(text: str) -> str:
 
 def write_aggregate(stats: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Path]:
     """leaderboard_mean.md (one table per task, the method stated under it), .csv, and per task
-    leaderboard_mean_<task>.png (bars: mean ± std; beside them Δ vs no block with its 95% interval)."""
+    leaderboard_mean_<task>.png (bars: mean ± std; beside them Δ vs the reference with its 95% interval)."""
     if not stats:
         raise DataError("no group to aggregate")
     out = Path(out_dir)
@@ -308,8 +323,8 @@ def write_aggregate(stats: list[dict[str, Any]], out_dir: str | Path) -> dict[st
     for task in tasks:
         lines += [aggregate_markdown([r for r in stats if r["task"] == task]), "", METHOD_NOTE, ""]
     atomic_write_text(out / "leaderboard_mean.md", "\n".join(lines))
-    keys = ["task", "variant", "metric", "higher_is_better", "n", "mean", "std", "diff", "low", "high", "n_paired",
-            "verdict", "seeds", "steps", "max_eval_samples", "trainable_params", "seconds_per_step"]
+    keys = ["task", "variant", "metric", "higher_is_better", "n", "mean", "std", "reference", "diff", "low", "high",
+            "n_paired", "verdict", "seeds", "steps", "max_eval_samples", "trainable_params", "seconds_per_step"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
     writer.writeheader()
@@ -329,24 +344,27 @@ def _plot_task(task: str, rows: list[dict[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     names = [f"{r['variant']}\n(n={r['n']})" for r in rows]
+    ref = rows[0].get("reference", BASELINE)
+    versus = reference_label(ref).strip("`")
     better = "higher" if rows[0]["higher_is_better"] else "lower"
     fig, (left, right) = plt.subplots(1, 2, figsize=(max(6.0, 1.3 * len(rows) + 3), 4.0))
     left.bar(range(len(rows)), [r["mean"] for r in rows], yerr=[r["std"] or 0.0 for r in rows], capsize=3,
-             color=["#999999" if r["variant"] == BASELINE else "#4c72b0" for r in rows])
+             color=["#999999" if r["variant"] == ref else "#4c72b0" for r in rows])
     left.set_xticks(range(len(rows)), names, fontsize=6, rotation=25)
     left.set_ylabel(f"test {rows[0]['metric']} ({better} is better)\nmean ± sample std over seeds", fontsize=7)
     left.set_title(task, fontsize=9)
     compared = [r for r in rows if r["diff"] is not None]
-    colours = {"better than no block": "#2ca02c", "worse than no block": "#d62728"}
+    colours = {"better": "#2ca02c", "worse": "#d62728"}
     for i, r in enumerate(compared):
         err = None if r["low"] is None else [[r["diff"] - r["low"]], [r["high"] - r["diff"]]]
-        right.errorbar([i], [r["diff"]], yerr=err, fmt="o", capsize=4, color=colours.get(r["verdict"], "#4c72b0"))
+        right.errorbar([i], [r["diff"]], yerr=err, fmt="o", capsize=4,
+                       color=colours.get(r["verdict"].split(" ")[0], "#4c72b0"))
     right.axhline(0.0, color="#999999", linewidth=1)
     right.set_xticks(range(len(compared)), [f"{r['variant']}\n(n={r['n_paired']})" for r in compared], fontsize=6,
                      rotation=25)
     right.set_xlim(-0.7, max(len(compared), 1) - 0.3)
-    right.set_ylabel("Δ vs no block, paired by seed\n95% t interval", fontsize=7)
-    right.set_title(f"{task}: difference to no block", fontsize=9)
+    right.set_ylabel(f"Δ vs {versus}, paired by seed\n95% t interval", fontsize=7)
+    right.set_title(f"{task}: difference to {versus}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -46,6 +46,7 @@ from .errors import ConfigError, MMLLMError
 from .jsonio import read_json, write_json
 
 KEYS = {"name", "runs_dir", "report_dir", "seeds", "options", "tasks", "llms", "variants", "description"}
+TASK_KEYS = {"task", "config", "options", "variants", "reference"}  # one item of tasks
 NO_BLOCK = "model.llm_block.kind=none"
 _BLOCK = "model.llm_block.kind=llm_block"
 # name -> config overrides; every key here is sweepable on any task whose config has a `model.llm_block`
@@ -227,8 +228,8 @@ def expand(spec: dict[str, Any], runs_dir: str | Path | None = None,
     for item in _list(spec["tasks"], "tasks"):
         if isinstance(item, str):
             item = {"task": item}
-        if not isinstance(item, dict) or set(item) - {"task", "config", "options", "variants"}:
-            raise ConfigError(f"tasks: each item is a task name or {{task, config, options, variants}}, got {item!r}")
+        if not isinstance(item, dict) or set(item) - TASK_KEYS:
+            raise ConfigError(f"tasks: each item is a task name or {{{', '.join(sorted(TASK_KEYS))}}}, got {item!r}")
         entry = get_task(item.get("task"))
         config = item.get("config") or entry.default_config
         if config is None:
@@ -263,6 +264,11 @@ def expand(spec: dict[str, Any], runs_dir: str | Path | None = None,
                     options = (f"run.output_dir={out}", f"run.seed={seed}", *common, *task_options, *source, *overrides)
                     runs.append(SweepRun(entry.name, variant, llm, seed, str(config), options, out,
                                          None if llm is None else llms[llm]))
+        reference = item.get("reference")
+        labels = list(dict.fromkeys(r.label for r in runs if r.task == entry.name))
+        if reference is not None and str(reference) not in labels:
+            raise ConfigError(f"tasks[{entry.name}].reference: {reference!r} is not one of the arms this task runs "
+                              f"({', '.join(labels)})")
     if unknown_everywhere:
         from .schema import suggest
 
@@ -271,6 +277,18 @@ def expand(spec: dict[str, Any], runs_dir: str | Path | None = None,
         raise ConfigError(f"variant {name!r} is neither a standard variant{suggest(name, known)} nor one a task "
                           f"registers; give its overrides (variants: {{{name}: [key=value, ...]}}). Standard: {known}")
     return runs
+
+
+def references(spec: dict[str, Any]) -> dict[str, str]:
+    """task -> the variant its other variants are compared with, where the sweep file names one (``reference``;
+    otherwise the leaderboard's no-block variant)."""
+    from .engine.registry import get_task
+
+    out = {}
+    for item in _list(spec["tasks"], "tasks"):
+        if isinstance(item, dict) and item.get("reference") is not None:
+            out[get_task(item.get("task")).name] = str(item["reference"])
+    return out
 
 
 def run_state(run: SweepRun) -> tuple[str, list[str]]:
@@ -421,7 +439,8 @@ def render(path: str | Path, runs_dir: str | None = None, mix_steps: bool = Fals
         row["_meta"]["variant"] = labels[row["run"]]
     if not rows:
         raise ConfigError(f"no finished run (summary.json) of this sweep under {root}: run `mmllm sweep {path}` first")
-    stats = leaderboard.aggregate(rows, mix_steps=mix_steps)
+    refs = references(spec)
+    stats = leaderboard.aggregate(rows, mix_steps=mix_steps, references=refs)
     finished = {r["run"] for r in rows}
     missing = [r for r in runs if r.out_dir.relative_to(root).as_posix() not in finished]
     summaries = [read_json(root / r["run"] / "summary.json", "summary") for r in rows]
@@ -447,6 +466,10 @@ def render(path: str | Path, runs_dir: str | None = None, mix_steps: bool = Fals
         task_stats = [r for r in stats if r["task"] == task]
         lines += leaderboard.aggregate_markdown(task_stats, heading="####"), ""
     lines += [leaderboard.METHOD_NOTE + ".", ""]
+    shown_refs = {t: v for t, v in refs.items() if any(r["task"] == t for r in stats)}
+    if shown_refs:
+        lines += ["Where a task names its reference arm in the sweep file, Δ is the variant − that arm instead of no "
+                  "block: " + "; ".join(f"`{v}` in {t}" for t, v in shown_refs.items()) + ".", ""]
     if missing:
         lines += [f"Not (yet) in this table: {len(missing)} run(s) of the sweep without a summary, e.g. "
                   + ", ".join(f"`{m.out_dir.relative_to(root).as_posix()}`" for m in missing[:5]) + ".", ""]

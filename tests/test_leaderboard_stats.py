@@ -45,6 +45,32 @@ def test_paired_interval_by_hand(tmp_path):
     assert block["verdict"] == "no clear difference"  # the interval [-0.48, 4.48] holds 0
 
 
+def test_difference_to_a_named_reference_arm_by_hand(tmp_path):
+    # a task without a no-block arm (LLaVA vs LLaViT): llava 50, 60, 40 and llavit 75, 74, 78 over seeds 1-3 ->
+    # differences 25, 14, 38: mean 25.667, sd 12.014, half-width 4.3027 * 12.014 / sqrt(3) = 29.844
+    for seed, (a, b) in zip((1, 2, 3), ((50, 75), (60, 74), (40, 78))):
+        write_run(tmp_path, f"llava_s{seed}", "mmllm_vqa_generative", seed, {"test_accuracy": a}, variant="llava")
+        write_run(tmp_path, f"llavit_s{seed}", "mmllm_vqa_generative", seed, {"test_accuracy": b}, variant="llavit")
+    plain = {r["variant"]: r for r in leaderboard.aggregate(leaderboard.collect(tmp_path))}
+    assert plain["llavit"]["diff"] is None and plain["llavit"]["verdict"] == "no no-block runs to compare with"
+    rows = leaderboard.aggregate(leaderboard.collect(tmp_path), references={"mmllm_vqa_generative": "llava"})
+    assert [r["variant"] for r in rows] == ["llava", "llavit"]  # the reference first
+    llava, llavit = rows
+    assert llava["diff"] is None and llava["reference"] == "llava"
+    sd = math.sqrt(((25 - 77 / 3) ** 2 + (14 - 77 / 3) ** 2 + (38 - 77 / 3) ** 2) / 2)
+    assert llavit["diff"] == pytest.approx(77 / 3)
+    assert llavit["high"] - llavit["diff"] == pytest.approx(4.3027 * sd / math.sqrt(3), abs=1e-3)
+    assert llavit["verdict"] == "no clear difference"  # [-4.18, 55.51] holds 0
+    table = leaderboard.aggregate_markdown(rows)
+    assert "Δ vs `llava` [95% CI]" in table and "| llavit | 3 | 75.67 ± 2.08 | +25.67 [-4.18, 55.51] |" in table
+    # one seed differing the other way round flips the verdict's words, not just its sign
+    for seed, b in zip((1, 2, 3), (45, 55, 35)):
+        write_run(tmp_path, f"worse_s{seed}", "mmllm_vqa_generative", seed, {"test_accuracy": b}, variant="worse")
+    rows = {r["variant"]: r for r in leaderboard.aggregate(leaderboard.collect(tmp_path),
+                                                           references={"mmllm_vqa_generative": "llava"})}
+    assert rows["worse"]["diff"] == pytest.approx(-5.0) and rows["worse"]["verdict"] == "worse than `llava`"
+
+
 def test_lower_is_better_direction(tmp_path):
     # motion minFDE (lower is better): the block lowers it by 0.1 on every seed -> better, interval [-0.1, -0.1]
     for seed, base in zip((1, 2, 3), (0.80, 0.90, 0.85)):

@@ -5,8 +5,8 @@ from conftest import ROOT
 
 from mmllm import sweep
 
-# the sweeps whose generated block the README carries (ablations.yaml and related.yaml join once they have run)
-SWEEPS = ["configs/sweeps/readme.yaml"]
+# the sweeps whose generated block the README carries (ablations.yaml joins once it has run)
+SWEEPS = ["configs/sweeps/readme.yaml", "configs/sweeps/related.yaml"]
 
 
 @pytest.mark.parametrize("path", SWEEPS)

@@ -262,6 +262,10 @@ def test_a_task_can_run_a_subset_of_the_variants(tmp_path):
         sweep.expand({**spec, "tasks": [{"task": "mmllm_vqa_generative", "variants": ["llavit"]}]}, tmp_path)
     with pytest.raises(ConfigError, match="mmllm_vqa_generative cannot run vlap"):
         sweep.expand({**spec, "tasks": [{"task": "mmllm_vqa_generative", "variants": ["vlap"]}]}, tmp_path)
+    named = {**spec, "tasks": [{**spec["tasks"][0], "reference": "llava"}, spec["tasks"][1]]}
+    assert len(sweep.expand(named, tmp_path)) == 4 and sweep.references(named) == {"mmllm_vqa_generative": "llava"}
+    with pytest.raises(ConfigError, match="reference: 'vlap' is not one of the arms this task runs"):
+        sweep.expand({**spec, "tasks": [{**spec["tasks"][0], "reference": "vlap"}]}, tmp_path)
 
 
 def test_two_sweeps_share_runs_and_keep_their_own_reports(tmp_path, monkeypatch):
