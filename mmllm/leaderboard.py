@@ -237,13 +237,11 @@ def aggregate(rows: list[dict[str, Any]], mix_steps: bool = False,
                     "seconds_per_step": sum(timed) / len(timed) if timed else None,
                     "steps": sorted({r["steps"] for r in members}),
                     "max_eval_samples": sorted({_budget(r)[1] for r in members}, key=str), "_budgets": budgets})
-    references = references or {}
-    reference = {r["task"]: references.get(r["task"], BASELINE) for r in out}
-    # stable: the reference first in each task
-    out.sort(key=lambda r: (r["task"], r["variant"] != reference[r["task"]]))
-    baselines = {r["task"]: r for r in out if r["variant"] == reference[r["task"]]}
+    ref_of = {r["task"]: (references or {}).get(r["task"], BASELINE) for r in out}
+    out.sort(key=lambda r: (r["task"], r["variant"] != ref_of[r["task"]]))  # stable: the reference first in each task
+    baselines = {r["task"]: r for r in out if r["variant"] == ref_of[r["task"]]}
     for row in out:
-        ref = reference[row["task"]]
+        ref = ref_of[row["task"]]
         label = reference_label(ref)
         base = by_seed.get((row["task"], ref))
         row.update({"diff": None, "low": None, "high": None, "n_paired": 0, "verdict": "", "reference": ref})

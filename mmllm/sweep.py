@@ -123,6 +123,18 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _task_items(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The sweep's ``tasks`` as dicts (a bare task name is ``{task: name}``), their keys checked."""
+    items = []
+    for item in _list(spec["tasks"], "tasks"):
+        if isinstance(item, str):
+            item = {"task": item}
+        if not isinstance(item, dict) or set(item) - TASK_KEYS:
+            raise ConfigError(f"tasks: each item is a task name or {{{', '.join(sorted(TASK_KEYS))}}}, got {item!r}")
+        items.append(item)
+    return items
+
+
 def _variants(spec: dict[str, Any]) -> tuple[dict[str, list[str] | None], dict[str, list[str]]]:
     """(name -> its own overrides, or None for "the standard / the task's set"; name -> the LLMs it is limited to).
 
@@ -225,11 +237,7 @@ def expand(spec: dict[str, Any], runs_dir: str | Path | None = None,
     runs: list[SweepRun] = []
     unknown_everywhere = set(names)
     notes = notes if notes is not None else []
-    for item in _list(spec["tasks"], "tasks"):
-        if isinstance(item, str):
-            item = {"task": item}
-        if not isinstance(item, dict) or set(item) - TASK_KEYS:
-            raise ConfigError(f"tasks: each item is a task name or {{{', '.join(sorted(TASK_KEYS))}}}, got {item!r}")
+    for item in _task_items(spec):
         entry = get_task(item.get("task"))
         config = item.get("config") or entry.default_config
         if config is None:
@@ -284,11 +292,8 @@ def references(spec: dict[str, Any]) -> dict[str, str]:
     otherwise the leaderboard's no-block variant)."""
     from .engine.registry import get_task
 
-    out = {}
-    for item in _list(spec["tasks"], "tasks"):
-        if isinstance(item, dict) and item.get("reference") is not None:
-            out[get_task(item.get("task")).name] = str(item["reference"])
-    return out
+    return {get_task(item["task"]).name: str(item["reference"])
+            for item in _task_items(spec) if item.get("reference") is not None}
 
 
 def run_state(run: SweepRun) -> tuple[str, list[str]]:
