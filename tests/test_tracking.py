@@ -86,3 +86,15 @@ def test_max_eval_samples_is_refused_before_training_where_a_split_cannot_be_cut
         else:
             with pytest.raises(ConfigError, match=r"max_eval_samples: the 'val' dataset .*\(list\) has no head"):
                 trainer._resolve_splits()
+    class Unsized:  # like the retrieval eval set: images and captions, no length and no head(n)
+        pass
+
+    for optional in (False, True):
+        trainer = Trainer(cfg, get_task(cfg.run.task).build(cfg), eval_limit_optional=optional)
+        trainer.datasets = {"train": list(range(40)), "val": list(range(3)), "test": Unsized()}
+        if optional:
+            trainer._resolve_splits()
+            assert trainer.eval_cut is None
+        else:
+            with pytest.raises(ConfigError, match=r"max_eval_samples: the 'test' dataset .*\(Unsized\) has no head"):
+                trainer._resolve_splits()

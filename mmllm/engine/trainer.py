@@ -200,8 +200,10 @@ class Trainer:
         self.test_splits = self._splits("test_splits", ["test"])
         self.eval_splits_logged = tuple(dict.fromkeys(self.valid_splits + self.test_splits))
         n = self.eval_cut
-        uncut = [s for s in self.eval_splits_logged if n is not None and len(self.datasets[s]) > n
-                 and not hasattr(self.datasets[s], "head")]
+        # a split without head(n) that is longer than n, or of no length at all (the retrieval eval set: images
+        # and captions), cannot be cut
+        uncut = [s for s in self.eval_splits_logged if n is not None and not hasattr(self.datasets[s], "head")
+                 and (not hasattr(self.datasets[s], "__len__") or len(self.datasets[s]) > n)]
         if uncut and self.eval_limit_optional:
             log.warning("task %s cannot evaluate part of split(s) %s (no head(n)): evaluating them in full",
                         self.task.name, uncut)
