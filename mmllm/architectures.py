@@ -16,6 +16,7 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from .errors import ConfigError, UnsupportedArchitectureError
+from .schema import suggest
 
 
 def _import(path: str):
@@ -97,11 +98,7 @@ class ArchitectureSpec:
         for tensor in self.extra_tensors:
             if tensor.name == name:
                 return tensor
-        import difflib
-
-        close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{self.name} has no extra tensor {name!r}{hint}; known: {known}")
+        raise ConfigError(f"{self.name} has no extra tensor {name!r}{suggest(name, known)}; known: {known}")
 
     def build_layer(self, config: PretrainedConfig, index: int) -> nn.Module:
         return _import(self.layer_class)(config, layer_idx=index)

@@ -1,6 +1,7 @@
 """Model state dicts and final-model files that leave out frozen LLM weights (reloaded from their source)."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +9,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .safeload import refusal
 
 
 def frozen_keys(model: nn.Module) -> set[str]:
@@ -79,6 +81,8 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"model file {path} does not exist")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused a global: planted code, not damage
+        raise CheckpointError(refusal(path, exc)) from exc
     except Exception as exc:  # noqa: BLE001 - torch raises many types for truncated/corrupt zips
         raise CheckpointError(f"model file {path} is truncated or corrupt ({type(exc).__name__}: {exc})") from exc
     if not isinstance(blob, dict) or "state_dict" not in blob:

@@ -3,19 +3,135 @@ config, manage the embedded pretrained LLM assets, and make the leaderboard of f
 
     mmllm train --config configs/vqa/easyvqa_meter_smollm2.yaml [--options run.max_steps=10 ...]
     mmllm main --task mmllm_vqa              # train the task's registered variants, then the leaderboard
+    mmllm evaluate --run runs/x [--split test]   # a finished run's split, rebuilt from its model_final.pt
     mmllm tasks                              # what is registered
     mmllm config --show X.yaml               # the config with every default filled in
     mmllm assets list | prepare NAME
     mmllm leaderboard --runs runs
+
+The projects' ``train.py`` and ``main.py`` shims call :func:`train_main` and :func:`variants_main`.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .errors import MMLLMError
+from .console import run_cli
+from .errors import ConfigError, MMLLMError
+from .logs import add_log_level_flag, setup_logging
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from .engine.registry import TaskEntry
+
+log = logging.getLogger(__name__)
+# `mmllm train --quick`: a smoke run of any task config (overrides applied before the user's --options)
+QUICK = ("run.max_steps=20", "run.max_eval_samples=64", "run.log_every=5", "run.checkpoint_every=0")
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="task config (YAML with model, datasets, run)")
+    parser.add_argument("--options", nargs="*", default=[], help="overrides like run.max_epoch=2 model.llm_block.kind=none")
+    parser.add_argument("--resume", action="store_true", help="continue the run in output_dir even if its settings differ")
+    parser.add_argument("--overwrite", action="store_true", help="delete the run in output_dir and start anew")
+    parser.add_argument("--import", dest="imports", nargs="*", default=[], help="modules that register extra tasks")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: " + " ".join(QUICK) + " (your --options still win; the output folder "
+                        "gets a _quick suffix unless run.output_dir is given in --options)")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    add_log_level_flag(parser, default=argparse.SUPPRESS)
+
+
+def config_from_args(args: argparse.Namespace) -> DictConfig:
+    from .config import load_config
+    from .engine.launch import import_modules
+
+    import_modules(args.imports)
+    options = list(args.options)
+    if getattr(args, "quick", False):
+        options = [*QUICK, *options]
+        if not any(o.startswith("run.output_dir=") for o in args.options):
+            base = load_config(args.config).run.get("output_dir")
+            if base:  # a smoke run never lands in (or resumes) the full run's folder
+                options.insert(len(QUICK), f"run.output_dir={str(base).rstrip('/')}_quick")
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other")
+    if args.resume:
+        options.append("run.resume=always")
+    if args.overwrite:
+        options.append("run.overwrite=true")
+    return load_config(args.config, options)
+
+
+def train(args: argparse.Namespace) -> dict[str, float]:
+    """``mmllm train``'s flags to a trained run (:func:`mmllm.engine.launch.train_config`)."""
+    from .engine.launch import train_config
+
+    cfg = config_from_args(args)
+    # --quick's max_eval_samples is a preset: a task that cannot cut its eval splits evaluates them in full
+    optional = getattr(args, "quick", False) and not any(o.startswith("run.max_eval_samples=") for o in args.options)
+    return train_config(cfg, eval_limit_optional=optional)
+
+
+def train_main(argv: Sequence[str] | None = None, description: str | None = None) -> int:
+    """``mmllm train`` and the projects' ``train.py`` shims."""
+    parser = argparse.ArgumentParser(prog="mmllm train", description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_flags(parser)
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "log_level", "info"))
+    return run_cli(lambda: print(json.dumps(train(args), indent=1)))
+
+
+def variants_main(task_name: str | None = None, argv: Sequence[str] | None = None, description: str | None = None) -> int:
+    """Train each variant of a task's registry entry in its own process, then print the leaderboard
+    (``mmllm main`` and the tasks' ``main.py`` shims)."""
+    from .engine.registry import get_task
+
+    parser = argparse.ArgumentParser(prog="mmllm main", description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    if task_name is None:
+        parser.add_argument("--task", required=True, help="registered task name (mmllm tasks)")
+    parser.add_argument("--runs", default="runs", help="folder of the runs and the leaderboard")
+    parser.add_argument("--config", default=None, help="default: the task's registered config")
+    parser.add_argument("--options", nargs="*", default=[], help="overrides applied to every variant")
+    parser.add_argument("--only", nargs="*", default=None, help="run only these variants")
+    parser.add_argument("--overwrite", action="store_true", help="retrain variants whose folders hold a run")
+    add_log_level_flag(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    return run_cli(lambda: run_variants(get_task(task_name or args.task), args))
+
+
+def run_variants(entry: TaskEntry, args: argparse.Namespace) -> None:
+    """Train the entry's variants (``--only`` some), each ``mmllm train`` in its own process, then the leaderboard."""
+    from . import leaderboard
+
+    config = args.config or entry.default_config
+    if config is None:
+        raise ConfigError(f"task {entry.name!r} registers no default config: pass --config")
+    unknown = sorted(set(args.only or ()) - set(entry.variants))
+    if unknown:
+        raise ConfigError(f"--only {unknown}: task {entry.name!r} has variants {sorted(entry.variants)}")
+    for name, extra in entry.variants.items():
+        if args.only and name not in args.only:
+            continue
+        log.info("=== %s: %s", entry.name, name)
+        level = ["--log-level", args.log_level] if getattr(args, "log_level", None) else []
+        cmd = [sys.executable, "-m", "mmllm.cli", *level, "train", "--config", str(config), "--options",
+               f"run.output_dir={Path(args.runs) / f'{entry.name}_{name}'}", *extra, *args.options]
+        if args.overwrite:
+            cmd.append("--overwrite")
+        if subprocess.run(cmd).returncode != 0:
+            raise ConfigError(f"variant {name!r} failed (command: {' '.join(cmd)})")
+    _print_leaderboard(leaderboard.make(args.runs))
 
 
 def _tasks(_: argparse.Namespace) -> int:
@@ -38,7 +154,7 @@ def _config(args: argparse.Namespace) -> int:
     import yaml
 
     from .config import load_config
-    from .engine.cli import import_modules, task_for
+    from .engine.launch import import_modules, task_for
 
     import_modules(args.imports)
     task = task_for(load_config(args.config, args.options))
@@ -47,14 +163,23 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .engine.cli import train
-
     print(json.dumps(train(args), indent=1))
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from .console import print_report
+    from .engine.evaluation import evaluate_run
+    from .engine.launch import import_modules
+
+    def compute():
+        import_modules(args.imports)
+        return evaluate_run(args.run, args.split, args.out_dir, options=args.options)
+
+    return print_report(compute)
+
+
 def _main(args: argparse.Namespace) -> int:
-    from .engine.cli import run_variants
     from .engine.registry import get_task
 
     run_variants(get_task(args.task), args)
@@ -89,30 +214,17 @@ def _assets_prepare(args: argparse.Namespace) -> int:
 def _leaderboard(args: argparse.Namespace) -> int:
     from . import leaderboard
 
-    rows = leaderboard.collect(args.runs)
-    if not rows:
-        print(f"no finished run (summary.json) under {args.runs}", file=sys.stderr)
-        return 1
-    out = args.out or args.runs
-    paths = leaderboard.write(rows, out, args.metric)
-    print(paths["markdown"].read_text())
-    try:
-        paths.update(leaderboard.write_aggregate(leaderboard.aggregate(rows, mix_steps=args.mix_steps), out))
-        print(paths["mean_markdown"].read_text())
-    except MMLLMError as exc:
-        print(f"error: no seed statistics: {exc}", file=sys.stderr)
-        return 2
-    curves = leaderboard.plot_loss_curves(rows, args.runs, Path(out) / "loss_curves.png")
-    if curves:
-        paths["loss_curves"] = curves
-    print("written: " + ", ".join(str(p) for p in paths.values()))
+    _print_leaderboard(leaderboard.make(args.runs, args.out, args.metric, mix_steps=args.mix_steps))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .engine.cli import add_run_flags
-    from .logs import add_log_level_flag
+def _print_leaderboard(paths: dict[str, Path]) -> None:
+    print(paths["markdown"].read_text())
+    print(paths["mean_markdown"].read_text())
+    print("written: " + ", ".join(str(p) for p in paths.values()))
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmllm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_log_level_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
     main.add_argument("--only", nargs="*", default=None, help="run only these variants")
     main.add_argument("--overwrite", action="store_true", help="retrain variants whose folders hold a run")
     main.set_defaults(func=_main)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a split of a finished run (rebuilt from its model_final.pt); "
+                              "prints one JSON object")
+    evaluate.add_argument("--run", required=True, help="the run's folder (or its model_final.pt)")
+    evaluate.add_argument("--split", default="test", help="a split of the run's config (default: test)")
+    evaluate.add_argument("--out-dir", default=None, help="where result files go (default: the run's folder)")
+    evaluate.add_argument("--options", nargs="*", default=[],
+                          help="evaluation settings over the stored config, e.g. run.batch_size_eval=64")
+    evaluate.add_argument("--import", dest="imports", nargs="*", default=[], help="modules that register extra tasks")
+    evaluate.set_defaults(func=_evaluate)
 
     sub.add_parser("tasks", help="list the registered tasks").set_defaults(func=_tasks)
 
@@ -163,14 +285,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .logs import setup_logging
-
     setup_logging(args.log_level)
     try:
         return args.func(args)
     except MMLLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C: where the run can resume from (trainer.RunInterrupted), no traceback
+        print(str(exc) or "interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -28,7 +28,7 @@ def load_config(path: str | Path, options: Sequence[str] = ()) -> DictConfig:
         if "=" not in option:
             raise ConfigError(f"override {option!r} must look like section.key=value")
     try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(options)))
+        cfg = cast(DictConfig, OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(options))))  # a mapping merged: a mapping
     except OmegaConfBaseException as exc:
         raise ConfigError(f"bad override in {list(options)}: {exc}") from exc
     unknown = [str(k) for k in cfg if k not in SECTIONS]

@@ -15,15 +15,15 @@ The task is found through the task registry (:mod:`mmllm.engine.registry`) and b
 ``mmllm.engine.trainer.build_model(task)`` (so ``run.init_from`` is honoured). The model is
 returned as built (call ``.eval()`` for inference, as with open_clip).
 
-What the other three are is the task's own preprocessing, read from it by convention:
+What the other three are is the task's own preprocessing, the
+:class:`~mmllm.engine.preprocess.Preprocess` its ``build_preprocess()`` returns:
 
-* ``train_transform``/``eval_transform``: the task's ``train_transform``/``eval_transform``
-  attributes, else its ``transform`` for both, else (a task that records only its image input
-  as ``image_spec = (size, mean, std)``, e.g. VQA) the resize + normalise transform built from it.
+* ``train_transform``/``eval_transform``: its ``train``/``eval`` transforms (the same one for
+  tasks that augment nothing, e.g. VQA's resize + normalise).
   For images these map a PIL image to the [3, H, W] tensor the model takes (stack them for a batch).
   Tasks whose inputs are not images (point clouds, trajectories, 3D scenes) give ``None``; the action
   task's ``transform`` is its clip transform object (``.train(frames)``, ``.crops(frames, n)``).
-* ``tokenizer``: the task's ``tokenizer`` (a Hugging Face tokenizer: call it on a list of strings
+* ``tokenizer``: its ``tokenizer`` (a Hugging Face tokenizer: call it on a list of strings
   with ``return_tensors="pt"``), or ``None`` for tasks without text (classification, point clouds,
   action, motion).
 
@@ -36,7 +36,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -121,7 +121,7 @@ def resolve_config(name_or_config: str | os.PathLike | Mapping[str, Any], option
         if not isinstance(option, str) or "=" not in option:
             raise ConfigError(f"option {option!r} must look like section.key=value")
     try:
-        cfg = OmegaConf.merge(cfg, *layers, OmegaConf.from_dotlist(list(options)))
+        cfg = cast(DictConfig, OmegaConf.merge(cfg, *layers, OmegaConf.from_dotlist(list(options))))
     except OmegaConfBaseException as exc:
         raise ConfigError(f"bad override for {where}: {exc}") from exc
     unknown = [str(k) for k in cfg if k not in SECTIONS]
@@ -144,16 +144,10 @@ def create_task(name_or_config: str | os.PathLike | Mapping[str, Any], options: 
 
 
 def task_transforms(task) -> tuple[Any, Any, Any]:
-    """(train transform, eval transform, tokenizer) of a task whose preprocessing is built (see the module doc)."""
-    train = getattr(task, "train_transform", None)
-    evaluate = getattr(task, "eval_transform", None)
-    shared = getattr(task, "transform", None)
-    if train is None and evaluate is None and shared is None and getattr(task, "image_spec", None) is not None:
-        from .data.images import image_transform
-
-        shared = image_transform(*task.image_spec)
-    return train if train is not None else shared, evaluate if evaluate is not None else shared, \
-        getattr(task, "tokenizer", None)
+    """(train transform, eval transform, tokenizer) of a task whose preprocessing is built: its
+    :class:`~mmllm.engine.preprocess.Preprocess` (``task.preprocess``), see the module doc."""
+    preprocess = task.preprocess
+    return preprocess.train, preprocess.eval, preprocess.tokenizer
 
 
 def create_model_and_transforms(

@@ -64,7 +64,7 @@ def resolve_layers(spec: LayerSpec, num_layers: int) -> list[int]:
             ) from None
     if isinstance(spec, int) and not isinstance(spec, bool):
         return [_check(spec, num_layers)]
-    if isinstance(spec, (Sequence, range)):
+    if isinstance(spec, (Sequence, range)) and not isinstance(spec, str):  # (str: above)
         indices = [_check(i, num_layers) for i in spec]
         if not indices:
             raise LayerIndexError("empty layer list")

@@ -208,11 +208,11 @@ def aggregate(rows: list[dict[str, Any]], mix_steps: bool = False,
         meta = row.get("_meta", {})
         groups.setdefault((row["task"], meta.get("variant", row["llm_block"])), []).append(row)
     by_seed: dict[tuple[str, str], dict[int, float]] = {}
-    out = []
+    out: list[dict[str, Any]] = []
     for (task, variant), members in groups.items():
         metric, higher = main_metric(task, members)
         members = [r for r in members if metric in r]
-        if not members:
+        if metric is None or not members:
             continue
         budgets = {_budget(r) for r in members}
         if len(budgets) > 1 and not mix_steps:
@@ -418,3 +418,25 @@ def plot_loss_curves(rows: list[dict[str, Any]], runs_dir: str | Path, path: str
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def make(runs_dir: str | Path, out_dir: str | Path | None = None, plot_metric: str | None = None,
+         mix_steps: bool = False) -> dict[str, Path]:
+    """The leaderboard of the finished runs under ``runs_dir``, written to ``out_dir`` (default: ``runs_dir``):
+    the per-run table (markdown, CSV, bar plot), the seed statistics and the loss curves; the paths by name
+    (``markdown``, ``mean_markdown``, ...). What ``mmllm leaderboard`` and ``mmllm main`` call.
+    DataError when no run finished, or when the seed statistics cannot be made (the per-run table is
+    written first)."""
+    rows = collect(runs_dir)
+    if not rows:
+        raise DataError(f"no finished run (summary.json) under {runs_dir}")
+    out = Path(out_dir if out_dir is not None else runs_dir)
+    paths = write(rows, out, plot_metric)
+    try:
+        paths.update(write_aggregate(aggregate(rows, mix_steps=mix_steps), out))
+    except DataError as exc:
+        raise DataError(f"no seed statistics: {exc} (the per-run table is in {paths['markdown']})") from exc
+    curves = plot_loss_curves(rows, runs_dir, out / "loss_curves.png")
+    if curves:
+        paths["loss_curves"] = curves
+    return paths

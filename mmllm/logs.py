@@ -39,7 +39,7 @@ class _StderrHandler(logging.StreamHandler):
         super().__init__(sys.stderr)
 
     @property
-    def stream(self):  # type: ignore[override]
+    def stream(self):
         return sys.stderr
 
     @stream.setter
@@ -81,7 +81,7 @@ def setup_logging(level: str | int = "info", rank: int | None = None) -> logging
         prefix = f"[rank {rank}] " if rank else ""
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
-    quiet_third_party(verbose=level <= logging.DEBUG)
+    quiet_third_party(verbose=int(level) <= logging.DEBUG)
     return logger
 
 

@@ -18,13 +18,14 @@ import platform
 import statistics
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import ConfigError
+from .schema import suggest
 
 CACHE_FILE = "precision.json"
 DTYPE_ALIASES: dict[str, torch.dtype] = {
@@ -41,13 +42,6 @@ _CANONICAL = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float3
 _MEMO: dict[str, dict[str, Any]] = {}  # machine key -> cache entry measured by this process
 
 
-def _suggest(name: str, known: list[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def check_dtype_name(name: str | torch.dtype) -> str | torch.dtype:
     """``name`` if it is a dtype option this library accepts, else a ConfigError listing them."""
     if isinstance(name, torch.dtype):
@@ -55,7 +49,7 @@ def check_dtype_name(name: str | torch.dtype) -> str | torch.dtype:
             raise ConfigError(f"dtype {name} is not supported; use one of {list(_CANONICAL)}")
         return name
     if not isinstance(name, str) or name.strip().lower() not in DTYPE_NAMES:
-        hint = _suggest(str(name).lower(), list(DTYPE_NAMES)) if isinstance(name, str) else ""
+        hint = suggest(str(name).lower(), list(DTYPE_NAMES), cutoff=0.5) if isinstance(name, str) else ""
         raise ConfigError(f"dtype {name!r} is not one of {list(DTYPE_NAMES)}{hint}")
     return name
 
@@ -81,7 +75,7 @@ def resolve_dtype(name: str | torch.dtype, device: str | torch.device | None = N
 def resolve_precision(name: str) -> str:
     """A run's precision, ``"bf16"`` or ``"fp32"``; ``"auto"`` follows :func:`resolve_dtype`."""
     if not isinstance(name, str) or name.strip().lower() not in PRECISIONS:
-        hint = _suggest(str(name).lower(), list(PRECISIONS)) if isinstance(name, str) else ""
+        hint = suggest(str(name).lower(), list(PRECISIONS), cutoff=0.5) if isinstance(name, str) else ""
         raise ConfigError(f"run.precision {name!r} is not one of {list(PRECISIONS)}{hint}")
     value = PRECISIONS[name.strip().lower()]
     if value != "auto":
@@ -182,7 +176,7 @@ def cpu_dtype_choice(refresh: bool = False) -> torch.dtype:
     """bf16 or fp32, whichever the cached (or, the first time on a machine, fresh) measurement found faster."""
     key = machine_key()
     entry = _read_cache(cache_path()).get(key)
-    if _valid_entry(entry) and not refresh:
+    if entry is not None and _valid_entry(entry) and not refresh:
         return DTYPE_ALIASES[entry["choice"]]
     if key in _MEMO and not refresh:  # measured by this process already (e.g. under another $MMLLM_CACHE)
         return _store(_MEMO[key])
@@ -192,7 +186,7 @@ def cpu_dtype_choice(refresh: bool = False) -> torch.dtype:
 def store_cpu_choice(timings: dict[str, float]) -> torch.dtype:
     """Cache the choice that ``timings`` (ms per dtype name) imply for this machine, and return it."""
     choice = "bfloat16" if timings["bfloat16"] < timings["float32"] else "float32"
-    measured = datetime.now(UTC).isoformat(timespec="seconds")
+    measured = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return _store({"choice": choice, "ms": {k: round(v, 2) for k, v in timings.items()},
                    "threads": torch.get_num_threads(), "measured": measured})
 

@@ -65,9 +65,7 @@ def describe_errors(cls: type[BaseModel], exc: ValidationError, where: str) -> s
         key = f"{where}.{loc}" if loc else where
         if err["type"] == "extra_forbidden":
             name = str(err["loc"][-1])
-            close = difflib.get_close_matches(name, known_keys(_model_at(cls, err["loc"][:-1])), n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            lines.append(f"{key}: unknown key{hint}")
+            lines.append(f"{key}: unknown key{suggest(name, known_keys(_model_at(cls, err['loc'][:-1])))}")
         else:
             lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
     return "; ".join(lines)
@@ -89,7 +87,7 @@ def _model_at(cls: type[BaseModel], loc: tuple) -> type[BaseModel]:
     return current if isinstance(current, type) and issubclass(current, BaseModel) else cls
 
 
-def suggest(name: str, known: list[str]) -> str:
-    """`` (did you mean 'x'?)`` or an empty string: for errors about names that are not pydantic fields."""
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+def suggest(name: str, known: list[str], cutoff: float = 0.6) -> str:
+    """`` (did you mean 'x'?)`` or an empty string: the one "did you mean" of every error about a name."""
+    close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=cutoff)
     return f" (did you mean {close[0]!r}?)" if close else ""

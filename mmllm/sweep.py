@@ -63,7 +63,7 @@ STANDARD_VARIANTS: dict[str, tuple[str, ...]] = {
     "layer_last_two": (_BLOCK, "model.llm_block.layers=[-2,-1]"),
 }
 DEPTHS = ("head", "middle", "tail")  # depth_<name>: where in the host encoder (the paper's Table D)
-STATES = ("todo", "resume", "done", "different")
+STATES = ("todo", "resume", "done", "broken", "different")  # broken: a summary.json that is no result (re-run)
 
 
 @dataclass(frozen=True)
@@ -298,12 +298,13 @@ def references(spec: dict[str, Any]) -> dict[str, str]:
 
 def run_state(run: SweepRun) -> tuple[str, list[str]]:
     """(state, differences) of a run's folder: ``todo`` (empty), ``done`` (finished, same resolved config),
-    ``resume`` (started, same config), ``different`` (holds another run; the differences say how).
+    ``resume`` (started, same config), ``broken`` (same config, but its ``summary.json`` is corrupt or no
+    result: the run is trained again), ``different`` (holds another run; the differences say how).
     Builds the run's task from its config, so a bad override fails here, before any training."""
     from omegaconf import OmegaConf
 
     from .config import load_config
-    from .engine.cli import task_for
+    from .engine.launch import task_for
     from .engine.rundir import CONFIG_FILE, config_differences, holds_a_run
 
     task = task_for(load_config(run.config, run.options))
@@ -319,7 +320,65 @@ def run_state(run: SweepRun) -> tuple[str, list[str]]:
     differences = config_differences(stored, task.resolved_config())
     if differences:
         return "different", differences
-    return ("done" if (run.out_dir / "summary.json").is_file() else "resume"), []
+    summary = run.out_dir / "summary.json"
+    if not summary.is_file():
+        return "resume", []
+    problem = summary_problem(summary)
+    return ("done", []) if problem is None else ("broken", [f"{summary}: {problem}"])
+
+
+def summary_problem(summary: Path) -> str | None:
+    """Why a run's ``summary.json`` is not a result the leaderboard can use (unreadable, not a JSON object,
+    no training step, a NaN test metric: :func:`mmllm.leaderboard.collect` skips those), or None."""
+    from .errors import DataError
+    from .leaderboard import _read_summary
+
+    try:
+        _read_summary(summary)
+    except DataError as exc:
+        return str(exc)
+    return None
+
+
+def check_llm_sources(runs: list[SweepRun]) -> tuple[dict[str, tuple[str, list[SweepRun]]], list[str]]:
+    """``({source: (why it cannot be read, the runs that read it)}, notes)`` for the LLM sources the runs'
+    blocks read (``model.llm_block.source`` as each run's config resolves it, the kind's default included),
+    found without loading any weights (:func:`mmllm.loading.locate_source`): an unknown name, a path that
+    does not exist, a folder that holds no checkpoint. An embedded asset that is neither prepared nor
+    installed here is a note (the machine that trains may have it)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from . import assets
+    from .blocks.registry import parse_block_options
+    from .config import load_config
+    from .loading import locate_source
+
+    readers: dict[str, list[SweepRun]] = {}
+    for run in runs:
+        block = OmegaConf.select(load_config(run.config, run.options), "model.llm_block", default=None)
+        if not isinstance(block, DictConfig):
+            continue
+        options = {k: v for k, v in OmegaConf.to_container(block, resolve=True).items() if k != "visual_dim"}
+        try:
+            parsed = parse_block_options(options, 1)  # the kind's own defaults (its source) filled in
+        except ConfigError as exc:
+            raise ConfigError(f"{run.task} {run.label} seed {run.seed}: model.llm_block: {exc}") from None
+        source = getattr(parsed, "source", None)
+        if source is not None:
+            readers.setdefault(str(source), []).append(run)
+    problems: dict[str, tuple[str, list[SweepRun]]] = {}
+    notes: list[str] = []
+    for source, users in readers.items():
+        try:
+            fmt, _ = locate_source(source)
+        except MMLLMError as exc:
+            problems[source] = (str(exc), users)
+            continue
+        asset = assets.ASSETS.get(source) if fmt == "asset" else None
+        if asset is not None and asset.integrity() is None and not asset.installed():
+            notes.append(f"LLM asset {source} is neither prepared nor installed here ({len(users)} run(s) read it); "
+                         f"install it with: {asset.pip}")
+    return problems, notes
 
 
 def _root(spec: dict[str, Any], runs_dir: str | Path | None) -> Path:
@@ -337,24 +396,39 @@ def run_sweep(path: str | Path, runs_dir: str | None = None, dry_run: bool = Fal
     root = _root(spec, runs_dir)
     states = {r: run_state(r) for r in tqdm(runs, desc="checking run folders", unit="run", leave=False,
                                             disable=len(runs) < 20)}
+    bad_sources, source_notes = check_llm_sources(runs)  # before anything trains: every run's LLM is there
     count = {s: sum(1 for st, _ in states.values() if st == s) for s in STATES}
     print(f"sweep {spec.get('name', path)}: {len(runs)} runs -> {root}: " + ", ".join(f"{n} {s}" for s, n in count.items()),
           flush=True)
-    for note in notes:
+    for note in [*notes, *source_notes]:
         print(f"note: {note}")
     different = [(r, diff) for r, (st, diff) in states.items() if st == "different"]
+    unreadable = {r: source for source, (_, users) in bad_sources.items() for r in users}
     if dry_run:
         for r in runs:
             state, diff = states[r]
             print(f"[{state}] {r.task} {r.label} seed {r.seed}: {r.shown()}")
             if diff:
-                print(f"    differs: {'; '.join(diff[:6])}")
+                print(f"    {'differs' if state == 'different' else state}: {'; '.join(diff[:6])}")
+            if r in unreadable:
+                print(f"    error: LLM source {unreadable[r]!r} cannot be read (below)")
+    if bad_sources:
+        listed = "\n".join(f"  {source!r} ({len(users)} run(s), e.g. {users[0].task} {users[0].label}): {why}"
+                           for source, (why, users) in bad_sources.items())
+        raise ConfigError(f"{len(bad_sources)} LLM source(s) of this sweep cannot be read (nothing was trained):\n"
+                          f"{listed}\nfix llms (or the variants' model.llm_block.source) in {path}")
+    if dry_run:
         return root
     if different:
         listed = "\n".join(f"  {r.out_dir}: {'; '.join(diff[:4])}" for r, diff in different[:10])
         raise ConfigError(f"{len(different)} run folder(s) hold a different run (nothing was trained):\n{listed}\n"
                           "delete those folders, or give the sweep another runs_dir (--runs)")
-    todo = [r for r in runs if states[r][0] in ("todo", "resume")]
+    for r in runs:  # a corrupt summary.json is kept aside, so the engine trains (or evaluates) the run again
+        if states[r][0] == "broken":
+            os.replace(r.out_dir / "summary.json", r.out_dir / "summary.json.broken")
+            print(f"note: {r.out_dir / 'summary.json'} is no result ({'; '.join(states[r][1])}): moved to "
+                  "summary.json.broken, the run is re-run")
+    todo = [r for r in runs if states[r][0] in ("todo", "resume", "broken")]
     failed = _train_all(todo, spec, path, jobs, keep_going)
     report(path, runs_dir, mix_steps=mix_steps, readme=readme)
     if failed:
@@ -442,6 +516,14 @@ def render(path: str | Path, runs_dir: str | None = None, mix_steps: bool = Fals
     others = len(found) - len(rows)
     for row in rows:  # the group is the sweep's own label of the folder, whatever sweep.json says
         row["_meta"]["variant"] = labels[row["run"]]
+    finished_runs = {row["run"] for row in rows}
+    broken = {r.out_dir.relative_to(root).as_posix(): problem for r in runs
+              if r.out_dir.relative_to(root).as_posix() not in finished_runs and (r.out_dir / "summary.json").is_file()
+              and (problem := summary_problem(r.out_dir / "summary.json")) is not None}
+    said = "; ".join(f"{root / k / 'summary.json'}: {why}" for k, why in list(broken.items())[:5])
+    if not rows and broken:
+        raise ConfigError(f"no usable run of this sweep under {root}: {len(broken)} run(s) have a broken summary.json "
+                          f"({said}); re-run them with `mmllm sweep {path}`")
     if not rows:
         raise ConfigError(f"no finished run (summary.json) of this sweep under {root}: run `mmllm sweep {path}` first")
     refs = references(spec)
@@ -478,6 +560,9 @@ def render(path: str | Path, runs_dir: str | None = None, mix_steps: bool = Fals
     if missing:
         lines += [f"Not (yet) in this table: {len(missing)} run(s) of the sweep without a summary, e.g. "
                   + ", ".join(f"`{m.out_dir.relative_to(root).as_posix()}`" for m in missing[:5]) + ".", ""]
+    if broken:
+        lines += [f"Broken: {len(broken)} run(s) whose summary.json is no result, left out (`mmllm sweep {path}` "
+                  "re-runs them): " + "; ".join(f"`{k}` ({why})" for k, why in list(broken.items())[:5]) + ".", ""]
     if others:
         lines += [f"{others} other run(s) under `{root}` that this sweep file does not name were left out.", ""]
     lines += [f"Regenerate: `mmllm sweep {path} --report` (from the committed summaries); re-run: "

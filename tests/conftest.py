@@ -9,7 +9,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helpers
-for project in sorted((ROOT / "projects").glob("*/")):  # project packages (also installed by setup.py)
+for project in sorted((ROOT / "projects").glob("*/")):  # project packages (also installed: pyproject.toml)
     sys.path.insert(0, str(project))
 
 

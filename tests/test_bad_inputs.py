@@ -97,7 +97,7 @@ def test_pth_with_pickled_code_is_refused(tmp_path):
     folder.mkdir()
     (folder / "params.json").write_text('{"dim": 8, "n_layers": 1, "n_heads": 2}')
     torch.save({"layers.0.feed_forward.w1.weight": torch.zeros(4, 8), "evil": Payload()}, folder / "consolidated.00.pth")
-    with pytest.raises(CheckpointError, match="refusing to load.*unpickling"):
+    with pytest.raises(CheckpointError, match="refused to unpickle: .*weights_only=True"):
         FrozenLLMBlock(LLMBlockConfig(visual_dim=8, source=str(folder)))
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from mmllm.engine.cli import print_report
+from mmllm.console import print_report
 from mmllm.errors import DataError
 
 

@@ -301,8 +301,12 @@ def test_task_errors_for_bad_setups(tmp_path):
     from test_image_cls_data import write_png
 
     write_png(root / "test" / "3" / "x.png")
+    task = task_from(config, *common)
+    with pytest.raises(ConfigError, match="call task.build_preprocess"):  # the datasets take its transforms
+        task.build_datasets()
+    task.build_preprocess()
     with pytest.raises(DataError, match=r"not in the training class list \['3'\]"):
-        task_from(config, *common).build_datasets()
+        task.build_datasets()
 
 
 def test_task_loss_and_evaluation_files(tmp_path, tiny_llm, capsys):

@@ -277,7 +277,7 @@ def test_shipped_config_and_variants_validate():
     from conftest import ROOT
 
     from mmllm.config import load_config
-    from mmllm.engine.cli import task_for
+    from mmllm.engine.launch import task_for
     from mmllm.engine.registry import get_task
     from mmllm.errors import ConfigError
 
@@ -296,7 +296,7 @@ def test_eval_subset_is_the_same_for_every_training_seed(tmp_path):
     from tiny_vqa import write_images_and_qa
 
     from mmllm.config import load_config
-    from mmllm.engine.cli import task_for
+    from mmllm.engine.launch import task_for
 
     data = write_images_and_qa(tmp_path / "data", n_images=12)
     split = {"questions": str(data / "questions.json"), "annotations": str(data / "annotations.json"),

@@ -171,7 +171,7 @@ def test_h5_bad_inputs(tmp_path):
 def test_too_few_points_for_the_groups_is_a_config_error(tmp_path):
     from omegaconf import OmegaConf
 
-    from vision.pointcloud.registry import entries
+    from mmllm.engine.registry import get_task
 
     cfg = OmegaConf.create(
         {
@@ -186,7 +186,7 @@ def test_too_few_points_for_the_groups_is_a_config_error(tmp_path):
         ConfigError,
         match=r"num_points=48 .*num_groups=64 groups .*group_size=32 points.*max\(num_groups, group_size\) = 64",
     ):
-        entries()[0].build(cfg)
+        get_task("mmllm_pointcloud_cls").build(cfg)
 
 
 # ---------------------------------------------------------------- augmentation and embedded data

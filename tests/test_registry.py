@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import yaml
@@ -73,3 +74,111 @@ def test_mmllm_tasks_lists_the_registry():
     out = subprocess.run([sys.executable, "-m", "mmllm.cli", "tasks"], env=env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "mmllm_vqa" in out.stdout and "metric accuracy (higher is better)" in out.stdout
+    assert "BROKEN" not in out.stderr  # every built-in task module loads (stale entry points of theirs are skipped)
+
+
+# ---------------------------------------------------------------- registration on the class
+def _fresh_registry(monkeypatch, packages):
+    """The registry as if nothing were loaded yet, scanning only ``packages`` and no entry point."""
+    import importlib.metadata
+
+    from mmllm.engine import registry
+
+    monkeypatch.setattr(registry, "_TASKS", {})
+    monkeypatch.setattr(registry, "_BROKEN", {})
+    monkeypatch.setattr(registry, "_LOADED", False)
+    monkeypatch.setattr(registry, "task_packages", lambda: list(packages))
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: [])
+    return registry
+
+
+def test_decorator_registers_the_class_its_subclass_keeps_its_own(monkeypatch):
+    from omegaconf import OmegaConf
+    from toy_task import ToyTask
+
+    from mmllm.engine.registry import registered_task
+
+    registry = _fresh_registry(monkeypatch, [])
+
+    @registered_task("toy_a", model_arch="toy_arch_a", metric="accuracy", description="a")
+    class A(ToyTask):
+        pass
+
+    class B(A):  # not decorated: no entry of its own, A's is not inherited
+        pass
+
+    @registered_task("toy_c1", dataset="toy_tokens", model_arch="toy_arch_c", metric="accuracy")
+    @registered_task("toy_c2", dataset="toy_tokens", model_arch="toy_arch_c", metric="accuracy", higher_is_better=False)
+    class C(ToyTask):
+        pass
+
+    entry = registry.get_task("toy_a")
+    assert entry.task is A and entry.dataset == "toy_a" and A.task_entries == (entry,) and B.task_entries == (entry,)
+    assert "task_entries" not in B.__dict__
+    cfg = OmegaConf.create({"model": {}, "datasets": {"toy_a": {}}, "run": {"task": "toy_a", "output_dir": "x"}})
+    assert A(cfg).entry is entry  # the class knows its entry: no reverse look-up in the registry
+    with pytest.raises(ConfigError, match="B has 0 registry entries"):
+        B(cfg)
+    assert [e.name for e in C.task_entries] == ["toy_c2", "toy_c1"]
+    with pytest.raises(ConfigError, match="C has 2 registry entries"):
+        C(OmegaConf.create({"datasets": {"toy_tokens": {}}, "run": {"task": "toy_c1", "output_dir": "x"}}))
+    built = registry.get_task("toy_c2").build(
+        OmegaConf.create({"datasets": {"toy_tokens": {}}, "run": {"task": "toy_c2", "output_dir": "x"}}))
+    assert type(built) is C and built.name == "toy_c2" and built.higher_is_better is False
+    registry.unregister_task("toy_c2")
+    assert [e.name for e in C.task_entries] == ["toy_c1"]
+    with pytest.raises(ConfigError, match=r"registered_task\('toy_d'\): no option 'metrc' \(did you mean 'metric'\?\)"):
+        registered_task("toy_d", model_arch="d", metrc="accuracy")
+
+
+def test_task_packages_are_scanned_and_a_broken_module_skips_only_itself(monkeypatch, tmp_path):
+    pkg = tmp_path / "scanpkg_ok"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "task.py").write_text(textwrap.dedent('''
+        from toy_task import ToyTask
+        from mmllm.engine.registry import registered_task
+
+        @registered_task("scanned_toy", model_arch="scanned_toy_arch", metric="accuracy")
+        class ScannedToy(ToyTask):
+            pass
+    '''))
+    (pkg / "broken_task.py").write_text("raise RuntimeError('this module is broken')\n")
+    (pkg / "helpers.py").write_text("raise RuntimeError('not a task module: never imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = _fresh_registry(monkeypatch, ["scanpkg_ok", "scanpkg_missing"])
+    with pytest.warns(UserWarning, match="scanpkg_ok.broken_task"):
+        tasks = registry.all_tasks()
+    assert list(tasks) == ["scanned_toy"] and tasks["scanned_toy"].task.__name__ == "ScannedToy"
+    broken = registry.broken_entry_points()
+    assert set(broken) == {"scanpkg_ok.broken_task", "scanpkg_missing"}
+    assert "this module is broken" in broken["scanpkg_ok.broken_task"]
+    with pytest.raises(ConfigError, match="failed to load.*scanpkg_ok.broken_task"):
+        registry.get_task("other")
+
+
+def test_builtin_task_packages_and_modules_follow_the_convention():
+    from mmllm.engine.registry import task_modules, task_packages
+
+    packages = task_packages()
+    assert {"mmllm.tasks", "vision.classification", "vision.pointcloud", "vision.action", "vision.motion",
+            "mmllm_vqa", "mmllm_retrieval", "mmllm_3dvqa"} <= set(packages)
+    assert task_modules("mmllm_vqa") == ["mmllm_vqa.generative_task", "mmllm_vqa.task", "mmllm_vqa.vlap_task"]
+    assert task_modules("mmllm.tasks") == ["mmllm.tasks.pretrain"]
+
+
+def test_engine_task_and_registry_import_each_other_only_for_typing():
+    """No import circle: ``engine/task.py`` never imports the registry, the registry imports the Task class
+    only under TYPE_CHECKING (the decorator records the entry on the class)."""
+    import ast
+
+    def runtime_imports(path):
+        tree = ast.parse(path.read_text())
+        typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                       and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+        return {(node.module or "") for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and id(node) not in typing_only}
+
+    engine = ROOT / "mmllm" / "engine"
+    assert not any(m.endswith("registry") for m in runtime_imports(engine / "task.py"))
+    assert not any(m in ("task", ".task") or m.endswith(".task") for m in runtime_imports(engine / "registry.py"))

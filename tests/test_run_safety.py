@@ -16,7 +16,7 @@ from test_registry import env, toy_config
 from mmllm.checkpointing import save_model_file
 from mmllm.config import load_config
 from mmllm.engine.checkpoint import LATEST, MANIFEST, CheckpointStore
-from mmllm.engine.cli import task_for
+from mmllm.engine.launch import task_for
 from mmllm.engine.rundir import prepare_output_dir
 from mmllm.errors import CheckpointError, ConfigError
 

@@ -14,6 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from ..errors import ConfigError
 
@@ -114,7 +115,7 @@ class CLSAttentionRecorder:
             raise ConfigError("CLS attention needs a CLS token (prefix ≥ 1)")
         self.module, self.prefix = module, prefix
         self.rows: list[torch.Tensor] = []
-        self._handle = None
+        self._handle: RemovableHandle | None = None
 
     def _record(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         with torch.no_grad():
@@ -125,7 +126,8 @@ class CLSAttentionRecorder:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._handle.remove()
+        if self._handle is not None:
+            self._handle.remove()
 
     def result(self) -> torch.Tensor:
         """[B, N − prefix], all recorded calls concatenated along the batch."""

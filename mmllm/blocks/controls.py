@@ -77,7 +77,8 @@ class NoBlockConfig(BlockConfig):
 
 
 class NoBlock(nn.Module):
-    """Control: no block at all (the baseline), the identity with the block's call signature."""
+    """Control: no block at all (the baseline), the identity with the block's call signature. It keeps the
+    contract of every kind: padded tokens come out as zeros (a NaN in padding is not passed on)."""
 
     def __init__(self, visual_dim: int | None = None):
         super().__init__()
@@ -86,7 +87,7 @@ class NoBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None, **context: Any) -> torch.Tensor:
         check_tokens(x, padding_mask, self.visual_dim, self.kind)
-        return x
+        return zero_padded(x, padding_mask)
 
 
 @register_block("none", NoBlockConfig, ignores_foreign_options=True)

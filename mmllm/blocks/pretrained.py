@@ -28,7 +28,7 @@ import torch
 from ..errors import CheckpointError, ConfigError
 from ..jsonio import atomic_write_text, write_json
 from ..layer_selection import resolve_layers
-from ..loading import load_layer_weights, read_config
+from ..loading import load_layer_weights, locate_source, read_config
 from .registry import build_block
 
 CONFIG_NAME = "block_config.json"
@@ -61,6 +61,10 @@ def from_pretrained(
         raise ConfigError(f"from_pretrained: source must be a str or a path, got {type(source).__name__}")
     if is_saved_block(text):
         return _load_saved(Path(text).expanduser(), layers, visual_dim, dtype, kind, options)
+    try:  # a missing path or an unknown name is said first, before asking for visual_dim
+        locate_source(text)
+    except CheckpointError as exc:
+        raise CheckpointError(f"from_pretrained({text!r}): not a folder written by save_pretrained, and {exc}") from None
     if visual_dim is None:
         raise ConfigError(
             f"from_pretrained({text!r}): give visual_dim= (the width of the tokens the block receives); "
@@ -78,14 +82,10 @@ def from_pretrained(
 
 
 def _build(block_options: dict[str, Any], visual_dim: int):
-    from .llm_block import FrozenLLMBlock
-
     if block_options.get("kind") not in FROZEN_KINDS:
         raise ConfigError(f"from_pretrained builds the LLM block kinds {list(FROZEN_KINDS)}, "
                           f"not {block_options.get('kind')!r}; use build_block for the others")
-    block = build_block(block_options, visual_dim)
-    assert isinstance(block, FrozenLLMBlock)
-    return block
+    return build_block(block_options, visual_dim)  # a FROZEN_KINDS kind: a FrozenLLMBlock (llm_block imports us)
 
 
 def _plain_options(block) -> dict[str, Any]:

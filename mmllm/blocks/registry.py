@@ -10,7 +10,6 @@ for (one at a time: a broken module is reported and skips only itself).
 """
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.metadata
 import pkgutil
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from ..errors import ConfigError
+from ..schema import suggest
 
 ENTRY_POINT_GROUP = "mmllm.blocks"
 DEFAULT_KIND = "llm_block"
@@ -133,7 +133,7 @@ def block_kind(kind: str) -> BlockKind:
     if kind not in _KINDS:
         broken = f"; modules that failed to import: {_BROKEN}" if _BROKEN else ""
         raise ConfigError(
-            f"unknown block kind {kind!r}{_suggest(str(kind), list(_KINDS))}; known kinds: {sorted(_KINDS)}{broken}"
+            f"unknown block kind {kind!r}{suggest(str(kind), list(_KINDS))}; known kinds: {sorted(_KINDS)}{broken}"
         )
     return _KINDS[kind]
 
@@ -185,11 +185,6 @@ def plain(data: Any) -> Any:
     return data
 
 
-def _suggest(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def describe(cls: type[BlockConfig], exc: ValidationError) -> str:
     """One readable clause per problem, naming the kind and (for unknown options) the nearest known one."""
     kind = cls.kind or cls.__name__
@@ -205,7 +200,7 @@ def describe(cls: type[BlockConfig], exc: ValidationError) -> str:
             owners = sorted(k.name for k in _KINDS.values() if name in k.config_class.model_fields)
             where = f"; it is an option of kind(s) {owners}" if owners else ""
             lines.append(
-                f"block kind {kind!r} has no option {name!r}{_suggest(name, known)}{where}; "
+                f"block kind {kind!r} has no option {name!r}{suggest(name, known)}{where}; "
                 f"options of {kind!r}: {known}"
             )
         elif err["type"] == "value_error" and not err["loc"]:

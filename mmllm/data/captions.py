@@ -3,6 +3,7 @@ train files hold one caption per row ``{"image", "caption", "image_id"?}``; val/
 hold ``{"image", "caption": [...]}`` per image. Captions are grouped per image either way."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +66,17 @@ class CaptionPairs(Dataset):
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    @property
+    def ids(self) -> range:
+        """Pair indices (caption order in the annotation file)."""
+        return range(len(self.pairs))
+
+    def head(self, n: int) -> CaptionPairs:
+        """The first ``n`` pairs (an evaluation split of pretraining: :class:`mmllm.engine.splits.EvalSplit`)."""
+        part = copy.copy(self)
+        part.pairs = self.pairs[:n]
+        return part
 
     def __getitem__(self, n: int) -> dict:
         i, path, caption = self.pairs[n]

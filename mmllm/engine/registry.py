@@ -5,18 +5,25 @@ its datasets section, its LAVIS names, its embedded-data preparers, its default 
 its main metric. ``mmllm train``, the projects' ``main.py`` variants, the LAVIS registration
 and the leaderboard all read these entries; none of them lists tasks by name.
 
-Packages advertise entries through the ``mmllm.tasks`` entry-point group (a function that
-returns a list of entries); code outside a package calls :func:`register_task`. Entry
-points are loaded one by one: a broken task is reported with its name and skips only itself
-(LAVIS's package ``__init__`` imports its whole model zoo, so one broken model breaks all).
+A task registers on its class, ``@registered_task(name=..., metric=..., default_config=...)``
+(stackable: one entry per decorator), or with ``register_task(TaskEntry(...))`` from any code.
+The built-in task packages are found by scanning, as ``mmllm/blocks/`` is: the first time the
+registry is asked, the task modules (``task.py`` and ``*_task.py``) of ``mmllm.tasks``, of each
+``vision.<task>`` package and of each ``mmllm_<name>`` project package are imported; nothing is
+listed in the packaging. Third-party packages may also advertise a function returning a list of
+entries through the ``mmllm.tasks`` entry-point group. Modules and entry points are loaded one by
+one: a broken one is reported with its name and skips only itself (LAVIS's package ``__init__``
+imports its whole model zoo, so one broken model breaks all).
 """
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
+import pkgutil
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +36,8 @@ if TYPE_CHECKING:
     from .task import Task
 
 ENTRY_POINT_GROUP = "mmllm.tasks"
+CORE_TASK_PACKAGE = "mmllm.tasks"  # every module of it is a task module
+CLASS_ENTRIES = "task_entries"  # a registered class's own entries (Task.task_entries), never inherited
 
 
 def resolve_target(target: str | Callable | type) -> Any:
@@ -98,6 +107,7 @@ class TaskEntry:
         return resolve_target(self.task)
 
     def build(self, cfg: DictConfig) -> Task:
+        check_dataset_sections(cfg, self.dataset)
         return self.task_class()(cfg, entry=self)
 
 
@@ -107,42 +117,127 @@ _BROKEN: dict[str, str] = {}
 
 
 def register_task(entry: TaskEntry, replace: bool = False) -> TaskEntry:
-    """Add ``entry``; a second entry under the same name is an error unless ``replace``."""
+    """Add ``entry``; a second entry under the same name is an error unless ``replace``.
+
+    An entry whose ``task`` is a class is also recorded on that class (``task_entries``, its own
+    attribute, never inherited), so the class knows its entry without asking the registry."""
     if not isinstance(entry, TaskEntry):
         raise ConfigError(f"register_task takes a TaskEntry, got {type(entry).__name__}")
     old = _TASKS.get(entry.name)
     if old is not None and old != entry and not replace:
         raise ConfigError(f"task {entry.name!r} is registered twice (task classes {old.task} and {entry.task})")
+    if old is not None:
+        _forget_on_class(old)
     _TASKS[entry.name] = entry
+    if isinstance(entry.task, type):
+        setattr(entry.task, CLASS_ENTRIES, (*entry.task.__dict__.get(CLASS_ENTRIES, ()), entry))
     return entry
 
 
+def registered_task(name: str, **options: Any) -> Callable[[type], type]:
+    """Class decorator registering the decorated Task class as task ``name``; ``options`` are
+    :class:`TaskEntry`'s other fields (``dataset`` defaults to ``name``). Stack it for one class
+    under several names; such a class is built through its entry (``get_task(name).build(cfg)``)."""
+    known = [f.name for f in fields(TaskEntry) if f.name not in ("name", "task")]
+    for key in options:
+        if key not in known:
+            raise ConfigError(f"registered_task({name!r}): no option {key!r}{suggest(key, known)}; options: {known}")
+
+    def decorate(cls: type) -> type:
+        register_task(TaskEntry(name=name, task=cls, **{"dataset": name, **options}))
+        return cls
+
+    return decorate
+
+
+def _forget_on_class(entry: TaskEntry) -> None:
+    if isinstance(entry.task, type) and entry in entry.task.__dict__.get(CLASS_ENTRIES, ()):
+        setattr(entry.task, CLASS_ENTRIES, tuple(e for e in entry.task.__dict__[CLASS_ENTRIES] if e is not entry))
+
+
 def unregister_task(name: str) -> None:
-    _TASKS.pop(name, None)
+    entry = _TASKS.pop(name, None)
+    if entry is not None:
+        _forget_on_class(entry)
+
+
+def check_dataset_sections(cfg: DictConfig, own: str) -> None:
+    """Sections of other registered tasks may sit beside a task's own ``datasets.<own>`` (one file for
+    several stages); any other section is a misspelling."""
+    datasets = cfg.get("datasets") or {}
+    known = {e.dataset for e in all_tasks().values()} | {own}
+    stray = [k for k in datasets if k not in known]
+    if stray:
+        raise ConfigError(f"datasets.{stray[0]}: no registered task reads this section{suggest(stray[0], sorted(known))}")
+
+
+def task_packages() -> list[str]:
+    """The built-in task packages: ``mmllm.tasks``, every ``vision.<task>`` package and every top-level
+    ``mmllm_<name>`` package (installed, or in the source tree's ``projects/<name>/``)."""
+    packages = [CORE_TASK_PACKAGE]
+    vision = importlib.util.find_spec("vision")
+    if vision is not None and vision.submodule_search_locations:
+        packages += [f"vision.{m.name}" for m in pkgutil.iter_modules(vision.submodule_search_locations)
+                     if m.ispkg and not m.name.startswith("_")]
+    projects = {m.name for m in pkgutil.iter_modules() if m.ispkg and m.name.startswith("mmllm_")}
+    projects |= {p.parent.name for p in (Path(__file__).resolve().parents[2] / "projects").glob("*/mmllm_*/__init__.py")}
+    return packages + sorted(projects)
+
+
+def task_modules(package: str) -> list[str]:
+    """A task package's task modules: ``task`` and ``*_task`` (every module of ``mmllm.tasks``)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"task package {package!r} is not importable (a new top-level package is "
+                          "importable once the project is installed: pip install -e .)")
+    names = [m.name for m in pkgutil.iter_modules(spec.submodule_search_locations) if not m.name.startswith("_")]
+    if package != CORE_TASK_PACKAGE:
+        names = [n for n in names if n == "task" or n.endswith("_task")]
+    return [f"{package}.{n}" for n in sorted(names)]
 
 
 def _load_entry_points() -> None:
+    """Scan the built-in task packages, then load the ``mmllm.tasks`` entry points, once."""
     global _LOADED
     if _LOADED:
         return
     _LOADED = True
+    packages = task_packages()
+    for package in packages:
+        try:
+            modules = task_modules(package)
+        except Exception as exc:  # noqa: BLE001 - one broken package must not hide the others
+            _broken(package, exc)
+            continue
+        for module in modules:
+            try:
+                importlib.import_module(module)  # its @registered_task classes register themselves
+            except Exception as exc:  # noqa: BLE001 - one broken task must not hide the others
+                _broken(module, exc)
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if any(ep.module == p or ep.module.startswith(p + ".") for p in packages):
+            continue  # a built-in package (scanned above) named by an older install's metadata
         try:
             entries = ep.load()()
             for entry in entries:
                 register_task(entry)
         except Exception as exc:  # noqa: BLE001 - one broken task must not hide the others
-            _BROKEN[ep.name] = f"{type(exc).__name__}: {exc}"
-            warnings.warn(f"mmllm task entry point {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
+            _broken(ep.name, exc, f"mmllm task entry point {ep.name!r} ({ep.value})")
+
+
+def _broken(name: str, exc: Exception, what: str | None = None) -> None:
+    _BROKEN[name] = f"{type(exc).__name__}: {exc}"
+    warnings.warn(f"{what or f'mmllm task module {name!r}'} failed to load: {exc}", stacklevel=3)
 
 
 def all_tasks() -> dict[str, TaskEntry]:
-    """Every registered task by name (entry points loaded on first call)."""
+    """Every registered task by name (task packages scanned, entry points loaded, on first call)."""
     _load_entry_points()
     return dict(sorted(_TASKS.items()))
 
 
 def broken_entry_points() -> dict[str, str]:
+    """Task modules and entry points that failed to load, by name, with why."""
     _load_entry_points()
     return dict(_BROKEN)
 
@@ -150,7 +245,7 @@ def broken_entry_points() -> dict[str, str]:
 def get_task(name: str | None) -> TaskEntry:
     tasks = all_tasks()
     if name not in tasks:
-        broken = f"; entry points that failed to load: {sorted(_BROKEN)}" if _BROKEN else ""
+        broken = f"; task modules or entry points that failed to load: {sorted(_BROKEN)}" if _BROKEN else ""
         raise ConfigError(
             f"run.task {name!r} is not a registered task{suggest(str(name), list(tasks))}; "
             f"registered: {sorted(tasks)}{broken}"

@@ -8,6 +8,7 @@ run under the new settings) or ``run.overwrite=true`` (delete the old run) says 
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ from ..jsonio import read_json
 from .run_config import RunConfig
 
 CONFIG_FILE = "config.json"
-RUN_FILES = ("checkpoints", "model_final.pt", "summary.json", "metrics.jsonl", "tensorboard", CONFIG_FILE)
+REEVALUATION_FILE = "reevaluation.json"  # a finished run evaluated again under other evaluation settings
+RUN_FILES = ("checkpoints", "model_final.pt", "summary.json", REEVALUATION_FILE, "metrics.jsonl", "tensorboard",
+             CONFIG_FILE)
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -40,6 +43,26 @@ def holds_a_run(out_dir: Path) -> bool:
     return any((out_dir / name).exists() for name in RUN_FILES)
 
 
+def never_trained(out_dir: Path) -> bool:
+    """Only a ``config.json`` (older versions wrote it before set-up, so a run whose data or model
+    set-up failed left one): nothing was trained or written that a re-run could lose."""
+    return [name for name in RUN_FILES if (out_dir / name).exists()] == [CONFIG_FILE]
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """``out_dir`` exists as a folder (created if need be) that this process can write into."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"run.output_dir {out_dir} is a file, not a folder; choose another run.output_dir")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-")
+        probe.close()
+    except OSError as exc:
+        raise ConfigError(f"run.output_dir {out_dir} cannot be created or written: "
+                          f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}; "
+                          "choose another run.output_dir") from None
+
+
 def prepare_output_dir(out_dir: Path, task, resolve) -> str:
     """Decide what to do with ``out_dir``: ``"new"`` or ``"resume"``; refuse a folder that holds another run.
 
@@ -47,7 +70,8 @@ def prepare_output_dir(out_dir: Path, task, resolve) -> str:
     so a run is "the same" when its resolved settings match, whatever spelling its file used.
     """
     run: RunConfig = task.run
-    if not holds_a_run(out_dir):
+    check_output_dir(out_dir)
+    if not holds_a_run(out_dir) or never_trained(out_dir):
         return "new"
     if run.overwrite:
         for name in RUN_FILES:

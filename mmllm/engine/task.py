@@ -8,9 +8,10 @@ the config alone, so datasets never wait for the model and a model built elsewhe
 """
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from omegaconf import DictConfig
@@ -19,12 +20,25 @@ from torch.utils.data import Dataset
 
 from ..config import to_dict
 from ..errors import ConfigError
-from ..schema import DataSection, ModelSection, suggest
+from ..schema import DataSection, ModelSection
 from .batch import move_batch
+from .preprocess import Preprocess
 from .run_config import RunConfig
 
-if TYPE_CHECKING:
-    from .registry import TaskEntry
+
+class TaskEntryLike(Protocol):
+    """What a task reads of its registry entry (:class:`mmllm.engine.registry.TaskEntry`, which imports
+    this module; this one never imports the registry)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def dataset(self) -> str: ...
+    @property
+    def metric(self) -> str: ...
+    @property
+    def higher_is_better(self) -> bool: ...
+    def build(self, cfg: DictConfig) -> Task: ...
 
 
 class Task(ABC):
@@ -39,8 +53,10 @@ class Task(ABC):
     ModelOptions: ClassVar[type[ModelSection]] = ModelSection
     DataOptions: ClassVar[type[DataSection]] = DataSection
     compute_dtype_inputs: ClassVar[tuple[str, ...]] = ()
+    # the class's registry entries, set by @registered_task / register_task on the class itself (not inherited)
+    task_entries: ClassVar[tuple[TaskEntryLike, ...]] = ()
 
-    def __init__(self, cfg: DictConfig, entry: TaskEntry | None = None):
+    def __init__(self, cfg: DictConfig, entry: TaskEntryLike | None = None):
         self.cfg = cfg
         self.entry = entry or self._own_entry()
         self.run = self.RunOptions.parse(to_dict(cfg.get("run")), "run")
@@ -62,12 +78,12 @@ class Task(ABC):
 
     # ------------------------------------------------------------------ identity
     @classmethod
-    def _own_entry(cls) -> TaskEntry:
-        from .registry import all_tasks
-
-        mine = [e for e in all_tasks().values() if e.task is cls or e.task == f"{cls.__module__}:{cls.__qualname__}"]
+    def _own_entry(cls) -> TaskEntryLike:
+        """The one entry registered on this very class (a subclass does not inherit its parent's)."""
+        mine = cls.__dict__.get("task_entries", ())
         if len(mine) != 1:
-            raise ConfigError(f"{cls.__name__} has {len(mine)} registry entries: build it with TaskEntry.build(cfg)")
+            raise ConfigError(f"{cls.__name__} has {len(mine)} registry entries: build it with its entry, "
+                              "get_task(name).build(cfg)")
         return mine[0]
 
     @property
@@ -79,16 +95,10 @@ class Task(ABC):
         return self.entry.dataset
 
     def _data_section(self, cfg: DictConfig):
-        """This task's own ``datasets.<key>``; sections of other registered tasks may sit beside it
-        (one file for several stages), anything else is a misspelling."""
-        from .registry import all_tasks
-
+        """This task's own ``datasets.<key>`` (stray sections beside it: ``TaskEntry.build`` checks them
+        against the registry)."""
         datasets = cfg.get("datasets") or {}
         key = self.dataset_key
-        known = {e.dataset for e in all_tasks().values()} | {key}
-        stray = [k for k in datasets if k not in known]
-        if stray:
-            raise ConfigError(f"datasets.{stray[0]}: no registered task reads this section{suggest(stray[0], sorted(known))}")
         if key not in datasets:
             raise ConfigError(f"config key 'datasets.{key}' is required by task {self.name!r}")
         return datasets[key]
@@ -109,10 +119,30 @@ class Task(ABC):
         return {"model": model, "datasets": {self.dataset_key: self.data_cfg.to_dict()}, "run": self.run.to_dict()}
 
     # ------------------------------------------------------------------ what a task implements
-    def build_preprocess(self) -> None:
+    def build_preprocess(self) -> Preprocess:
         """Build transforms/tokenizer from the config alone (open_clip's create_model_and_transforms
-        split): called before the datasets, never needs the model. Tasks without preprocessing keep this."""
-        return None
+        split) and return them as a :class:`~mmllm.engine.preprocess.Preprocess`: called before the model
+        and the datasets, never needs either. The task keeps what it returns (:attr:`preprocess`; a
+        subclass's override is wrapped to do so). Tasks without preprocessing keep this."""
+        self._preprocess = Preprocess()
+        return self._preprocess
+
+    _preprocess: Preprocess | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("build_preprocess")
+        if own is not None and not getattr(own, "_keeps_preprocess", False):
+            cls.build_preprocess = _keeping_preprocess(own)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """What :meth:`build_preprocess` returned; a clear error before it ran (the one call-order guard)."""
+        if self._preprocess is None:
+            raise ConfigError(f"task {self.name!r}: its preprocessing is not built; call task.build_preprocess() "
+                              "before building its model or datasets (mmllm train, load_trained, LAVIS and "
+                              "create_model_and_transforms do)")
+        return self._preprocess
 
     @abstractmethod
     def build_model(self) -> nn.Module: ...
@@ -139,3 +169,19 @@ class Task(ABC):
     def move_batch(self, batch: Any, device: torch.device, dtype: torch.dtype) -> Any:
         """The batch on ``device``; only ``compute_dtype_inputs`` cast to ``dtype``."""
         return move_batch(batch, device, dtype, self.compute_dtype_inputs)
+
+
+def _keeping_preprocess(build):
+    """``build`` (a task's own ``build_preprocess``) returning a checked Preprocess that the task keeps."""
+
+    @functools.wraps(build)
+    def build_preprocess(self, *args, **kwargs):
+        made = build(self, *args, **kwargs)
+        if not isinstance(made, Preprocess):
+            raise TypeError(f"{type(self).__name__}.build_preprocess() returned {type(made).__name__}: it must return "
+                            "mmllm.engine.preprocess.Preprocess(train=..., eval=..., tokenizer=...)")
+        self._preprocess = made
+        return made
+
+    build_preprocess._keeps_preprocess = True
+    return build_preprocess

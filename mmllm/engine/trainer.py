@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -26,20 +29,25 @@ from tqdm.auto import tqdm
 
 from ..checkpointing import block_fingerprints, load_model_file, model_state_dict, read_model_file, save_model_file
 from ..config import to_dict
-from ..errors import CheckpointError, ConfigError, TrainingError
+from ..errors import CheckpointError, ConfigError, MMLLMError, TrainingError
 from ..jsonio import write_json
 from ..params import param_groups
 from ..precision import cast_parameters
 from . import distributed
 from .checkpoint import CheckpointStore, rng_state, set_rng_state
 from .paths import repo_path
-from .rundir import CONFIG_FILE, prepare_output_dir
+from .rundir import CONFIG_FILE, REEVALUATION_FILE, prepare_output_dir
 from .schedule import build_scheduler
+from .splits import EvalSplit, missing_members
 from .task import Task
 from .tracking import RunTracker
 
 log = logging.getLogger(__name__)
 FINAL_MODEL = "model_final.pt"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says where the run can resume from (commands exit 130)."""
 
 
 # torchdata 0.11 calls a torch API that torch 2.14 deprecates, on every epoch: not the user's concern
@@ -128,6 +136,51 @@ def _check_finite(metrics: dict[str, Any], where: str) -> None:
         raise TrainingError(f"{where}: metrics {bad} are not finite; refusing to report them")
 
 
+def worker_error(exc: MMLLMError) -> MMLLMError:
+    """``exc`` as raised in the data-loader worker: torch re-raises a worker's exception in the main
+    process with the worker's whole traceback as its message; the user needs the original one line."""
+    text = str(exc)
+    if not text.startswith(f"Caught {type(exc).__name__} in DataLoader worker process"):
+        return exc
+    qualified = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith(qualified)]
+    if not starts:
+        return exc
+    message = "\n".join([lines[starts[-1]][len(qualified):], *lines[starts[-1] + 1:]]).strip()
+    try:
+        return type(exc)(message)
+    except Exception:  # noqa: BLE001 - an error class that takes other arguments keeps its long message
+        return exc
+
+
+def _in_loader_code(frame) -> bool:
+    """Whether ``frame`` is inside a finaliser or a data-loader iterator starting or stopping its workers,
+    where a KeyboardInterrupt is dropped by Python or leaves a half-built iterator."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name in ("__del__", "_shutdown_workers") or (code.co_name == "__init__" and any(
+                part in code.co_filename.replace("\\", "/") for part in ("/torch/utils/data/", "/torchdata/"))):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _unwrap_worker_errors(batches):
+    """The loader's batches; our own errors raised in a worker process come out as one clear line."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except MMLLMError as exc:
+            clean = worker_error(exc)
+            if clean is exc:
+                raise
+            raise clean from None
+        yield batch
+
+
 class Trainer:
     """Trains ``task``; ``model``/``datasets`` already built elsewhere (LAVIS's runner) are used as they are."""
 
@@ -170,8 +223,29 @@ class Trainer:
         if isinstance(decision, BaseException):
             raise decision
         self.mode = decision
+
+    def _write_run_config(self) -> None:
+        """The run's ``config.json``, written once set-up succeeded: a run whose data or model set-up
+        failed leaves no config that would make the corrected re-run "a different run"."""
         if self.is_main:
             write_json(self.out_dir / CONFIG_FILE, to_dict(self.cfg))
+
+    def _finished_results(self) -> dict[str, float] | None:
+        """The stored results of this very run (same resolved config) when it already finished, else None."""
+        results = None
+        if self.is_main and self.mode == "resume":
+            summary_path = self.out_dir / "summary.json"
+            try:
+                summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+            except (OSError, ValueError):
+                summary = None  # unreadable: not trusted as the record of a finished run
+            if (isinstance(summary, dict) and (self.out_dir / FINAL_MODEL).is_file()
+                    and summary.get("config_sha256") == config_hash(self.task)):
+                splits = self.run.test_splits if self.run.test_splits is not None else ["test"]
+                results = {k: v for k, v in summary.items() if any(k.startswith(f"{split}_") for split in splits)}
+                log.info("%s already finished (%s steps): %s kept as it is; pass --overwrite to train it anew",
+                         self.out_dir, summary.get("steps"), summary_path)
+        return distributed.all_gather_objects(results)[0]
 
     def _resolve_stored(self, raw: dict[str, Any]) -> dict[str, Any]:
         from omegaconf import OmegaConf
@@ -200,18 +274,19 @@ class Trainer:
         self.test_splits = self._splits("test_splits", ["test"])
         self.eval_splits_logged = tuple(dict.fromkeys(self.valid_splits + self.test_splits))
         n = self.eval_cut
-        # a split without head(n) that is longer than n, or of no length at all (the retrieval eval set: images
-        # and captions), cannot be cut
-        uncut = [s for s in self.eval_splits_logged if n is not None and not hasattr(self.datasets[s], "head")
-                 and (not hasattr(self.datasets[s], "__len__") or len(self.datasets[s]) > n)]
+        # a split that is not an EvalSplit (ids, head(n), len) cannot be cut, unless it is sized and no longer than n
+        uncut = [s for s in self.eval_splits_logged if n is not None and not isinstance(self.datasets[s], EvalSplit)
+                 and ("__len__" in missing_members(self.datasets[s]) or len(self.datasets[s]) > n)]
         if uncut and self.eval_limit_optional:
             log.warning("task %s cannot evaluate part of split(s) %s (no head(n)): evaluating them in full",
                         self.task.name, uncut)
             self.eval_cut = None
         elif uncut:  # refused before training, not after it
+            lacking = sorted(missing_members(self.datasets[uncut[0]]), key=("head", "ids", "__len__").index)
+            lacking = ", ".join({"head": "head(n)", "__len__": "len()"}.get(m, m) for m in lacking)
             raise ConfigError(f"run.max_eval_samples: the {uncut[0]!r} dataset of task {self.task.name!r} "
-                              f"({type(self.datasets[uncut[0]]).__name__}) has no head(n) to evaluate a part of it; "
-                              "unset the key")
+                              f"({type(self.datasets[uncut[0]]).__name__}) has no {lacking} to evaluate a part of it "
+                              "(an evaluation split has ids, head(n) and len()); unset the key")
 
     def _build(self):
         import deepspeed
@@ -296,11 +371,63 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train(self) -> dict[str, float]:
+        """Train, test, write ``summary.json``; Ctrl-C raises :class:`RunInterrupted` saying where to resume."""
         if self.run.evaluate:
             return self.evaluate_only()
+        previous = self._catch_ctrl_c()
+        try:
+            return self._train()
+        except KeyboardInterrupt:
+            message = self._interrupted_message()
+            if self.tracker is not None:
+                self.tracker.close()
+            raise RunInterrupted(message) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    ctrl_c = False  # set by Ctrl-C: the loop stops at the next batch even if the interrupt itself was lost
+
+    def _catch_ctrl_c(self):
+        """Remember Ctrl-C as well as raising it: a KeyboardInterrupt that lands in a finished epoch's
+        loader iterator being shut down (its ``__del__``) is swallowed by Python, and the run went on;
+        one in an iterator being built leaves it half-made. There Ctrl-C is noted and raised by the loop
+        at the next batch."""
+        if (threading.current_thread() is not threading.main_thread()
+                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+            return None  # a handler of someone else's (or Ctrl-C ignored, as under some launchers): left alone
+
+        owner = os.getpid()
+
+        def handler(signum, frame):
+            if os.getpid() != owner:  # a loader worker forked as Ctrl-C came: the main process stops the run
+                return
+            again, self.ctrl_c = self.ctrl_c, True
+            if not again and _in_loader_code(frame):
+                return  # the loop stops at the next batch (a second Ctrl-C: at once)
+            raise KeyboardInterrupt
+
+        return signal.signal(signal.SIGINT, handler)
+
+    def _interrupted_message(self) -> str:
+        engine = getattr(self, "engine", None)
+        step = f"at step {engine.global_steps}" if engine is not None else "during set-up"
+        store = getattr(self, "store", None) or CheckpointStore(self.out_dir / "checkpoints")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # damaged tags are reported when the run resumes
+            tag = store.latest_tag()
+        if tag is not None:
+            return f"interrupted {step}; re-run the same command to resume from checkpoint {store.folder / tag}"
+        return f"interrupted {step}; no checkpoint yet in {store.folder}: re-running the same command starts over"
+
+    def _train(self) -> dict[str, float]:
         wall = time.perf_counter()
         self._prepare_output_dir()
+        finished = self._finished_results()
+        if finished is not None:
+            return finished
         self._build()
+        self._write_run_config()
         epoch, step_in_epoch = 0, 0
         pending_rng = pending_loader = None
         if self.run.resume_ckpt_path and self.mode != "resume":
@@ -344,7 +471,9 @@ class Trainer:
             if pending_rng is not None:  # ... so a resumed run restores the RNG only after that draw
                 set_rng_state(pending_rng)
                 pending_rng = None
-            for i, batch in enumerate(batches):
+            for i, batch in enumerate(_unwrap_worker_errors(batches)):
+                if self.ctrl_c:
+                    raise KeyboardInterrupt
                 batch = self.task.move_batch(batch, self.device, self.dtype)
                 loss, logs = self.task.training_loss(self.engine, batch)
                 if not torch.isfinite(loss.detach()).item():
@@ -386,12 +515,23 @@ class Trainer:
         steps_run = self.engine.global_steps - start_step
         if step_in_epoch:  # a run shorter than its epoch is validated too
             self._validate(epoch)
-        trained = OmegaConf.create(to_dict(self.cfg))
-        trained.run.precision = self.precision  # evaluation must run in the precision the run trained in
-        save_final_model(self.engine, self.out_dir / FINAL_MODEL, trained)
+        # nothing trained now (a finished run re-run with other evaluation settings): its summary.json and
+        # model file are the record of the training and stay as they are; this evaluation goes beside them
+        reevaluation = distributed.all_gather_objects(
+            steps_run == 0 and (self.out_dir / "summary.json").is_file() and (self.out_dir / FINAL_MODEL).is_file())[0]
+        if not reevaluation:
+            trained = OmegaConf.create(to_dict(self.cfg))
+            trained.run.precision = self.precision  # evaluation must run in the precision the run trained in
+            save_final_model(self.engine, self.out_dir / FINAL_MODEL, trained)
         distributed.barrier()
         results = self._test(self.engine.module)
-        if self.is_main:
+        if self.is_main and reevaluation:
+            write_json(self.out_dir / REEVALUATION_FILE, {
+                "task": self.task.name, "steps": self.engine.global_steps, "max_eval_samples": self.eval_cut,
+                "config_sha256": config_hash(self.task), "git_commit": git_commit(), **results})
+            log.info("%s had already finished (%d steps): summary.json kept, this evaluation written to %s",
+                     self.out_dir, self.engine.global_steps, self.out_dir / REEVALUATION_FILE)
+        elif self.is_main:
             summary = {"task": self.task.name, "output_dir": str(self.out_dir), "steps": self.engine.global_steps,
                        "world_size": self.world, "seed": run.seed, "precision": self.precision,
                        "train_seconds": round(train_seconds, 1), "wall_seconds": round(time.perf_counter() - wall, 1),

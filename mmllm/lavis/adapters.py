@@ -49,7 +49,7 @@ class LavisDataset(Dataset):
         self.collater = collater
 
     def __len__(self) -> int:
-        return len(self.dataset) if hasattr(self.dataset, "__len__") else len(getattr(self.dataset, "items", [1]))
+        return len(self.dataset)  # every split is sized (evaluation splits: mmllm.engine.splits.EvalSplit)
 
     def __getitem__(self, i):
         return self.dataset[i]
@@ -82,6 +82,22 @@ def default_preprocess(arch: str, model_type: str = "default") -> dict[str, Any]
     image = {"train": {"name": f"{arch}_image_train", "model_type": model_type},
              "eval": {"name": f"{arch}_image_eval", "model_type": model_type}}
     return {"vis_processor": image, "text_processor": {"train": {"name": f"{arch}_text"}, "eval": {"name": f"{arch}_text"}}}
+
+
+def _default_section(entry: TaskEntry, key: str, name: str, minimal: dict) -> Path:
+    """A LAVIS default file holding only ``key`` of the task's registered config (``minimal`` without one).
+    LAVIS merges a model's and a builder's default file over the user's config, so the whole registered
+    config there would put its ``run`` and other sections over the user's own."""
+    if entry.default_config is not None:
+        try:
+            section = OmegaConf.load(entry.default_config).get(key)
+        except Exception as exc:  # noqa: BLE001 - one task's broken file must not stop the others registering
+            log.warning("LAVIS: %s of task %r cannot be read (%s)", entry.default_config, entry.name, exc)
+            section = None
+        if section is not None:
+            minimal = OmegaConf.to_container(section) if key == "model" else {entry.dataset: OmegaConf.to_container(
+                section.get(entry.dataset, {"data_type": "images"}))}
+    return _minimal_default(name, {key: minimal})
 
 
 def _with_preprocess(entry: TaskEntry, path: Path) -> Path:
@@ -140,7 +156,6 @@ def _preprocess_task(entry: TaskEntry, model_config: str):
 def _register_processors(entry: TaskEntry, registry) -> None:
     """``<arch>_image_train``/``_image_eval``/``_text``: the task's own preprocessing as LAVIS processors."""
     BaseProcessor = sys.modules["lavis.processors.base_processor"].BaseProcessor
-    from ..factory import task_transforms
 
     class TaskProcessor(BaseProcessor):
         """Calls one of the task's transforms; identity (LAVIS's BaseProcessor) for a task without one."""
@@ -156,8 +171,8 @@ def _register_processors(entry: TaskEntry, registry) -> None:
         def from_config(cls, cfg=None):
             model_type = (cfg.get("model_type") if cfg is not None else None) or "default"
             path = registry.get_model_class(entry.model_arch).default_config_path(model_type)
-            train, evaluate, _ = task_transforms(_preprocess_task(entry, str(path)))
-            return cls(train if cls.part == "train" else evaluate)
+            preprocess = _preprocess_task(entry, str(path)).preprocess  # the task's typed Preprocess
+            return cls(preprocess.train if cls.part == "train" else preprocess.eval)
 
     class ImageTrain(TaskProcessor):
         part = "train"
@@ -188,12 +203,12 @@ def register(entry: TaskEntry) -> None:
     BaseModel = sys.modules["lavis.models.base_model"].BaseModel
     BaseTask = sys.modules["lavis.tasks.base_task"].BaseTask
     BaseDatasetBuilder = sys.modules["lavis.datasets.builders.base_dataset_builder"].BaseDatasetBuilder
-    model_config = entry.lavis_model_config or entry.default_config or _minimal_default(
-        f"{entry.model_arch}_model.yaml", {"model": {"arch": entry.model_arch, "model_type": "default"}})
+    model_config = entry.lavis_model_config or _default_section(entry, "model", f"{entry.model_arch}_model.yaml",
+                                                                {"arch": entry.model_arch, "model_type": "default"})
     model_config = _with_preprocess(entry, model_config)
     _register_processors(entry, registry)
-    dataset_config = entry.lavis_dataset_config or entry.default_config or _minimal_default(
-        f"{entry.dataset}_dataset.yaml", {"datasets": {entry.dataset: {"data_type": "images"}}})
+    dataset_config = entry.lavis_dataset_config or _default_section(entry, "datasets", f"{entry.dataset}_dataset.yaml",
+                                                                    {entry.dataset: {"data_type": "images"}})
 
     class Model(BaseModel):
         PRETRAINED_MODEL_CONFIG_DICT = {"default": str(model_config)}
@@ -216,7 +231,7 @@ def register(entry: TaskEntry) -> None:
 
             Inside a LAVIS training run the task builds the model instead (``Task.build_model``)."""
             from ..checkpointing import load_model_file
-            from ..engine.cli import prepare_embedded_data
+            from ..engine.launch import prepare_embedded_data
             from ..engine.trainer import build_model
 
             path = cfg.get("config_path") if hasattr(cfg, "get") else None

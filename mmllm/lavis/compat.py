@@ -12,7 +12,7 @@ things break, and both are handled here at run time (nothing in site-packages is
    imports those framework modules normally from disk, and puts on the bare packages the
    three names the registry's decorators import from them (``BaseModel``,
    ``BaseProcessor``, ``BaseTask``). Its runtime imports ``decord``, ``iopath`` and
-   ``webdataset`` (installed by setup.py).
+   ``webdataset`` (dependencies in pyproject.toml).
 2. ``RunnerBase`` assumes CUDA. :func:`patch_runner_for_cpu` fixes, on CPU only:
    the ``model`` property (returns None when the model is already on the device; DDP
    gets ``device_ids`` only for GPUs), ``PrefetchLoader`` (creates a CUDA stream),

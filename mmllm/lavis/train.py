@@ -52,7 +52,7 @@ def check_config(path: str, options, registry):
 
 def main(argv=None) -> int:
     """The LAVIS entry point; our own errors become one line and exit 2."""
-    from ..engine.cli import run_cli
+    from ..console import run_cli
 
     def run():
         results = _main(argv)
@@ -80,7 +80,7 @@ def _main(argv=None):
     from ..engine.registry import get_task
 
     get_task(raw.run.task).build(raw)  # every section validated (typed) before LAVIS sees it
-    from ..engine.cli import prepare_embedded_data
+    from ..engine.launch import prepare_embedded_data
 
     prepare_embedded_data(raw)
     # LAVIS joins output_dir onto its own package folder unless it is absolute

@@ -38,6 +38,7 @@ __all__ = [
     "extra_tensor_names",
     "load_extra_tensors",
     "load_layer_weights",
+    "locate_source",
     "read_config",
     "resolve_source",
 ]
@@ -62,6 +63,21 @@ def resolve_source(source: str | Path) -> tuple[str, Path]:
     text = str(source)
     if text in assets.ASSETS:
         return "hf", assets.prepare(text)
+    fmt, path = locate_source(text)
+    assert path is not None
+    return fmt, path
+
+
+def locate_source(source: str | Path) -> tuple[str, Path | None]:
+    """(format, local path) of a source, found without reading any weights or preparing anything: an
+    embedded asset name is ``("asset", None)`` (:func:`resolve_source` prepares it on first use).
+    CheckpointError for an unknown name, a path that does not exist, a file or folder that is no
+    checkpoint, or a hub id that is not in the local Hugging Face cache."""
+    from .. import assets
+
+    text = str(source)
+    if text in assets.ASSETS:
+        return "asset", None
     path = Path(text).expanduser()
     if gguf_file.is_gguf_file(path):
         return "gguf", path
@@ -80,9 +96,12 @@ def resolve_source(source: str | Path) -> tuple[str, Path]:
             f"(`huggingface-cli download {text}`) and copy the cache here"
         )
     if not path.exists():
+        from ..schema import suggest
+
         raise CheckpointError(
-            f"LLM source {text!r} is neither an existing path nor an embedded asset; nothing is downloaded "
-            f"at run time. Provide the weights as {how_to_provide()}"
+            f"LLM source {text!r}: {path} does not exist, and {text!r} is not an embedded asset name"
+            f"{suggest(text, list(assets.ASSETS))}; nothing is downloaded at run time. Provide the weights as "
+            f"{how_to_provide()}"
         )
     raise CheckpointError(
         f"{path}: not a recognised checkpoint (expected a .gguf file, a folder with config.json, "

@@ -102,7 +102,9 @@ def iter_layer_tensors(
 ) -> Iterator[tuple[int | str, str, torch.Tensor]]:
     """(layer index or "final_norm", name, fp32 tensor) per requested tensor, dequantized one at a time."""
     _, name_map, by_name = _reader_and_names(path, spec, config)
-    wanted = [(i, n, f"model.layers.{i}.{n}") for i, names in layer_names.items() for n in names]
+    wanted: list[tuple[int | str, str, str]] = [
+        (i, n, f"model.layers.{i}.{n}") for i, names in layer_names.items() for n in names
+    ]
     wanted += [("final_norm", n, f"model.norm.{n}") for n in final_norm_names or ()]
     for group, name, hf_key in wanted:
         gguf_name = name_map.get_name(hf_key, try_suffixes=(".weight", ".bias"))  # keeps the suffix

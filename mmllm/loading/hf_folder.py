@@ -19,6 +19,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 from ..architectures import ArchitectureSpec, text_config
 from ..errors import CheckpointError
+from ..safeload import refusal
 from .integrity import Integrity
 from .weights import release_file_pages
 
@@ -48,10 +49,7 @@ def safe_load_torch(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
                 raise
             return torch.load(path, map_location="cpu", weights_only=True), False  # legacy (non-zip) format
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: refusing to load: the file needs unpickling of code or objects that are not "
-            "plain tensors (mmllm loads with weights_only=True). Convert it to safetensors."
-        ) from exc
+        raise CheckpointError(f"{refusal(path, exc)}. Convert it to safetensors.") from exc
     except (RuntimeError, EOFError, OSError) as exc:
         raise CheckpointError(f"{path}: cannot read checkpoint (truncated or corrupt?): {exc}") from exc
 
@@ -150,7 +148,7 @@ def iter_layer_tensors(
     """(layer index or "final_norm", name, tensor) for each requested tensor the folder holds."""
     index = KeyIndex(folder)
     prefix = _pick_prefix(spec.layer_prefixes, index.key_to_file, folder)
-    wanted = {f"{prefix}{i}.{n}": (i, n) for i, names in layer_names.items() for n in names}
+    wanted: dict[str, tuple[int | str, str]] = {f"{prefix}{i}.{n}": (i, n) for i, names in layer_names.items() for n in names}
     if final_norm_names is not None:
         norm_prefix = next(
             (p for p in spec.final_norm_prefixes if any(k.startswith(p) for k in index.key_to_file)), None

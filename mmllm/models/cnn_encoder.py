@@ -94,6 +94,7 @@ def renamed_state_dict(source: dict[str, torch.Tensor], model: nn.Module, where:
 
 def _load_weights(model: nn.Module, weights: str, arch: str) -> None:
     from ..loading.integrity import file_digest
+    from ..safeload import load_weights_only
 
     if weights in CNN_WEIGHTS:
         known = CNN_WEIGHTS[weights]
@@ -102,7 +103,7 @@ def _load_weights(model: nn.Module, weights: str, arch: str) -> None:
         path = known.path()
         if path.stat().st_size != known.size or file_digest(path) != known.sha256:
             raise CheckpointError(f"{path}: size or SHA-256 differs from the released file; reinstall: {known.pip}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path)  # a refused pickle says so
         model.load_state_dict(renamed_state_dict(state, model, str(path)))
         return
     path = Path(weights).expanduser()
@@ -113,7 +114,7 @@ def _load_weights(model: nn.Module, weights: str, arch: str) -> None:
 
         state = load_file(str(path))
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path)  # a refused pickle says so
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches

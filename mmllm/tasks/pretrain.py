@@ -14,25 +14,40 @@ from torch.utils.data import Dataset
 from ..data.captions import CaptionDataOptions, CaptionPairs, load_karpathy
 from ..data.images import image_transform
 from ..engine.evaluation import predict
+from ..engine.preprocess import Preprocess
+from ..engine.registry import InsertionDepths, registered_task
 from ..engine.task import Task
 from ..models.encoders import build_tokenizer, vision_input_spec
 from ..models.meter import METEROptions, build_meter_backbone
 from ..models.pretrain_heads import PretrainModel, mask_tokens
 
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULTS = Path(__file__).resolve().parents[1] / "lavis" / "defaults"
 
+
+@registered_task(
+    "mmllm_itm_mlm", dataset="mmllm_captions", model_arch="mmllm_meter_pretrain", metric="itm_acc",
+    default_config=ROOT / "configs/vqa/easyvqa_pretrain_itm_mlm.yaml",
+    lavis_model_config=DEFAULTS / "mmllm_meter_pretrain.yaml", lavis_dataset_config=DEFAULTS / "mmllm_captions.yaml",
+    insertion_depths=InsertionDepths(fixed={"head": ("model.llm_block_at=before_fusion",), "tail": ("model.llm_block_at=after_fusion",)}),
+    variants={"block": ()},
+    description="METER stage 1: image-text matching + masked language modelling on Karpathy-format captions",
+)
 class ITMMLMTask(Task):
     ModelOptions = METEROptions
     DataOptions = CaptionDataOptions
     compute_dtype_inputs = ("images",)
 
-    def build_preprocess(self) -> None:
+    def build_preprocess(self) -> Preprocess:
         self.tokenizer = build_tokenizer(self.model_cfg.text)
         self.transform = image_transform(*vision_input_spec(self.model_cfg.vision))
+        return Preprocess.shared(self.transform, self.tokenizer)
 
     def build_model(self):
-        return PretrainModel(build_meter_backbone(self.model_cfg), len(self.tokenizer))
+        return PretrainModel(build_meter_backbone(self.model_cfg), len(self.preprocess.tokenizer))
 
     def build_datasets(self) -> dict[str, Dataset]:
+        self.preprocess  # noqa: B018 - the call-order check: build_preprocess made the transform
         d = self.data_cfg
         return {name: CaptionPairs(load_karpathy(spec.annotation, spec.image_root, d.check_images), self.transform)
                 for name, spec in d.splits.items()}
@@ -68,6 +83,8 @@ class ITMMLMTask(Task):
         def collate(samples):
             return self.collate(samples, gen)
 
+        # ITM pairs each caption with the next one of its batch: a batch-level score, summed over batches
+        # (no per-item prediction to cover; every item is still in exactly one batch of one rank's shard)
         parts = predict(model, dataset, collate, self.run.batch_size_eval, step, desc=f"eval {split}", task=self)
         mh, mn, ih, inum = (sum(p[i] for p in parts) for i in range(4))
         return {"mlm_acc": round(100 * mh / max(1, mn), 2), "itm_acc": round(100 * ih / max(1, inum), 2)}

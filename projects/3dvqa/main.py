@@ -7,7 +7,7 @@ Each run trains (DeepSpeed, CPU or GPU) and evaluates EM@1/EM@10 on the test sce
 """
 import sys
 
-from mmllm.engine.cli import variants_main
+from mmllm.cli import variants_main
 
 if __name__ == "__main__":
     sys.exit(variants_main("mmllm_3dvqa", description=__doc__))

@@ -5,7 +5,7 @@
 """
 import sys
 
-from mmllm.engine.cli import train_main
+from mmllm.cli import train_main
 
 if __name__ == "__main__":
     sys.exit(train_main(description=__doc__))

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mmllm.console import print_report
 from mmllm.data.captions import load_karpathy
-from mmllm.engine.cli import print_report
-from mmllm.errors import DataError, MMLLMError
+from mmllm.errors import DataError
 from mmllm_retrieval.metrics import caption_index, retrieval_metrics
 
 
@@ -49,18 +49,14 @@ def from_scores(scores: str, annotation: str) -> dict:
 
 def from_checkpoint(checkpoint: str, split: str, out_dir: str | None, rerank_score: str | None = None,
                     full_itm: bool = False) -> dict:
-    from mmllm.engine.evaluation import load_trained
+    """``mmllm evaluate --run`` for retrieval runs; ``--rerank-score``/``--full-itm`` are evaluation-only
+    run settings (the weights are the run's), passed as config overrides."""
+    from mmllm.engine.evaluation import evaluate_run
 
-    def edit(cfg):  # evaluation-only settings of the run section; the weights are the run's
-        if rerank_score is not None:
-            cfg.run.rerank_score = rerank_score
-        if full_itm:
-            cfg.run.full_itm = True
-
-    task, model, datasets = load_trained(checkpoint, out_dir, edit=edit)
-    if split not in datasets or split == "train":
-        raise MMLLMError(f"split {split!r} is not an evaluation split of the config ({sorted(datasets)})")
-    return task.evaluate(model, datasets[split], split, Path(task.run.output_dir))
+    options = [f"run.rerank_score={rerank_score}"] if rerank_score is not None else []
+    if full_itm:
+        options.append("run.full_itm=true")
+    return evaluate_run(checkpoint, split, out_dir, options=options, tasks=("mmllm_retrieval", "mmllm_retrieval_vlap"))
 
 
 def main(argv=None) -> int:

@@ -5,7 +5,7 @@ leaderboard (the same as ``mmllm main --task mmllm_retrieval``).
 """
 import sys
 
-from mmllm.engine.cli import variants_main
+from mmllm.cli import variants_main
 
 if __name__ == "__main__":
     sys.exit(variants_main("mmllm_retrieval", description=__doc__))

@@ -13,8 +13,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from mmllm.engine.cli import print_report
-from mmllm.errors import DataError, MMLLMError
+from mmllm.console import print_report
+from mmllm.errors import DataError
 from mmllm_vqa import vqa_eval
 from mmllm_vqa.data import load_json_records
 from mmllm_vqa.results import read_results, write_submission
@@ -53,7 +53,9 @@ def from_files(questions: str, annotations: str, results: str) -> dict:
 
 
 def from_checkpoint(checkpoint: str, split: str, out_dir: str | None, submission: str | None) -> dict:
-    from mmllm.engine.evaluation import load_trained
+    """The official report of a trained run on ``split`` (``mmllm evaluate --run`` with this script's
+    report: results file, official accuracy dict, and with ``submission`` a test-dev submission file)."""
+    from mmllm.engine.evaluation import evaluate_run
     from mmllm.jsonio import write_json
 
     def use_run_vocab(cfg):  # the answer vocabulary the model was trained with
@@ -61,19 +63,17 @@ def from_checkpoint(checkpoint: str, split: str, out_dir: str | None, submission
         if vocab_file.is_file():
             cfg.datasets.mmllm_vqa.answer_vocab = str(vocab_file)
 
-    task, model, datasets = load_trained(checkpoint, out_dir, use_run_vocab)
-    if split not in datasets:
-        raise MMLLMError(f"split {split!r} not in the config's datasets.mmllm_vqa.splits {sorted(datasets)}")
-    dataset = datasets[split]
-    answers = task.predict_answers(model, dataset)
-    out_dir = Path(task.run.output_dir)
-    write_json(out_dir / f"results_{split}.json", [{"question_id": q, "answer": a} for q, a in sorted(answers.items())])
-    out = {}
-    if submission:
-        out["submission"] = str(write_submission(answers, task.data_cfg.splits[split].questions, out_dir, submission))
-    if dataset.split.annotations:
-        out.update(vqa_eval.evaluate(dataset.split.annotation_list(), answers))
-    return out
+    def official_report(task, model, dataset, split, out_dir):
+        answers = task.predict_answers(model, dataset)
+        write_json(out_dir / f"results_{split}.json", [{"question_id": q, "answer": a} for q, a in sorted(answers.items())])
+        out = {}
+        if submission:
+            out["submission"] = str(write_submission(answers, task.data_cfg.splits[split].questions, out_dir, submission))
+        if dataset.split.annotations:
+            out.update(vqa_eval.evaluate(dataset.split.annotation_list(), answers))
+        return out
+
+    return evaluate_run(checkpoint, split, out_dir, tasks=("mmllm_vqa",), edit=use_run_vocab, score=official_report)
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,7 @@ official VQA accuracy; the leaderboard table is printed at the end.
 """
 import sys
 
-from mmllm.engine.cli import variants_main
+from mmllm.cli import variants_main
 
 if __name__ == "__main__":
     sys.exit(variants_main("mmllm_vqa", description=__doc__))

@@ -327,6 +327,14 @@ class VideoViews(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    @property
+    def ids(self) -> list[str]:
+        return [r.video_id for r in self.records]
+
+    def head(self, n: int) -> VideoViews:
+        """The first ``n`` videos of the annotation file."""
+        return VideoViews(self.records[:n], self.sampler, self.transform, self.decoder, self.num_clips, self.num_crops)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         rec = self.records[i]
         per_clip: list[np.ndarray] = []

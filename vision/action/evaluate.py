@@ -104,17 +104,15 @@ def from_scores(path: str | Path) -> dict[str, float]:
 
 
 def from_checkpoint(checkpoint: str, split: str = "test", out_dir: str | None = None) -> dict[str, float]:
-    """Rebuild a finished run and evaluate ``split`` as training did (writes scores_<split>.npz)."""
-    from mmllm.engine.evaluation import load_trained
+    """Rebuild a finished run and evaluate ``split`` as training did (writes scores_<split>.npz):
+    ``mmllm evaluate --run`` for this task's runs."""
+    from mmllm.engine.evaluation import evaluate_run
 
-    task, model, datasets = load_trained(checkpoint, out_dir)
-    if split not in datasets:
-        raise DataError(f"split {split!r} is not in the run's datasets.{task.dataset_key}.splits {sorted(datasets)}")
-    return task.evaluate(model, datasets[split], split, Path(task.run.output_dir))
+    return evaluate_run(checkpoint, split, out_dir, tasks=("mmllm_action",))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mmllm.engine.cli import print_report
+    from mmllm.console import print_report
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)

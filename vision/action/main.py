@@ -5,7 +5,7 @@ baseline (the block arm shown one frame), then the leaderboard (the same as ``mm
 """
 import sys
 
-from mmllm.engine.cli import variants_main
+from mmllm.cli import variants_main
 
 if __name__ == "__main__":
     sys.exit(variants_main("mmllm_action", description=__doc__))

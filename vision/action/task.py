@@ -13,7 +13,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mmllm.engine import distributed
-from mmllm.engine.evaluation import predict
+from mmllm.engine.evaluation import predict_split
+from mmllm.engine.preprocess import Preprocess
+from mmllm.engine.registry import InsertionDepths, registered_task
 from mmllm.engine.run_config import RunConfig
 from mmllm.engine.task import Task
 from mmllm.errors import ConfigError
@@ -28,6 +30,22 @@ class ActionRunOptions(RunConfig):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing (VideoMAE: 0.1)")
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@registered_task(
+    "mmllm_action", model_arch="mmllm_videovit_cls", metric="top1", higher_is_better=True,
+    default_config=ROOT / "configs/vision/action_mnist.yaml",
+    preparers={"mnist_motion": "vision.action.data:prepare_mnist_motion"},
+    insertion_depths=InsertionDepths("model.insert_after", "model.depth", offset=-1),
+    variants={
+        "block": (),
+        "no_block": ("model.llm_block.kind=none",),
+        # one frame per clip (a tubelet of one frame): the check that the motion, not a frame, is the class
+        "single_frame": ("datasets.mmllm_action.num_frames=1", "model.num_frames=1", "model.tubelet_size=1"),
+    },
+    description="VideoMAE-style video ViT with the frozen LLM block after ViT block k; multi-view top-1/top-5",
+)
 class ActionRecognitionTask(Task):
     ModelOptions = VideoViTOptions
     DataOptions = ActionDataOptions
@@ -46,18 +64,20 @@ class ActionRecognitionTask(Task):
         self.sampler: ClipSampler | None = None
         self.transform: ClipTransform | None = None
 
-    def build_preprocess(self) -> None:
+    def build_preprocess(self) -> Preprocess:
+        """The clip sampler and the clip transform (``.train(frames)``, ``.crops(frames, n)``: one object
+        for training and evaluation)."""
         d = self.data_cfg
         self.sampler = ClipSampler(d.sampling_mode, d.num_frames, d.sampling_rate)
         self.transform = ClipTransform(d.input_size, d.mean, d.std, d.train_crop_scale, d.train_crop_ratio, d.flip)
+        return Preprocess.shared(self.transform)
 
     def build_model(self) -> nn.Module:
         return create_videovit_model(self.model_cfg)
 
     def build_datasets(self) -> dict[str, Dataset]:
-        if self.sampler is None:
-            self.build_preprocess()
-        return build_datasets(self.data_cfg, self.model_cfg.num_classes, self.sampler, self.transform)
+        transform = self.preprocess.eval  # the call-order check: build_preprocess made the sampler too
+        return build_datasets(self.data_cfg, self.model_cfg.num_classes, self.sampler, transform)
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         return {"video": torch.stack([s["video"] for s in samples]),
@@ -77,13 +97,11 @@ class ActionRecognitionTask(Task):
         def step(m, batch):
             video = batch["video"]  # [B, V, C, T, H, W]
             logits = m(video.flatten(0, 1)).float().view(video.shape[0], video.shape[1], -1)
-            return zip(batch["index"].tolist(), logits.cpu().numpy(), batch["label"].tolist())
+            return zip(batch["index"].tolist(), zip(logits.cpu().numpy(), batch["label"].tolist()))
 
-        rows = sorted(predict(model, dataset, self.collate, self.run.batch_size_eval, step, "eval views", task=self),
-                      key=lambda r: r[0])
-        if [r[0] for r in rows] != list(range(len(dataset))):
-            raise RuntimeError("evaluation did not return every video exactly once")
-        return np.stack([r[1] for r in rows]), np.array([r[2] for r in rows], dtype=np.int64)
+        rows = list(predict_split(model, dataset, self.collate, self.run.batch_size_eval, step, "eval views",
+                                  task=self, ids=range(len(dataset))).values())
+        return np.stack([r[0] for r in rows]), np.array([r[1] for r in rows], dtype=np.int64)
 
     def evaluate(self, model: nn.Module, dataset: Dataset, split: str, out_dir: Path) -> dict[str, float]:
         logits, labels = self.view_logits(model, dataset)

@@ -155,7 +155,7 @@ def _write_corrupted(split, dst: Path, names: tuple[str, ...], seed: int) -> int
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m vision.classification.corruptions SRC DST``: a corrupted copy of your test split."""
-    from mmllm.engine.cli import run_cli
+    from mmllm.console import run_cli
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("src", help="ImageFolder split (class sub-folders)")

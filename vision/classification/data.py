@@ -14,6 +14,7 @@ the files are what a user could have brought (and can inspect).
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 from collections.abc import Callable
@@ -101,6 +102,18 @@ class ImageFolderSplit(DatasetFolder):
             raise DataError(f"{self.what}: empty class folder(s) {shown} (no {'/'.join(IMG_EXTENSIONS)} image)")
         return samples
 
+    @property
+    def ids(self) -> list[str]:
+        """Each image's path relative to the split folder (an :class:`~mmllm.engine.splits.EvalSplit`)."""
+        return self.keys
+
+    def head(self, n: int) -> ImageFolderSplit:
+        """The first ``n`` images in file order (class folders sorted; ``per_class`` keeps classes balanced)."""
+        part = copy.copy(self)
+        part.samples = part.imgs = self.samples[:n]
+        part.targets, part.keys = self.targets[:n], self.keys[:n]
+        return part
+
     def load(self, index: int) -> Image.Image:
         """The image at ``index`` (DataError naming the file if it does not decode)."""
         return load_image(self.samples[index][0])
@@ -129,6 +142,14 @@ class ClassificationSplit(Dataset):
 
     def __len__(self) -> int:
         return len(self.images)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.images.ids
+
+    def head(self, n: int) -> ClassificationSplit:
+        """The first ``n`` images, and the first ``n`` of each corrupted copy."""
+        return ClassificationSplit(self.name, self.images.head(n), {k: v.head(n) for k, v in self.corrupted.items()})
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.images[index]

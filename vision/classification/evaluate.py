@@ -172,18 +172,14 @@ def evaluate_checkpoint(
     checkpoint: str | Path, split: str = "test", out_dir: str | Path | None = None
 ) -> dict[str, float]:
     """Rebuild a finished run from its model file and evaluate ``split`` (files go to ``out_dir``,
-    default: the run's folder)."""
-    from mmllm.engine.evaluation import load_trained
+    default: the run's folder): ``mmllm evaluate --run`` for this task's runs."""
+    from mmllm.engine.evaluation import evaluate_run
 
-    task, model, datasets = load_trained(checkpoint, out_dir)
-    if split not in datasets:
-        raise DataError(f"split {split!r} is not in the run's datasets {sorted(datasets)}")
-    out = Path(out_dir or Path(checkpoint).parent)
-    return task.evaluate(model, datasets[split], split, out)
+    return evaluate_run(checkpoint, split, out_dir, tasks=("mmllm_image_cls",))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mmllm.engine.cli import print_report
+    from mmllm.console import print_report
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)

@@ -10,6 +10,7 @@ k+1.., ``norm`` and ``forward_head``.
 
 from __future__ import annotations
 
+import pickle
 from typing import TYPE_CHECKING, Any
 
 import timm
@@ -119,6 +120,10 @@ def load_vit_checkpoint(vit: VisionTransformer, path: str) -> list[str]:
         raise CheckpointError(f"model.checkpoint: {path} does not exist")
     try:
         state = timm.models.load_state_dict(path, weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused a global: planted code, not damage
+        from mmllm.safeload import refusal
+
+        raise CheckpointError(f"model.checkpoint: {refusal(path, exc)}") from exc
     except Exception as exc:  # noqa: BLE001 - torch/safetensors raise many types for a bad file
         raise CheckpointError(f"model.checkpoint: cannot read {path}: {exc}") from exc
     state = checkpoint_filter_fn(state, vit)

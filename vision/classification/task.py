@@ -17,7 +17,9 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
 from mmllm.engine import distributed
-from mmllm.engine.evaluation import predict
+from mmllm.engine.evaluation import predict_split
+from mmllm.engine.preprocess import Preprocess
+from mmllm.engine.registry import InsertionDepths, registered_task
 from mmllm.engine.task import DataSection, ModelSection, Task
 from mmllm.errors import ConfigError, DataError
 from mmllm.jsonio import write_json
@@ -107,6 +109,18 @@ class ClsDataOptions(DataSection):
         return value
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@registered_task(
+    "mmllm_image_cls", model_arch="mmllm_vit_cls", metric="top1", higher_is_better=True,
+    default_config=ROOT / "configs/vision/image_cls_mnist.yaml",
+    preparers={"mnist": "vision.classification.data:prepare_mnist"},
+    analysis="vision.classification.analysis:analysis_inputs",
+    insertion_depths=InsertionDepths("model.insert_after", "model.vit_kwargs.depth", offset=-1),
+    variants={"block": (), "no_block": ("model.llm_block.kind=none",)},
+    description="timm ViT/DeiT with the LLM block after ViT block k; top-1/top-5 and corrupted-set accuracy",
+)
 class ImageClassificationTask(Task):
     """A timm ViT (+ the block after ViT block k) trained with cross-entropy on ImageFolder data;
     evaluated by top-1/top-5 and, on the test split, accuracy on the corrupted copies."""
@@ -165,7 +179,7 @@ class ImageClassificationTask(Task):
             raise ConfigError(f"model.vit_kwargs.img_size must be one int (square images), got {size!r}")
         return size
 
-    def build_preprocess(self) -> None:
+    def build_preprocess(self) -> Preprocess:
         """Train/eval transforms (timm's create_transform) and the batch Mixup, from the config alone."""
         d = self.data_cfg
         size = self.image_size()
@@ -203,19 +217,18 @@ class ImageClassificationTask(Task):
                 label_smoothing=self.model_cfg.label_smoothing,
                 num_classes=self.num_classes(),
             )
+        return Preprocess(train=self.train_transform, eval=self.eval_transform)
 
     def build_model(self) -> nn.Module:
         return create_vit_cls_model(self.model_cfg, self.num_classes())
 
     def build_datasets(self) -> dict[str, Any]:
-        if self.eval_transform is None:
-            self.build_preprocess()
-        d, key = self.data_cfg, self.dataset_key
+        pre, d, key = self.preprocess, self.data_cfg, self.dataset_key
         train = ImageFolderSplit(
             self.folder(d.splits["train"]),
             None,
             d.per_class.get("train"),
-            self.train_transform,
+            pre.train,
             d.verify_images,
             what=f"datasets.{key} train",
         )
@@ -232,7 +245,7 @@ class ImageClassificationTask(Task):
                 self.folder(relative),
                 train.classes,
                 d.per_class.get(name),
-                self.eval_transform,
+                pre.eval,
                 d.verify_images,
                 what=f"datasets.{key} {name}",
             )
@@ -241,7 +254,7 @@ class ImageClassificationTask(Task):
                 corrupted = load_corrupted(
                     self.folder(d.corrupted),
                     train.classes,
-                    self.eval_transform,
+                    pre.eval,
                     d.per_class.get("corrupted"),
                     d.verify_images,
                 )
@@ -266,15 +279,14 @@ class ImageClassificationTask(Task):
     def predict_logits(self, model: nn.Module, dataset: ImageFolderSplit, desc: str) -> tuple[np.ndarray, np.ndarray]:
         """(logits float32 [N, C], labels [N]) in dataset order, every image exactly once."""
 
+        keys = dataset.ids
+
         def step(m, batch):
             logits = m(batch["images"]).float().cpu().numpy()
-            return zip(batch["index"].tolist(), logits, batch["labels"].tolist())
+            return ((keys[i], row) for i, row in zip(batch["index"].tolist(), zip(logits, batch["labels"].tolist())))
 
-        rows = predict(model, dataset, self.collate, self.run.batch_size_eval, step, desc=desc, task=self)
-        rows.sort(key=lambda r: r[0])
-        if [r[0] for r in rows] != list(range(len(dataset))):
-            raise DataError(f"{desc}: predictions do not cover the {len(dataset)} images exactly once")
-        return np.stack([r[1] for r in rows]), np.array([r[2] for r in rows], dtype=np.int64)
+        rows = list(predict_split(model, dataset, self.collate, self.run.batch_size_eval, step, desc, task=self).values())
+        return np.stack([r[0] for r in rows]), np.array([r[1] for r in rows], dtype=np.int64)
 
     def evaluate(self, model: nn.Module, dataset, split: str, out_dir: Path) -> dict[str, float]:
         images = dataset.images if isinstance(dataset, ClassificationSplit) else dataset

@@ -369,6 +369,15 @@ class MotionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def ids(self) -> list:
+        """Each scene's sequence id (its file name's stem)."""
+        return [s["seq_id"] for s in self.samples]
+
+    def head(self, n: int) -> MotionDataset:
+        """The first ``n`` scenes in file order."""
+        return MotionDataset(self.samples[:n], self.name, self.has_future)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {**self.samples[i], "index": i}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmllm.engine.cli import print_report
+from mmllm.console import print_report
 from mmllm.errors import DataError
 
 from .metrics import MISS_THRESHOLD, forecasting_metrics
@@ -33,9 +33,11 @@ def load_forecasts(path: str | Path) -> dict[str, np.ndarray]:
             arrays = {k: npz[k] for k in npz.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npz ({exc})") from None
-    for key in ("forecasts", "gt"):
-        if key not in arrays:
-            raise DataError(f"{path}: missing array {key!r} (found {sorted(arrays)})")
+    if "forecasts" not in arrays:
+        raise DataError(f"{path}: missing array 'forecasts' (found {sorted(arrays)})")
+    if "gt" not in arrays:
+        raise DataError(f"{path}: missing array 'gt': no ground-truth futures, so nothing to score (found "
+                        f"{sorted(arrays)}; a split without futures, e.g. Argoverse's test set, is not scored here)")
     return arrays
 
 

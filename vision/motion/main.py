@@ -5,7 +5,7 @@ block, then the leaderboard (the same as ``mmllm main --task mmllm_motion``; low
 """
 import sys
 
-from mmllm.engine.cli import variants_main
+from mmllm.cli import variants_main
 
 if __name__ == "__main__":
     sys.exit(variants_main("mmllm_motion", description=__doc__))

@@ -22,6 +22,7 @@ plus ``shape_names.txt``. See :data:`EMBEDDED_CLASSES` for the classes and why.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import os
@@ -258,6 +259,11 @@ class ModelNetTxtSource(CloudSource):
             labels.append(index[cls])
         super().__init__(ids, np.asarray(labels), classes, str(split_list))
         self.root, self.num_points, self.columns = root, num_points, 6 if use_normals else 3
+        # every listed cloud exists before the first step, not found missing by the evaluation after training
+        missing = [self.path(i) for i in range(len(ids)) if not self.path(i).is_file()]
+        if missing:
+            raise DataError(f"ModelNet cloud {missing[0]} (sample {missing[0].stem!r} of {split_list}) does not exist"
+                            + (f"; {len(missing) - 1} more of the {len(ids)} listed are missing" if len(missing) > 1 else ""))
 
     def path(self, i: int) -> Path:
         sid = self.ids[i]
@@ -345,8 +351,20 @@ class PointCloudDataset(Dataset):
                 f"{source.where}: clouds have {data.shape[1]} points, fewer than num_points={options.num_points}"
             )
 
+    _limit: int | None = None  # head(n): the first n clouds of the source
+
     def __len__(self) -> int:
-        return len(self.source)
+        return len(self.source) if self._limit is None else min(self._limit, len(self.source))
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.source.ids[: len(self)])
+
+    def head(self, n: int) -> PointCloudDataset:
+        """The first ``n`` clouds (item ``i`` is still the source's cloud ``i``)."""
+        part = copy.copy(self)
+        part._limit = n if self._limit is None else min(n, self._limit)
+        return part
 
     @property
     def classes(self) -> list[str]:

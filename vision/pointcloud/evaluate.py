@@ -22,7 +22,7 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmllm.engine.cli import print_report
+from mmllm.console import print_report
 from mmllm.errors import DataError
 from mmllm.jsonio import read_json
 

@@ -6,7 +6,7 @@ then the leaderboard (the same as ``mmllm main --task mmllm_pointcloud_cls``).
 
 import sys
 
-from mmllm.engine.cli import variants_main
+from mmllm.cli import variants_main
 
 if __name__ == "__main__":
     sys.exit(variants_main("mmllm_pointcloud_cls", description=__doc__))

@@ -11,7 +11,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mmllm.engine import distributed
-from mmllm.engine.evaluation import predict
+from mmllm.engine.evaluation import predict_split
+from mmllm.engine.preprocess import Preprocess
+from mmllm.engine.registry import InsertionDepths, registered_task
 from mmllm.engine.task import Task
 from mmllm.errors import ConfigError
 from mmllm.jsonio import write_json
@@ -24,6 +26,17 @@ from .model import PointBERTOptions, create_pointbert_model
 MAIN_SPLITS = ("train", "val", "test")
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@registered_task(
+    "mmllm_pointcloud_cls", model_arch="mmllm_pointbert_cls", metric="oa", higher_is_better=True,
+    default_config=ROOT / "configs/vision/pointcloud_pybullet.yaml",
+    preparers={"pybullet_pointcloud": "vision.pointcloud.data:prepare_pybullet"},
+    insertion_depths=InsertionDepths("model.insert_after", "model.depth", offset=0),
+    description="Point-BERT-style point-cloud classifier with the frozen LLM block after transformer block k; "
+                "overall / mean class accuracy (clean and ScanObjectNN-like hard split)",
+)
 class PointCloudClsTask(Task):
     """Splits other than train/val/test (e.g. ``test_hard``) are scored together with ``test``:
     their metrics come back as ``hard_oa``/``hard_macc`` (the split name without ``test_``), so the
@@ -52,12 +65,13 @@ class PointCloudClsTask(Task):
             )
 
     # --- data
-    def build_preprocess(self) -> None:
+    def build_preprocess(self) -> Preprocess:
+        """The class list (from the config or its class-name file); clouds need no transform."""
         self.classes = load_class_names(self.data_cfg)
+        return Preprocess()
 
     def _classes(self) -> list[str]:
-        if self.classes is None:
-            self.build_preprocess()
+        self.preprocess  # noqa: B018 - the call-order check: build_preprocess read the class list
         return self.classes
 
     def build_model(self) -> nn.Module:
@@ -90,16 +104,16 @@ class PointCloudClsTask(Task):
         return loss, {"train_acc": 100.0 * acc}
 
     def predictions(self, model: nn.Module, dataset: PointCloudDataset) -> list[tuple[int, int]]:
-        """``(index, predicted class)`` for every sample, gathered from every rank."""
+        """``(index, predicted class)`` for every sample in dataset order, gathered from every rank."""
 
         def step(m, batch):
             return zip(batch["index"].tolist(), self._logits(m, batch).argmax(-1).tolist())
 
-        return sorted(
-            predict(
-                model, dataset, self.collate, self.run.batch_size_eval, step, desc=f"eval {dataset.split}", task=self
-            )
+        found = predict_split(
+            model, dataset, self.collate, self.run.batch_size_eval, step, desc=f"eval {dataset.split}", task=self,
+            ids=range(len(dataset)),  # the batch carries indices; dataset.ids[i] names sample i in the result files
         )
+        return list(found.items())
 
     def _score(self, model: nn.Module, dataset: PointCloudDataset, split: str, out_dir: Path) -> dict[str, float]:
         pairs = self.predictions(model, dataset)

@@ -15,6 +15,7 @@ checked (shape, NaN/inf) and kept in memory, capped at ``cache_points`` points p
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import zlib
@@ -161,6 +162,48 @@ def load_scanqa(path: str | Path) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------- point clouds
+PLY_FORMATS = ("ascii", "binary_little_endian", "binary_big_endian")
+
+
+def ply_header(path: Path) -> tuple[str, int, list[str]]:
+    """(format, vertex count, vertex property names) from a ``.ply`` header, checked before the data are read
+    (the PLY format: http://paulbourke.net/dataformats/ply/): DataError naming the file and what is wrong."""
+    lines: list[str] = []
+    with open(path, "rb") as handle:
+        for raw in handle:
+            line = raw.decode("ascii", errors="replace").strip()
+            if not lines and line != "ply":
+                raise DataError(f"{path}: not a PLY file (it does not start with the line 'ply')")
+            lines.append(line)
+            if line == "end_header" or len(lines) > 10_000:
+                break
+    if not lines:
+        raise DataError(f"{path}: not a PLY file (it is empty)")
+    if lines[-1] != "end_header":
+        raise DataError(f"{path}: PLY header without an 'end_header' line (truncated, or not a PLY file)")
+    fmt = next((line.split()[1:2] for line in lines if line.startswith("format ")), None)
+    if not fmt or fmt[0] not in PLY_FORMATS:
+        raise DataError(f"{path}: PLY header without a 'format {' | '.join(PLY_FORMATS)} 1.0' line")
+    count, properties, element = None, [], None
+    for line in lines:
+        words = line.split()
+        if words[:1] == ["element"]:
+            element = words[1] if len(words) > 1 else None
+            if element == "vertex":
+                if len(words) != 3 or not words[2].isdigit():
+                    raise DataError(f"{path}: malformed PLY line {line!r} (expected 'element vertex <count>')")
+                count = int(words[2])
+        elif words[:1] == ["property"] and element == "vertex" and len(words) >= 3:
+            properties.append(words[-1])
+    if count is None:
+        raise DataError(f"{path}: PLY file without a 'vertex' element (no points)")
+    for axis in ("x", "y", "z"):
+        if axis not in properties:
+            raise DataError(f"{path}: PLY file has no {axis!r} vertex property (its vertex properties: "
+                            f"{', '.join(properties) or 'none'})")
+    return fmt[0], count, properties
+
+
 def read_point_cloud(path: str | Path, use_color: bool) -> np.ndarray:
     """``[P, 3]`` or ``[P, 6]`` float32 (x y z [r g b in 0-255]) from ``.npy`` or ``.ply``, checked."""
     path = Path(path)
@@ -169,11 +212,16 @@ def read_point_cloud(path: str | Path, use_color: bool) -> np.ndarray:
     if path.suffix.lower() == ".ply":
         import trimesh
 
+        fmt, count, _ = ply_header(path)
         try:
             geometry = trimesh.load(str(path), process=False)
         except Exception as exc:  # trimesh raises many types for unreadable files
-            raise DataError(f"cannot read point cloud {path}: {exc}") from exc
+            raise DataError(f"cannot read point cloud {path}: its {fmt} data do not match its header, the file is "
+                            f"truncated or corrupt ({type(exc).__name__}: {exc})") from exc
         vertices = np.asarray(getattr(geometry, "vertices", np.zeros((0, 3))), dtype=np.float64)
+        if len(vertices) != count:
+            raise DataError(f"{path}: its PLY header declares {count} vertices, but {len(vertices)} were read "
+                            "(a truncated file?)")
         colors = getattr(geometry, "colors", None)
         if colors is None or len(colors) == 0:
             visual = getattr(geometry, "visual", None)
@@ -277,6 +325,16 @@ class SceneQADataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.table)
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.table["question_id"])
+
+    def head(self, n: int) -> SceneQADataset:
+        """The first ``n`` questions (their scenes stay loaded in the shared store)."""
+        part = copy.copy(self)
+        part.table = self.table.select(range(min(n, len(self.table))))
+        return part
 
     def references(self) -> dict[str, dict[str, Any]]:
         """Question id -> {question, answers} for :func:`mmllm_3dvqa.eval3d.score` (annotated questions only)."""

@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python projects/3dvqa/evaluate.py --annotations A.json [--questions Q.json] --results R.json``."""
     import argparse
 
-    from mmllm.engine.cli import print_report
+    from mmllm.console import print_report
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--annotations", help="ScanQA list, or SQA3D annotations (with --questions)")

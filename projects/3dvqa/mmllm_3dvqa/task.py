@@ -9,7 +9,9 @@ from pydantic import Field, model_validator
 from torch.utils.data import Dataset
 
 from mmllm.engine import distributed
-from mmllm.engine.evaluation import predict
+from mmllm.engine.evaluation import PredictionSet, predict_split
+from mmllm.engine.preprocess import Preprocess
+from mmllm.engine.registry import registered_task
 from mmllm.engine.task import Task
 from mmllm.errors import DataError
 from mmllm.jsonio import read_json, write_json
@@ -58,6 +60,23 @@ class SceneQADataOptions(DataSection):
         return self
 
 
+ROOT = Path(__file__).resolve().parents[3]
+DEFAULTS = Path(__file__).resolve().parent / "lavis_defaults"
+
+
+@registered_task(
+    "mmllm_3dvqa", model_arch="mmllm_meter_3dvqa", metric="em1", higher_is_better=True,
+    default_config=ROOT / "configs/3dvqa/scenes_meter_smollm2.yaml",
+    preparers={"pb_scenes": "mmllm_3dvqa.scenes:ensure_generated"},
+    lavis_model_config=DEFAULTS / "mmllm_meter_3dvqa.yaml", lavis_dataset_config=DEFAULTS / "mmllm_3dvqa.yaml",
+    variants={
+        "block": (),
+        "no_block": ("model.llm_block.kind=none",),
+        "no_situation": ("datasets.mmllm_3dvqa.blank_situation=true",),  # with the block, situation text dropped
+    },
+    description="3D VQA: point-cloud scene tokens + MiniLM situation/question, METER co-attention, "
+                "the frozen LLM block on the fused 3D tokens; EM@1/EM@10 (ScanQA/SQA3D)",
+)
 class SceneQATask(Task):
     ModelOptions = SceneQAModelOptions
     DataOptions = SceneQADataOptions
@@ -95,8 +114,9 @@ class SceneQATask(Task):
                 raise DataError(f"datasets.{self.dataset_key}: the training split has no answers: empty vocabulary")
         return self.vocab
 
-    def build_preprocess(self) -> None:
+    def build_preprocess(self) -> Preprocess:
         self.tokenizer = build_tokenizer(self.model_cfg.text)
+        return Preprocess(tokenizer=self.tokenizer)  # points are sampled by the dataset: no transform
 
     def build_model(self):
         return create_3dvqa_model(self.model_cfg, len(self.answer_vocab()), self.data_cfg.use_color)
@@ -129,7 +149,7 @@ class SceneQATask(Task):
             loss = loss + aux
         return loss, logs
 
-    def predict_top10(self, model, dataset: SceneQADataset) -> dict[str, list[str]]:
+    def predict_top10(self, model, dataset: SceneQADataset) -> PredictionSet:
         """Question id -> the 10 highest-scoring answers of the vocabulary (fewer if it is smaller)."""
         vocab = self.answer_vocab()
         k = min(eval3d.TOP_K, len(vocab))
@@ -139,8 +159,8 @@ class SceneQATask(Task):
             top = logits.float().topk(k, dim=-1).indices.tolist()
             return zip(batch["question_id"], ([vocab[i] for i in row] for row in top))
 
-        return dict(predict(model, dataset, self.collate, self.run.batch_size_eval, step,
-                            desc=f"eval {dataset.name}", task=self))
+        return predict_split(model, dataset, self.collate, self.run.batch_size_eval, step,
+                             desc=f"eval {dataset.name}", task=self)
 
     def evaluate(self, model, dataset, split: str, out_dir: Path) -> dict[str, float]:
         predictions = self.predict_top10(model, dataset)
@@ -163,18 +183,18 @@ class SceneQATask(Task):
 
 
 def evaluate_checkpoint(checkpoint: str, split: str = "test", out_dir: str | None = None) -> dict[str, Any]:
-    """EM report of a trained run on one split of its config (``evaluate.py --checkpoint``)."""
-    from mmllm.engine.evaluation import load_trained
+    """EM report of a trained run on one split of its config (``evaluate.py --checkpoint``): ``mmllm evaluate
+    --run`` with the whole EM report and the results file's path."""
+    from mmllm.engine.evaluation import evaluate_run
 
     def use_run_vocab(cfg):  # the vocabulary the model was trained with
         vocab = Path(checkpoint).parent / "answer_vocab.json"
         if vocab.is_file():
             cfg.datasets.mmllm_3dvqa.answer_vocab = str(vocab)
 
-    task, model, datasets = load_trained(checkpoint, out_dir, use_run_vocab)
-    if split not in datasets:
-        raise DataError(f"split {split!r} is not in the run's datasets.mmllm_3dvqa.splits {sorted(datasets)}")
-    out = Path(task.run.output_dir)
-    metrics = task.evaluate(model, datasets[split], split, out)
-    report = read_json(out / f"em_{split}.json") if metrics else {}
-    return {"results": str(out / f"results_{split}.json"), **report}
+    def em_report(task, model, dataset, split, out):
+        metrics = task.evaluate(model, dataset, split, out)
+        report = read_json(out / f"em_{split}.json") if metrics else {}
+        return {"results": str(out / f"results_{split}.json"), **report}
+
+    return evaluate_run(checkpoint, split, out_dir, tasks=("mmllm_3dvqa",), edit=use_run_vocab, score=em_report)

@@ -16,9 +16,12 @@ from torch.utils.data import Dataset
 from mmllm.data.captions import CaptionDataOptions, CaptionPairs, load_karpathy
 from mmllm.data.images import image_transform, load_image
 from mmllm.engine import distributed
-from mmllm.engine.evaluation import model_dtype, predict
+from mmllm.engine.evaluation import model_dtype, predict_split
+from mmllm.engine.preprocess import Preprocess
+from mmllm.engine.registry import InsertionDepths, registered_task
 from mmllm.engine.run_config import RunConfig
 from mmllm.engine.task import Task
+from mmllm.errors import ConfigError
 from mmllm.jsonio import write_json
 from mmllm.models.encoders import build_tokenizer, vision_input_spec
 
@@ -39,13 +42,27 @@ class RetrievalRunOptions(RunConfig):
 
 
 class RetrievalEvalSet:
-    """Images and texts of a Karpathy val/test file; text order = caption order in the file."""
+    """Images and texts of a Karpathy val/test file; text order = caption order in the file.
+
+    An evaluation split (:class:`~mmllm.engine.splits.EvalSplit`) of images: ``ids`` are the image
+    paths, ``len()`` the number of images, ``head(n)`` the first ``n`` images with all their captions
+    (the recalls of that smaller gallery: every query still has its own positives)."""
 
     def __init__(self, items, transform):
         self.items = items
         self.transform = transform
         self.texts = [c for item in items for c in item.captions]
         self.img2txt, self.txt2img = caption_index([len(item.captions) for item in items])
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def ids(self) -> list[str]:
+        return [item.image_path for item in self.items]
+
+    def head(self, n: int) -> RetrievalEvalSet:
+        return RetrievalEvalSet(self.items[:n], self.transform)
 
     def images(self) -> Dataset:
         return _View(len(self.items), lambda i: {"index": i, "image": self.transform(load_image(self.items[i].image_path))})
@@ -63,24 +80,50 @@ class _View(Dataset):
     def __len__(self) -> int:
         return self.size
 
+    @property
+    def ids(self) -> range:
+        """Image or caption indices (captions: their order in the annotation file)."""
+        return range(self.size)
+
     def __getitem__(self, i):
         return self.get(i)
 
 
+def check_eval_set(dataset, split: str, task: str) -> None:
+    """Retrieval ranks the images and captions of a val/test file; the train split holds caption pairs."""
+    if not isinstance(dataset, RetrievalEvalSet):
+        raise ConfigError(f"split {split!r} of task {task!r} is not an evaluation split ({type(dataset).__name__}: "
+                          "image-caption pairs); evaluate a val/test split")
+
+
+ROOT = Path(__file__).resolve().parents[3]
+DEFAULTS = Path(__file__).resolve().parent / "lavis_defaults"
+
+
+@registered_task(
+    "mmllm_retrieval", model_arch="mmllm_meter_retrieval", metric="r_mean",
+    default_config=ROOT / "configs/retrieval/emoji_meter_smollm2.yaml",
+    preparers={"twemoji": "mmllm_retrieval.emoji_convert:ensure_converted"},
+    lavis_model_config=DEFAULTS / "mmllm_meter_retrieval.yaml", lavis_dataset_config=DEFAULTS / "mmllm_retrieval.yaml",
+    insertion_depths=InsertionDepths(fixed={"head": ("model.llm_block_at=before_fusion",), "tail": ("model.llm_block_at=after_fusion",)}),
+    description="METER-style ITC + ITM retrieval with the frozen LLM block after fusion; Recall@K",
+)
 class RetrievalTask(Task):
     ModelOptions = RetrievalModelOptions
     DataOptions = CaptionDataOptions
     RunOptions = RetrievalRunOptions
     compute_dtype_inputs = ("images",)
 
-    def build_preprocess(self) -> None:
+    def build_preprocess(self) -> Preprocess:
         self.tokenizer = build_tokenizer(self.model_cfg.text)
         self.transform = image_transform(*vision_input_spec(self.model_cfg.vision))
+        return Preprocess.shared(self.transform, self.tokenizer)
 
     def build_model(self):
         return create_retrieval_model(self.model_cfg)
 
     def build_datasets(self):
+        self.preprocess  # noqa: B018 - the call-order check: build_preprocess made the transform
         check = self.data_cfg.check_images
         out = {}
         for name, spec in self.data_cfg.splits.items():
@@ -109,11 +152,11 @@ class RetrievalTask(Task):
 
         def image_step(m, batch):
             tokens, feat = m.image_features(batch["images"])
-            return zip(batch["index"].tolist(), tokens.cpu(), feat.cpu())
+            return zip(batch["index"].tolist(), zip(tokens.cpu(), feat.cpu()))
 
         def text_step(m, batch):
             tokens, feat = m.text_features(batch["input_ids"], batch["attention_mask"])
-            return zip(batch["index"].tolist(), tokens.cpu(), (batch["attention_mask"] == 0).cpu(), feat.cpu())
+            return zip(batch["index"].tolist(), zip(tokens.cpu(), (batch["attention_mask"] == 0).cpu(), feat.cpu()))
 
         def image_collate(s):
             return {"index": torch.tensor([x["index"] for x in s]), "images": torch.stack([x["image"] for x in s])}
@@ -122,16 +165,17 @@ class RetrievalTask(Task):
             text = self._tokenize([x["caption"] for x in s])
             return {"index": torch.tensor([x["index"] for x in s]), **text}
 
-        images = sorted(predict(model, data.images(), image_collate, batch_size, image_step, "eval images", task=self),
-                        key=lambda r: r[0])
-        texts = sorted(predict(model, data.captions(), text_collate, batch_size, text_step, "eval texts", task=self),
-                       key=lambda r: r[0])
-        img_tok = torch.stack([r[1] for r in images])
-        img_feat = torch.stack([r[2] for r in images])
-        width = max(r[1].shape[0] for r in texts)
-        txt_tok = torch.stack([torch.nn.functional.pad(r[1], (0, 0, 0, width - r[1].shape[0])) for r in texts])
-        txt_pad = torch.stack([torch.nn.functional.pad(r[2], (0, width - r[2].shape[0]), value=True) for r in texts])
-        txt_feat = torch.stack([r[3] for r in texts])
+        images = list(predict_split(model, data.images(), image_collate, batch_size, image_step, "eval images",
+                                    task=self).items())
+        texts = list(predict_split(model, data.captions(), text_collate, batch_size, text_step, "eval texts",
+                                   task=self).items())
+        images, texts = [r for _, r in images], [r for _, r in texts]  # in index order
+        img_tok = torch.stack([r[0] for r in images])
+        img_feat = torch.stack([r[1] for r in images])
+        width = max(r[0].shape[0] for r in texts)
+        txt_tok = torch.stack([torch.nn.functional.pad(r[0], (0, 0, 0, width - r[0].shape[0])) for r in texts])
+        txt_pad = torch.stack([torch.nn.functional.pad(r[1], (0, width - r[1].shape[0]), value=True) for r in texts])
+        txt_feat = torch.stack([r[2] for r in texts])
         return img_tok, img_feat, txt_tok, txt_pad, txt_feat
 
     def _pair_logits(self, model, img_tok, txt_tok, txt_pad):
@@ -189,6 +233,7 @@ class RetrievalTask(Task):
     def evaluate(self, model, dataset, split: str, out_dir: Path) -> dict[str, float]:
         """Recalls of ITC top-k re-ranking (the main metric, ``r_mean``), ITC alone (``itc_r_mean``) and,
         with ``run.full_itm``, of every pair scored by ITM (``full_itm_*``)."""
+        check_eval_set(dataset, split, self.name)
         start = time.perf_counter()
         scores_i2t, scores_t2i, sims, full = self.score_matrices(model, dataset, full_itm=self.run.full_itm)
         seconds = time.perf_counter() - start

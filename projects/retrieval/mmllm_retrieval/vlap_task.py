@@ -10,7 +10,9 @@ import torch
 from mmllm.data.captions import CaptionDataOptions, CaptionPairs, load_karpathy
 from mmllm.data.images import image_transform
 from mmllm.engine import distributed
-from mmllm.engine.evaluation import predict
+from mmllm.engine.evaluation import predict_split
+from mmllm.engine.preprocess import Preprocess
+from mmllm.engine.registry import registered_task
 from mmllm.engine.task import Task
 from mmllm.errors import ConfigError, DataError
 from mmllm.jsonio import write_json
@@ -18,7 +20,7 @@ from mmllm.models.encoders import vision_input_spec
 from mmllm.models.vlap import word_frequency_prior
 
 from .metrics import retrieval_metrics
-from .task import RetrievalEvalSet
+from .task import RetrievalEvalSet, check_eval_set
 from .vlap_model import VLAPRetrievalOptions, create_vlap_retrieval_model
 
 
@@ -33,12 +35,21 @@ def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor
     return ids, mask
 
 
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@registered_task(  # VLAP (issue 13): one linear layer into the LLM's word-embedding space
+    "mmllm_retrieval_vlap", model_arch="mmllm_vlap_retrieval", metric="r_mean",
+    default_config=ROOT / "configs/retrieval/emoji_vlap_smollm2.yaml",
+    variants={"vlap": (), "vlap_assign_only": ("model.caption_weight=0",)},
+    description="VLAP: frozen ViT -> linear -> LLM word-embedding space, assignment prediction (+ captioning); Recall@K",
+)
 class VLAPRetrievalTask(Task):
     ModelOptions = VLAPRetrievalOptions
     DataOptions = CaptionDataOptions
     compute_dtype_inputs = ("images",)
 
-    def build_preprocess(self, tokenizer=None) -> None:
+    def build_preprocess(self, tokenizer=None) -> Preprocess:
         """The LLM's own tokenizer (captions are read in its vocabulary) and the image transform."""
         from mmllm.models.llava import load_tokenizer
 
@@ -48,6 +59,7 @@ class VLAPRetrievalTask(Task):
         self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
                           else self.tokenizer.eos_token_id)
         self.transform = image_transform(*vision_input_spec(self.model_cfg.vision))
+        return Preprocess.shared(self.transform, self.tokenizer)
 
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])[: self.model_cfg.max_text_tokens]
@@ -63,11 +75,11 @@ class VLAPRetrievalTask(Task):
                                     self.model_cfg.prior_smoothing, ignore_ids=[self.pad_id])
 
     def build_model(self, lm=None):
-        if not hasattr(self, "tokenizer"):
-            self.build_preprocess()
+        self.preprocess  # noqa: B018 - the call-order check: build_preprocess loaded the tokenizer
         return create_vlap_retrieval_model(self.model_cfg, self.word_prior(), self.tokenizer, lm)
 
     def build_datasets(self):
+        self.preprocess  # noqa: B018 - the call-order check: build_preprocess made the transform
         check = self.data_cfg.check_images
         out = {}
         for name, spec in self.data_cfg.splits.items():
@@ -119,18 +131,14 @@ class VLAPRetrievalTask(Task):
         def text_collate(s):
             return {"index": torch.tensor([x["index"] for x in s]), **self._text_batch([x["caption"] for x in s])}
 
-        images = sorted(predict(model, data.images(), image_collate, size, image_step, "eval images", task=self),
-                        key=lambda r: r[0])
-        texts = sorted(predict(model, data.captions(), text_collate, size, text_step, "eval texts", task=self),
-                       key=lambda r: r[0])
-        for name, rows, n in (("image", images, len(data.items)), ("text", texts, len(data.texts))):
-            if [r[0] for r in rows] != list(range(n)):
-                raise DataError(f"evaluation gathered {len(rows)} {name} features for {n} {name}s (missing or duplicated)")
-        img = torch.nn.functional.normalize(torch.stack([r[1] for r in images]), dim=-1)
-        txt = torch.nn.functional.normalize(torch.stack([r[1] for r in texts]), dim=-1)
+        images = predict_split(model, data.images(), image_collate, size, image_step, "eval images", task=self)
+        texts = predict_split(model, data.captions(), text_collate, size, text_step, "eval texts", task=self)
+        img = torch.nn.functional.normalize(torch.stack(list(images.values())), dim=-1)
+        txt = torch.nn.functional.normalize(torch.stack(list(texts.values())), dim=-1)
         return (img @ txt.T).numpy()
 
     def evaluate(self, model, dataset, split: str, out_dir: Path) -> dict[str, float]:
+        check_eval_set(dataset, split, self.name)
         sims = self.similarities(model, dataset)
         metrics = retrieval_metrics(sims, sims.T, dataset.img2txt, dataset.txt2img)
         if distributed.is_main():

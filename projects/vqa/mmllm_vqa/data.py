@@ -141,6 +141,10 @@ class VQADataset(Dataset):
     def __len__(self) -> int:
         return len(self.split.questions)
 
+    @property
+    def ids(self) -> list[int]:
+        return [q["question_id"] for q in self.split.questions]
+
     def head(self, n: int) -> VQADataset:
         """The first ``n`` questions, scored against their own annotations (``run.max_eval_samples``)."""
         part = copy.copy(self)

@@ -7,6 +7,7 @@ target: the most frequent normalised annotator answer of each question (ties: al
 """
 from __future__ import annotations
 
+import copy
 import random
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,9 @@ from torch.utils.data import Dataset
 
 from mmllm.data.images import image_transform, load_image
 from mmllm.engine import distributed
-from mmllm.engine.evaluation import predict
+from mmllm.engine.evaluation import PredictionSet, predict_split
+from mmllm.engine.preprocess import Preprocess
+from mmllm.engine.registry import registered_task
 from mmllm.engine.task import Task
 from mmllm.errors import DataError
 from mmllm.jsonio import write_json
@@ -75,6 +78,17 @@ class GenerativeVQADataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    @property
+    def ids(self) -> list[int]:
+        return [q["question_id"] for q in self.items]
+
+    def head(self, n: int) -> GenerativeVQADataset:
+        """The first ``n`` questions (of the ``eval_limit`` subset when one is drawn)."""
+        part = copy.copy(self)
+        part.items = self.items[:n]
+        part.answers = None if self.answers is None else self.answers[:n]
+        return part
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         q = self.items[i]
         item = {"image": self.transform(load_image(q["image_path"])), "question": q["question"],
@@ -84,6 +98,22 @@ class GenerativeVQADataset(Dataset):
         return item
 
 
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@registered_task(  # LLaVA-style generative baseline and LLaViT (issue 13)
+    "mmllm_vqa_generative", model_arch="mmllm_llava_vqa", metric="accuracy",
+    default_config=ROOT / "configs/vqa/easyvqa_llava_smollm2.yaml",
+    variants={  # LLaViT's three modifications together and each on its own (the paper's ablation)
+        "llava": (),
+        "llavit": ("model.llavit.visual_qkv=true", "model.llavit.bidirectional_visual=true",
+                   "model.llavit.feature_layers=[2,-1]"),
+        "llavit_qkv": ("model.llavit.visual_qkv=true",),
+        "llavit_bidirectional": ("model.llavit.bidirectional_visual=true",),
+        "llavit_multidepth": ("model.llavit.feature_layers=[2,-1]",),
+    },
+    description="LLaVA-style: ViT -> projector -> whole LLM, answers generated; LLaViT switches; official VQA accuracy",
+)
 class GenerativeVQATask(Task):
     ModelOptions = GenerativeVQAOptions
     DataOptions = GenerativeVQADataOptions
@@ -105,15 +135,15 @@ class GenerativeVQATask(Task):
                                             spec.image_pattern or d.image_pattern, spec.image_split, d.check_images)
         return self._splits[name]
 
-    def build_preprocess(self, tokenizer=None) -> None:
+    def build_preprocess(self, tokenizer=None) -> Preprocess:
         """Tokenizer (the LM's own: from the GGUF for embedded assets) and image spec, from the config alone."""
         self.fmt = build_prompt_format(self.model_cfg, tokenizer)
-        self.tokenizer = self.fmt.tokenizer  # what mmllm.factory.task_transforms hands out
+        self.tokenizer = self.fmt.tokenizer
         self.image_spec = vision_input_spec(self.model_cfg.vision)
+        return Preprocess.shared(image_transform(*self.image_spec), self.tokenizer)
 
     def build_model(self, lm=None):
-        if self.fmt is None:
-            self.build_preprocess()
+        self.preprocess  # noqa: B018 - the call-order check: build_preprocess made the prompt format
         return create_generative_vqa_model(self.model_cfg, self.fmt, lm)
 
     def build_datasets(self) -> dict[str, Dataset]:
@@ -139,7 +169,7 @@ class GenerativeVQATask(Task):
         loss = model(batch["images"], batch["prompt_ids"], batch["prompt_mask"], batch["answer_ids"], batch["answer_mask"])
         return loss, {}
 
-    def generate_answers(self, model, dataset: GenerativeVQADataset) -> dict[int, str]:
+    def generate_answers(self, model, dataset: GenerativeVQADataset) -> PredictionSet:
         module = getattr(model, "module", model)
         limit = self.model_cfg.max_new_tokens
 
@@ -147,12 +177,8 @@ class GenerativeVQATask(Task):
             tokens = module.generate(batch["images"], batch["prompt_ids"], batch["prompt_mask"], limit)
             return zip(batch["question_id"].tolist(), self.fmt.decode(tokens))
 
-        outputs = predict(model, dataset, self.collate, self.run.batch_size_eval, step,
-                          desc=f"generate {dataset.split.name}", task=self)
-        answers = dict(outputs)
-        if len(answers) != len(outputs):
-            raise DataError(f"split {dataset.split.name}: a question was answered twice")
-        return answers
+        return predict_split(model, dataset, self.collate, self.run.batch_size_eval, step,
+                             desc=f"generate {dataset.split.name}", task=self)
 
     def evaluate(self, model, dataset, split: str, out_dir: Path) -> dict[str, float]:
         answers = self.generate_answers(model, dataset)

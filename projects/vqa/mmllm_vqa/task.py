@@ -8,8 +8,11 @@ import torch
 from pydantic import Field
 from torch.utils.data import Dataset
 
+from mmllm.data.images import image_transform
 from mmllm.engine import distributed
-from mmllm.engine.evaluation import model_dtype, predict
+from mmllm.engine.evaluation import PredictionSet, model_dtype, predict_split
+from mmllm.engine.preprocess import Preprocess
+from mmllm.engine.registry import InsertionDepths, registered_task
 from mmllm.engine.task import Task
 from mmllm.errors import DataError
 from mmllm.jsonio import read_json, write_json
@@ -47,6 +50,19 @@ class VQADataOptions(DataSection):
     check_images: bool = True
 
 
+ROOT = Path(__file__).resolve().parents[3]
+DEFAULTS = Path(__file__).resolve().parent / "lavis_defaults"
+
+
+@registered_task(
+    "mmllm_vqa", model_arch="mmllm_meter_vqa", metric="accuracy",
+    default_config=ROOT / "configs/vqa/easyvqa_meter_smollm2.yaml",
+    preparers={"easy_vqa": "mmllm_vqa.easy_vqa_convert:ensure_converted"},
+    analysis="mmllm_vqa.analysis:analysis_inputs",
+    lavis_model_config=DEFAULTS / "mmllm_meter_vqa.yaml", lavis_dataset_config=DEFAULTS / "mmllm_vqa.yaml",
+    insertion_depths=InsertionDepths(fixed={"head": ("model.llm_block_at=before_fusion",), "tail": ("model.llm_block_at=after_fusion",)}),
+    description="METER-style VQA with the frozen LLM block after fusion; official VQA accuracy",
+)
 class VQATask(Task):
     ModelOptions = VQAModelOptions
     DataOptions = VQADataOptions
@@ -80,14 +96,16 @@ class VQATask(Task):
                 raise DataError("empty answer vocabulary")
         return self.vocab
 
-    def build_preprocess(self) -> None:
+    def build_preprocess(self) -> Preprocess:
         self.tokenizer = build_tokenizer(self.model_cfg.text)
         self.image_spec = vision_input_spec(self.model_cfg.vision)
+        return Preprocess.shared(image_transform(*self.image_spec), self.tokenizer)
 
     def build_model(self):
         return create_vqa_model(self.model_cfg, len(self._vocab()))
 
     def build_datasets(self) -> dict[str, Dataset]:
+        self.preprocess  # noqa: B018 - the call-order check: build_preprocess set image_spec and the tokenizer
         out_dir = Path(self.run.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "answer_vocab.json", self._vocab())
@@ -102,7 +120,8 @@ class VQATask(Task):
         logits = model(batch["images"], batch["input_ids"], batch["attention_mask"])
         return vqa_loss(logits, batch["targets"]), {}
 
-    def predict_answers(self, model, dataset: VQADataset) -> dict[int, str]:
+    def predict_answers(self, model, dataset: VQADataset) -> PredictionSet:
+        """Question id -> the best vocabulary answer, every question of ``dataset`` exactly once."""
         vocab = self._vocab()
 
         def step(m, batch):
@@ -110,8 +129,8 @@ class VQATask(Task):
             best = logits.argmax(-1).tolist()
             return zip(batch["question_id"].tolist(), (vocab[i] for i in best))
 
-        return dict(predict(model, dataset, self.collate, self.run.batch_size_eval, step,
-                            desc=f"eval {dataset.split.name}", task=self))
+        return predict_split(model, dataset, self.collate, self.run.batch_size_eval, step,
+                             desc=f"eval {dataset.split.name}", task=self)
 
     @torch.no_grad()
     def answer_questions(self, model, images: torch.Tensor, questions: list[str]) -> list[str]:

@@ -9,12 +9,14 @@ the text that describes the image). The answer is generated and scored exactly a
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
+from mmllm.engine.registry import registered_task
 from mmllm.errors import ConfigError
 from mmllm.models.vlap import (
     AssignmentPrediction,
@@ -66,6 +68,15 @@ class VLAPVQAModel(nn.Module):
         return self.vqa.generate(images, prompt_ids, prompt_mask, max_new_tokens)
 
 
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@registered_task(  # VLAP's linear layer + assignment loss as the LLaVA path's visual input (issue 13)
+    "mmllm_vqa_vlap", model_arch="mmllm_vlap_vqa", metric="accuracy",
+    default_config=ROOT / "configs/vqa/easyvqa_vlap_smollm2.yaml",
+    variants={"vlap": (), "vlap_no_assign": ("model.vlap.assign_weight=0",)},
+    description="VLAP: frozen ViT -> linear (assignment prediction + answer loss) -> whole frozen LLM; VQA accuracy",
+)
 class VLAPVQATask(GenerativeVQATask):
     ModelOptions = VLAPVQAOptions
 
@@ -85,11 +96,10 @@ class VLAPVQATask(GenerativeVQATask):
                                     ignore_ids=[self.fmt.pad_id])
 
     def build_model(self, lm=None):
-        if self.fmt is None:
-            self.build_preprocess()
         opts = self.model_cfg
         if opts.llm.projector != "linear":
             raise ConfigError(f"model.llm.projector: VLAP trains one linear layer, got {opts.llm.projector!r}")
+        self.preprocess  # noqa: B018 - the call-order check: build_preprocess made the prompt format
         vqa = create_generative_vqa_model(opts, self.fmt, lm)
         v = opts.vlap
         words = load_word_embeddings(opts.llm.source)
