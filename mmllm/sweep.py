@@ -570,18 +570,34 @@ def render(path: str | Path, runs_dir: str | None = None, mix_steps: bool = Fals
     return "\n".join(lines), rows, stats
 
 
-def readme_block(path: str | Path) -> tuple[str, str]:
-    """The markers around a sweep's generated results in a README."""
+def readme_block(path: str | Path, kind: str = "results") -> tuple[str, str]:
+    """The markers around a sweep's generated text in a page: its full ``results`` (docs/results.md) or its
+    one-table ``summary`` (README.md)."""
+    if kind == "summary":
+        return f"<!-- summary of `mmllm sweep {path}` (generated) -->", "<!-- end of generated summary -->"
     return f"<!-- results of `mmllm sweep {path}` (generated) -->", "<!-- end of generated results -->"
 
 
-def update_readme(readme: str | Path, path: str | Path, text: str) -> None:
+def summary_text(path: str | Path, runs_dir: str | None = None, mix_steps: bool = False) -> str:
+    """One table of the sweep's seed statistics (every task × variant, Δ vs its reference with the 95%
+    interval and the verdict), for a README: the full tables stay in the results page."""
+    _, _, stats = render(path, runs_dir, mix_steps)
+    return _summary(stats, path)
+
+
+def _summary(stats: list[dict[str, Any]], path: str | Path) -> str:
+    from . import leaderboard
+
+    return leaderboard.summary_markdown(stats, f"`mmllm sweep {path} --report --summary README.md`")
+
+
+def update_readme(readme: str | Path, path: str | Path, text: str, kind: str = "results") -> None:
     """Replace what stands between the sweep's markers in ``readme`` with ``text`` (atomically)."""
     from .jsonio import atomic_write_text
 
     readme = Path(readme)
     content = readme.read_text(encoding="utf-8")
-    begin, end = readme_block(path)
+    begin, end = readme_block(path, kind)
     start = content.find(begin)
     stop = content.find(end, start + len(begin)) if start >= 0 else -1
     if start < 0 or stop < 0:
@@ -590,20 +606,20 @@ def update_readme(readme: str | Path, path: str | Path, text: str) -> None:
     atomic_write_text(readme, content[:start + len(begin)] + "\n" + text.rstrip("\n") + "\n" + content[stop:])
 
 
-def readme_text(readme: str | Path, path: str | Path) -> str | None:
+def readme_text(readme: str | Path, path: str | Path, kind: str = "results") -> str | None:
     """What stands between the sweep's markers in ``readme`` (None: no block)."""
     content = Path(readme).read_text(encoding="utf-8")
-    begin, end = readme_block(path)
+    begin, end = readme_block(path, kind)
     start = content.find(begin)
     stop = content.find(end, start + len(begin)) if start >= 0 else -1
     return None if start < 0 or stop < 0 else content[start + len(begin):stop].strip("\n")
 
 
 def report(path: str | Path, runs_dir: str | None = None, mix_steps: bool = False,
-           readme: str | Path | None = None) -> Path:
+           readme: str | Path | None = None, summary: str | Path | None = None) -> Path:
     """Leaderboard files (tables, CSV, bar plots, loss curves) and ``RESULTS.md`` from the summaries under the
-    sweep's folder (no training: committed ``summary.json`` files regenerate the README's table); with
-    ``readme``, the sweep's block in that file too."""
+    sweep's folder (no training: committed ``summary.json`` files regenerate the tables in docs/results.md); with
+    ``readme``, the sweep's block in that file too; with ``summary``, its one-table summary block there."""
     from . import leaderboard
     from .jsonio import atomic_write_text
 
@@ -618,6 +634,8 @@ def report(path: str | Path, runs_dir: str | None = None, mix_steps: bool = Fals
     atomic_write_text(out, text)
     if readme is not None:
         update_readme(readme, path, text)
+    if summary is not None:
+        update_readme(summary, path, _summary(stats, path), kind="summary")
     print(text)
     return out
 
@@ -636,11 +654,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--mix-steps", action="store_true",
                         help="average runs of different step counts / max_eval_samples anyway")
     parser.add_argument("--readme", default=None,
-                        help="also write the results into this file, between the sweep's markers (README.md)")
+                        help="also write the results into this file, between the sweep's markers (docs/results.md)")
+    parser.add_argument("--summary", default=None,
+                        help="with --report: also write a one-table summary into this file, between the sweep's "
+                        "summary markers (README.md)")
 
     def _main(args: argparse.Namespace) -> int:
         if args.report:
-            report(args.file, args.runs, mix_steps=args.mix_steps, readme=args.readme)
+            report(args.file, args.runs, mix_steps=args.mix_steps, readme=args.readme, summary=args.summary)
         else:
             run_sweep(args.file, args.runs, args.dry_run, args.keep_going, args.mix_steps, args.jobs, args.readme)
         return 0

@@ -13,7 +13,7 @@ import vision.classification  # noqa: F401 - registers the timm names
 from mmllm.errors import ConfigError
 from vision.classification.model import ViTLLMClassifier
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

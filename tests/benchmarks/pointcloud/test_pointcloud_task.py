@@ -15,7 +15,7 @@ from mmllm.errors import DataError
 from vision.pointcloud.evaluate import classification_metrics, evaluate_files
 from vision.pointcloud.evaluate import main as evaluate_main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 

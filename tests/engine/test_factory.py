@@ -11,7 +11,7 @@ from tiny_llms import save_tiny
 import mmllm
 from mmllm import ConfigError, FrozenLLMBlock
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VQA_CONFIG = ROOT / "configs/vqa/easyvqa_meter_smollm2.yaml"
 VOCAB = ["yes", "no", "red", "green", "blue"]
 
