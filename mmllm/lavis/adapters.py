@@ -27,6 +27,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
+from ..config import load_yaml
 from ..engine.registry import TaskEntry, all_tasks
 from ..errors import ConfigError
 from .compat import import_lavis
@@ -90,7 +91,7 @@ def _default_section(entry: TaskEntry, key: str, name: str, minimal: dict) -> Pa
     config there would put its ``run`` and other sections over the user's own."""
     if entry.default_config is not None:
         try:
-            section = OmegaConf.load(entry.default_config).get(key)
+            section = load_yaml(entry.default_config).get(key)  # its _base_ files composed (mmllm.config)
         except Exception as exc:  # noqa: BLE001 - one task's broken file must not stop the others registering
             log.warning("LAVIS: %s of task %r cannot be read (%s)", entry.default_config, entry.name, exc)
             section = None
@@ -123,7 +124,7 @@ def task_config(entry: TaskEntry, model_config: str | Path) -> DictConfig:
     from ..checkpointing import read_model_file
     from ..config import load_config
 
-    raw = OmegaConf.load(model_config)
+    raw = load_yaml(model_config)
     model = raw.get("model") or {}
     if model.get("finetuned") and model.get("load_finetuned", True):
         return OmegaConf.create(read_model_file(model["finetuned"])["config"])
@@ -243,7 +244,7 @@ def register(entry: TaskEntry) -> None:
             prepare_embedded_data(full)
             task.build_preprocess()
             net = build_model(task)
-            finetuned = OmegaConf.load(path).get("model", {}).get("finetuned")
+            finetuned = load_yaml(path).get("model", {}).get("finetuned")
             if finetuned:
                 load_model_file(net, finetuned)
             return cls(net, task)

@@ -91,7 +91,7 @@ def _main(argv=None):
         args.options.append(f"run.device={'cuda' if torch.cuda.is_available() else 'cpu'}")
     Config = sys.modules["lavis.common.config"].Config
     dist_utils = sys.modules["lavis.common.dist_utils"]
-    cfg = Config(args)
+    cfg = _lavis_config(Config, args)
     dist_utils.init_distributed_mode(cfg.run_cfg)
     from ..engine.trainer import seed_everything
 
@@ -113,6 +113,30 @@ def _main(argv=None):
     # LAVIS's RunnerBase.train() returns nothing; its last evaluate() call holds the test metrics
     return {f"{split}_{k}": v for split, metrics in (tested[-1] if tested else {}).items()
             for k, v in (metrics or {}).items() if k != "agg_metrics"}
+
+
+def _lavis_config(Config, args):
+    """LAVIS's ``Config`` of ``args``: LAVIS reads ``--cfg-path`` with a bare ``OmegaConf.load``, so it is
+    given the file with its ``_base_`` files composed (:mod:`mmllm.config`), as ``mmllm train`` reads it;
+    LAVIS applies ``args.options`` over it itself."""
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    from ..config import load_yaml
+
+    composed = load_yaml(args.cfg_path)
+    if composed == OmegaConf.load(args.cfg_path):  # no _base_: LAVIS reads the user's file itself
+        return Config(args)
+    with tempfile.TemporaryDirectory(prefix="mmllm-lavis-config-") as tmp:
+        path = Path(tmp) / Path(args.cfg_path).name
+        path.write_text(OmegaConf.to_yaml(composed))
+        given = args.cfg_path
+        args.cfg_path = str(path)
+        try:
+            return Config(args)
+        finally:
+            args.cfg_path = given
 
 
 def _record_evaluations(runner) -> list[dict]:

@@ -10,6 +10,7 @@ from tiny_llms import save_tiny
 
 import mmllm
 from mmllm import ConfigError, FrozenLLMBlock
+from mmllm.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 VQA_CONFIG = ROOT / "configs/vqa/easyvqa_meter_smollm2.yaml"
@@ -37,7 +38,7 @@ def test_vqa_from_name_with_a_tiny_block(tiny):
     )
     blocks = [m for m in model.modules() if isinstance(m, FrozenLLMBlock)]
     assert len(blocks) == 1 and blocks[0].layer_indices == [3]  # "last" of the tiny 4-layer LLM
-    size = yaml.safe_load(VQA_CONFIG.read_text())["model"]["vision"]["vit"]["image_size"]
+    size = load_config(VQA_CONFIG).model.vision.vit.image_size  # composed: the model section is a _base_ file
     images = torch.stack([eval_tf(im) for im in _images()])
     assert images.shape == (2, 3, size, size)
     assert torch.stack([train_tf(im) for im in _images()]).shape == (2, 3, size, size)
