@@ -1,6 +1,6 @@
 """Pickle-free reading of torch files: every ``.pt``/``.bin`` mmllm reads goes through ``weights_only=True``.
 
-A torch file is a pickle. Loaded with ``weights_only=False`` (what DeepSpeed's own checkpoint
+A torch file is a pickle. Loaded with weights_only off (what DeepSpeed's own checkpoint
 engine does) a planted file runs any code it names (``__reduce__`` → ``os.system``). With
 ``weights_only=True`` torch's restricted unpickler builds only tensors, containers and plain
 numbers, plus the globals a caller allow-lists explicitly; anything else raises

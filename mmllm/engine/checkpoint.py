@@ -10,7 +10,7 @@ checkpoint folder are ever pruned: those this process wrote and, once it resumes
 the step it resumed from (written by an earlier process of the same run).
 
 Every file DeepSpeed reads back goes through ``torch.load(weights_only=True)`` (DeepSpeed's own
-checkpoint engine unpickles with ``weights_only=False``): :func:`guard_loads` replaces the load
+checkpoint engine unpickles fully, weights_only off): :func:`guard_loads` replaces the load
 of the engine's checkpoint engine, admitting only the few DeepSpeed classes its states hold
 (:func:`mmllm.safeload.deepspeed_safe_globals`). Our client state (RNG states, loader position)
 is plain data: tensors, ints, tuples. A manifest written before hashes were recorded (sizes
@@ -79,7 +79,7 @@ def guard_loads(engine) -> None:
     """Make every checkpoint file ``engine`` reads load with ``weights_only=True``.
 
     DeepSpeed reads each state file of ``load_checkpoint`` (model states, ZeRO optimizer partitions) through
-    ``engine.checkpoint_engine.load(path, map_location)``; its engines call ``torch.load(weights_only=False)``.
+    ``engine.checkpoint_engine.load(path, map_location)``; its engines call ``torch.load`` with weights_only off.
     This replaces that one method on the instance (whatever engine the DeepSpeed config chose; saving is
     untouched). A refused pickle raises :class:`CheckpointError` naming the file and the global it asked for."""
     checkpoint_engine = getattr(engine, "checkpoint_engine", None)
