@@ -579,16 +579,32 @@ def readme_block(path: str | Path, kind: str = "results") -> tuple[str, str]:
 
 
 def summary_text(path: str | Path, runs_dir: str | None = None, mix_steps: bool = False) -> str:
-    """One table of the sweep's seed statistics (every task × variant, Δ vs its reference with the 95%
-    interval and the verdict), for a README: the full tables stay in the results page."""
+    """One table of the sweep's seed statistics, one row per task (the reference vs the frozen block with the
+    sweep's first LLM, Δ with its 95% interval and the verdict), for a README: the full tables stay in the
+    results page."""
     _, _, stats = render(path, runs_dir, mix_steps)
     return _summary(stats, path)
+
+
+def summary_arm(path: str | Path) -> tuple[str, str]:
+    """The arm a README's summary shows for every task, fixed before any number is read: the method
+    (``frozen``) with the sweep's first LLM, not the best arm; and a sentence saying so."""
+    spec = load_sweep(path)
+    llms = spec.get("llms") or {}
+    key = next(iter(llms), None)
+    arm = "frozen" if key is None else f"frozen [{key}]"
+    which = "" if key is None else f" with `{llms[key]}`, the sweep's first LLM"
+    versus = "the task's reference arm" if references(spec) else "no block"
+    return arm, (f"One row per task: mean ± std over seeds of the test metric, {versus} vs `{arm}` (the pretrained "
+                 f"LLM block, frozen{which}; the default, not the best arm), Δ paired by seed with its 95% Student-t "
+                 "interval. Every variant (other LLMs, the paper's controls) is in docs/results.md.")
 
 
 def _summary(stats: list[dict[str, Any]], path: str | Path) -> str:
     from . import leaderboard
 
-    return leaderboard.summary_markdown(stats, f"`mmllm sweep {path} --report --summary README.md`")
+    arm, note = summary_arm(path)
+    return leaderboard.summary_markdown(stats, f"`mmllm sweep {path} --report --summary README.md`", arm, note)
 
 
 def update_readme(readme: str | Path, path: str | Path, text: str, kind: str = "results") -> None:
