@@ -40,7 +40,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .errors import ConfigError, MMLLMError
 from .jsonio import read_json, write_json
@@ -358,7 +358,8 @@ def check_llm_sources(runs: list[SweepRun]) -> tuple[dict[str, tuple[str, list[S
         block = OmegaConf.select(load_config(run.config, run.options), "model.llm_block", default=None)
         if not isinstance(block, DictConfig):
             continue
-        options = {k: v for k, v in OmegaConf.to_container(block, resolve=True).items() if k != "visual_dim"}
+        container = cast(dict[str, Any], OmegaConf.to_container(block, resolve=True))  # a DictConfig: a dict
+        options = {k: v for k, v in container.items() if k != "visual_dim"}
         try:
             parsed = parse_block_options(options, 1)  # the kind's own defaults (its source) filled in
         except ConfigError as exc:
@@ -458,7 +459,9 @@ def _train_all(todo: list[SweepRun], spec: dict[str, Any], path: str | Path, job
 
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
-    queue, running, failed = list(todo), [], []
+    queue = list(todo)
+    running: list[tuple[SweepRun, subprocess.Popen, float, dict[str, Any], Any]] = []  # (run, process, start, label, log)
+    failed: list[str] = []
     env = job_environment(jobs)
     bar = tqdm(total=len(todo), desc="sweep", unit="run")  # tqdm's ETA: mean time per finished run × those left
     while queue or running:

@@ -42,6 +42,7 @@ from .tokens import additive_padding_mask, check_tokens, zero_padded
 def architecture_of(source: str | None, llm_config: dict[str, Any] | None) -> PretrainedConfig:
     """The LLM config from a source (only its config is read) or from a mapping with ``model_type``."""
     if llm_config is None:
+        assert source is not None  # check_one_architecture: exactly one of the two
         return read_config(source)
     data = dict(llm_config)
     return text_config(AutoConfig.for_model(data.pop("model_type"), **data))
@@ -113,6 +114,7 @@ class LLMBlockConfig(BlockConfig):
 
     def architecture(self) -> PretrainedConfig:
         """The LLM's config (read from the source; no weights are loaded)."""
+        assert self.source is not None  # _needs_source
         return read_config(self.source)
 
 
@@ -209,7 +211,8 @@ class FrozenLLMBlock(nn.Module):
         if cfg.final_norm == "unit":
             self.final_norm.requires_grad_(False)  # the official code's never-loaded weight stays 1
         for layer in self.layers:
-            layer.self_attn.is_causal = False  # SDPA would otherwise run causal when no mask is given
+            # torch types a submodule as Tensor | Module
+            layer.self_attn.is_causal = False  # type: ignore[union-attr]  # SDPA would otherwise run causal when no mask is given
         self.train(False)
 
     def _build_llm_part(self, cfg: LLMBlockConfig, config: PretrainedConfig) -> tuple[nn.ModuleList, nn.Module]:
@@ -218,19 +221,21 @@ class FrozenLLMBlock(nn.Module):
             layers = [self.spec.build_layer(config, i) for i in self.layer_indices]
             for layer in layers:
                 _init_like_llm(layer, config)
-            norm = self.spec.build_final_norm(config) if norm_wanted else nn.Identity()
+            norm: nn.Module = self.spec.build_final_norm(config) if norm_wanted else nn.Identity()
             return nn.ModuleList(layers), norm
         want_pretrained_norm = cfg.final_norm == "pretrained" and norm_wanted
+        assert cfg.source is not None  # _needs_source: a pretrained block has one
         weights = load_layer_weights(cfg.source, self.layer_indices, want_pretrained_norm, config, self.compute_dtype)
         with torch.device("meta"):
             layers = [self.spec.build_layer(config, i) for i in self.layer_indices]
         for layer, i in zip(layers, self.layer_indices):
             layer.load_state_dict(weights.layers.pop(i), assign=True, strict=True)  # no copy: already cast
         if not norm_wanted:
-            norm: nn.Module = nn.Identity()
+            norm = nn.Identity()
         elif want_pretrained_norm:
             with torch.device("meta"):
                 norm = self.spec.build_final_norm(config)
+            assert weights.final_norm is not None  # asked for with want_pretrained_norm
             norm.load_state_dict(weights.final_norm, assign=True)
         else:
             norm = self.spec.build_final_norm(config)

@@ -89,6 +89,12 @@ def _floats(text: str | None, count: int, default: float, where: str) -> list[fl
     return values
 
 
+def _required_float(text: str | None, where: str) -> float:
+    if text is None:
+        raise DataError(f"{where}: missing")
+    return _floats(text, 1, 0.0, where)[0]
+
+
 def _load_file(path: Path):
     import trimesh
 
@@ -127,13 +133,15 @@ def _load_urdf(path: Path):
         elif shape.tag == "box":
             part = trimesh.creation.box(extents=_floats(shape.get("size"), 3, 1.0, f"{path} <box size>"))
         elif shape.tag == "cylinder":
-            part = trimesh.creation.cylinder(radius=float(shape.get("radius")), height=float(shape.get("length")))
+            part = trimesh.creation.cylinder(radius=_required_float(shape.get("radius"), f"{path} <cylinder radius>"),
+                                             height=_required_float(shape.get("length"), f"{path} <cylinder length>"))
         elif shape.tag == "sphere":
-            part = trimesh.creation.icosphere(subdivisions=3, radius=float(shape.get("radius")))
+            part = trimesh.creation.icosphere(subdivisions=3, radius=_required_float(shape.get("radius"), f"{path} <sphere radius>"))
         else:
             raise DataError(f"URDF {path}: unsupported geometry <{shape.tag}>")
         # URDF rpy: fixed-axis roll (x), pitch (y), yaw (z): R = Rz(yaw) Ry(pitch) Rx(roll)
-        transform = trimesh.transformations.euler_matrix(*rpy, axes="sxyz")
+        roll, pitch, yaw = rpy
+        transform = trimesh.transformations.euler_matrix(roll, pitch, yaw, axes="sxyz")
         transform[:3, 3] = xyz
         part.apply_transform(transform)
         parts.append(part)

@@ -45,7 +45,9 @@ _TAG = re.compile(r"^step(\d+)$")
 def rng_state() -> dict[str, Any]:
     """The RNG states as plain data (ints, tuples, tensors) that a ``weights_only`` load rebuilds: NumPy's
     state tuple holds an ndarray, stored here as an int64 tensor."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = np.random.get_state()
+    assert isinstance(state, tuple)  # legacy=True (the default): the tuple form, not the dict
+    name, keys, pos, has_gauss, gauss = state
     return {"python": random.getstate(), "torch": torch.get_rng_state(),
             "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
@@ -94,7 +96,7 @@ def guard_loads(engine) -> None:
     def load(path: str, map_location=None):
         return load_weights_only(path, map_location=map_location, allow=allow)
 
-    load._mmllm_weights_only = True
+    load._mmllm_weights_only = True  # type: ignore[attr-defined]  # mypy types no attributes set on a function
     checkpoint_engine.load = load
 
 
@@ -206,11 +208,11 @@ class CheckpointStore:
         match = _TAG.match(tag)
         if match is None:
             return
-        self.written.update(t for t in self.tags() if int(_TAG.match(t).group(1)) <= int(match.group(1)))
+        self.written.update(t for t in self.tags() if (m := _TAG.match(t)) and int(m.group(1)) <= int(match.group(1)))
 
     def _prune(self, keep: str) -> None:
         """Drop the oldest of this run's tags (written or adopted) beyond ``keep_last``; never another one."""
-        mine = sorted((int(_TAG.match(t).group(1)), t) for t in self.written if t != keep)
+        mine = sorted((int(m.group(1)), t) for t in self.written if t != keep and (m := _TAG.match(t)))
         for _, tag in mine[: max(0, len(mine) - (self.keep_last - 1))]:
             shutil.rmtree(self.folder / tag, ignore_errors=True)
             self.written.discard(tag)

@@ -4,9 +4,9 @@
 :func:`evaluate_run`: ``mmllm evaluate --run DIR``)."""
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -32,7 +32,7 @@ def shard(dataset: Dataset) -> Dataset:
     if not torch.distributed.is_initialized():
         return dataset
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return Subset(dataset, list(range(rank, len(dataset), world)))
+    return Subset(dataset, list(range(rank, len(cast(Sized, dataset)), world)))  # an evaluation set has a length
 
 
 @torch.no_grad()
@@ -69,7 +69,11 @@ class PredictionSet(Mapping):
     def __init__(self, ids: Iterable[Hashable], pairs: Iterable[tuple[Hashable, Any]], what: str = "predictions"):
         ids = list(ids)
         expected: set[Hashable] = set()
-        listed_twice = [i for i in ids if i in expected or expected.add(i)]
+        listed_twice: list[Hashable] = []
+        for i in ids:
+            if i in expected:
+                listed_twice.append(i)
+            expected.add(i)
         if listed_twice:
             raise DataError(f"{what}: the split lists id(s) {_some(listed_twice)} more than once")
         got: dict[Hashable, Any] = {}
@@ -113,7 +117,8 @@ def predict_split(model: nn.Module, dataset: EvalSplit, collate: Callable, batch
         if "ids" in missing_members(dataset):
             raise ConfigError(f"{desc}: {type(dataset).__name__} has no ids to check the predictions against")
         ids = dataset.ids
-    return PredictionSet(ids, predict(model, dataset, collate, batch_size, step, desc, task=task), desc)
+    # an EvalSplit is a map-style Dataset as well (the protocol names only what the engine checks)
+    return PredictionSet(ids, predict(model, cast(Dataset, dataset), collate, batch_size, step, desc, task=task), desc)
 
 
 def load_trained(checkpoint: str | Path, out_dir: str | Path | None = None, edit: Callable | None = None,
@@ -135,8 +140,10 @@ def load_trained(checkpoint: str | Path, out_dir: str | Path | None = None, edit
 
     blob = read_model_file(checkpoint)
     if tasks is not None:
-        stored = blob.get("config") if isinstance(blob.get("config"), dict) else {}
-        run = stored.get("run") if isinstance(stored.get("run"), dict) else {}
+        stored_entry = blob.get("config")
+        stored = stored_entry if isinstance(stored_entry, dict) else {}
+        run_entry = stored.get("run")
+        run = run_entry if isinstance(run_entry, dict) else {}
         name = run.get("task")
         if name not in tasks:
             what = f"a checkpoint of task {name!r}" if name else "a checkpoint without run.task in its stored config"

@@ -17,8 +17,9 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -258,6 +259,7 @@ class Trainer:
     def _splits(self, key: str, default: list[str]) -> list[str]:
         """``run.<key>`` (LAVIS's train/valid/test_splits) checked against the splits the task built."""
         names = getattr(self.run, key)
+        assert self.datasets is not None  # built before the splits are resolved
         if names is None:
             return [s for s in default if s in self.datasets]
         unknown = [s for s in names if s not in self.datasets]
@@ -267,6 +269,7 @@ class Trainer:
 
     def _resolve_splits(self) -> None:
         run = self.run
+        assert self.datasets is not None  # built before the splits are resolved
         self.train_splits = self._splits("train_splits", ["train"])
         if not self.train_splits and not run.evaluate:
             raise ConfigError(f"the task built no 'train' split (splits: {sorted(self.datasets)}); set run.train_splits")
@@ -276,14 +279,14 @@ class Trainer:
         n = self.eval_cut
         # a split that is not an EvalSplit (ids, head(n), len) cannot be cut, unless it is sized and no longer than n
         uncut = [s for s in self.eval_splits_logged if n is not None and not isinstance(self.datasets[s], EvalSplit)
-                 and ("__len__" in missing_members(self.datasets[s]) or len(self.datasets[s]) > n)]
+                 and ("__len__" in missing_members(self.datasets[s]) or len(cast(Sized, self.datasets[s])) > n)]
         if uncut and self.eval_limit_optional:
             log.warning("task %s cannot evaluate part of split(s) %s (no head(n)): evaluating them in full",
                         self.task.name, uncut)
             self.eval_cut = None
         elif uncut:  # refused before training, not after it
-            lacking = sorted(missing_members(self.datasets[uncut[0]]), key=("head", "ids", "__len__").index)
-            lacking = ", ".join({"head": "head(n)", "__len__": "len()"}.get(m, m) for m in lacking)
+            missing = sorted(missing_members(self.datasets[uncut[0]]), key=("head", "ids", "__len__").index)
+            lacking = ", ".join({"head": "head(n)", "__len__": "len()"}.get(m, m) for m in missing)
             raise ConfigError(f"run.max_eval_samples: the {uncut[0]!r} dataset of task {self.task.name!r} "
                               f"({type(self.datasets[uncut[0]]).__name__}) has no {lacking} to evaluate a part of it "
                               "(an evaluation split has ids, head(n) and len()); unset the key")
@@ -340,11 +343,12 @@ class Trainer:
 
     def _eval_dataset(self, split: str) -> Dataset:
         """The ``split`` dataset, cut to its first ``run.max_eval_samples`` when that is set."""
+        assert self.datasets is not None  # built before any evaluation
         dataset = self.datasets[split]
         n = self.eval_cut
-        if n is None or len(dataset) <= n:
+        if n is None or len(cast(Sized, dataset)) <= n:
             return dataset
-        return dataset.head(n)  # checked by _resolve_splits
+        return cast(Dataset, cast(EvalSplit, dataset).head(n))  # checked by _resolve_splits
 
     def _evaluate(self, split: str, model: nn.Module | None = None) -> dict[str, float]:
         model = self.engine.module if model is None else model

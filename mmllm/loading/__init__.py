@@ -146,9 +146,11 @@ def load_layer_weights(
     digests: dict[tuple[int, str], bytes] = {}
     for group, name, tensor in items:
         if group == "final_norm":
+            assert norm_expected is not None  # readers yield the final norm only when asked for it
             check_shape(tensor, norm_expected[name], name, "final norm", str(path))
             final[name] = cast(tensor, dtype)
         else:
+            assert isinstance(group, int)  # a layer index
             check_shape(tensor, expected[group][name], name, f"layer {group}", str(path))
             pieces[(group, name)] = fingerprint_piece(group, name, tensor)
             digests[(group, name)] = digest_piece(group, name, tensor)

@@ -10,8 +10,9 @@ conversion script does, so both formats give the same tensors.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar, cast
 
 import torch
 from transformers import LlamaConfig, PretrainedConfig
@@ -19,6 +20,8 @@ from transformers import LlamaConfig, PretrainedConfig
 from ..errors import CheckpointError
 from .hf_folder import safe_load_torch
 from .weights import release_file_pages
+
+_Tag = TypeVar("_Tag")
 
 # transformers name -> (Meta name, concat dim across shards; None = replicated)
 _META_NAMES = {
@@ -88,9 +91,9 @@ class _Shards:
 
     def parts(self, meta_key: str) -> list[torch.Tensor] | None:
         parts = [s.get(meta_key) for s in self.tensors]
-        return None if any(p is None for p in parts) else parts
+        return None if any(p is None for p in parts) else cast(list[torch.Tensor], parts)
 
-    def iter_merged(self, wanted: list[tuple[object, str, int | None]]) -> Iterator[tuple[object, torch.Tensor]]:
+    def iter_merged(self, wanted: Sequence[tuple[_Tag, str, int | None]]) -> Iterator[tuple[_Tag, torch.Tensor]]:
         """(tag, tensor) for each (tag, Meta key, concat dim) present; the shards' pages of a tensor
         leave resident memory once the consumer has moved on."""
         for tag, meta_key, dim in wanted:
@@ -112,7 +115,7 @@ def iter_layer_tensors(
     final_norm_names: list[str] | None,
 ) -> Iterator[tuple[int | str, str, torch.Tensor]]:
     """(layer index or "final_norm", name, tensor) in transformers' names and layout."""
-    wanted = [((i, name), f"layers.{i}.{_META_NAMES[name][0]}", _META_NAMES[name][1])
+    wanted: list[tuple[tuple[int | str, str], str, int | None]] = [((i, name), f"layers.{i}.{_META_NAMES[name][0]}", _META_NAMES[name][1])
               for i, names in layer_names.items() for name in names if name in _META_NAMES]
     if final_norm_names is not None:
         wanted.append((("final_norm", "weight"), "norm.weight", None))

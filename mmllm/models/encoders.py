@@ -33,6 +33,7 @@ def text_encoder_path(name_or_path: str) -> Path:
             from ..errors import AssetMissingError
 
             raise AssetMissingError(f"text encoder {name_or_path!r} needs: {pip}")
+        assert spec.submodule_search_locations is not None  # the asset's module is a package
         return Path(list(spec.submodule_search_locations)[0]) / sub
     path = Path(name_or_path).expanduser()
     if not (path / "config.json").is_file():

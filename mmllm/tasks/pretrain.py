@@ -36,6 +36,8 @@ DEFAULTS = Path(__file__).resolve().parents[1] / "lavis" / "defaults"
 class ITMMLMTask(Task):
     ModelOptions = METEROptions
     DataOptions = CaptionDataOptions
+    model_cfg: METEROptions  # parsed by ModelOptions / DataOptions (Task.__init__)
+    data_cfg: CaptionDataOptions
     compute_dtype_inputs = ("images",)
 
     def build_preprocess(self) -> Preprocess:

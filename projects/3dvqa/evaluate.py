@@ -10,7 +10,7 @@ Prints one JSON object (em1, em10, em1_refined, em10_refined, per_type); bad inp
 """
 import sys
 
-from mmllm_3dvqa.eval3d import main
+from mmllm_3dvqa.task import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -52,7 +52,7 @@ def toy_run(tmp_path, capsys):
 # ------------------------------------------------------------------ evaluating another task's checkpoint
 def test_every_evaluator_refuses_a_checkpoint_of_another_task(toy_run, tmp_path, capsys):
     from mmllm.engine.evaluation import load_trained
-    from mmllm_3dvqa.eval3d import main as eval_3dvqa
+    from mmllm_3dvqa.task import main as eval_3dvqa
     from vision.action.evaluate import main as eval_action
     from vision.classification.evaluate import main as eval_cls
 

@@ -34,6 +34,8 @@ import torchvision.transforms.v2.functional as TF
 
 from mmllm.errors import ConfigError
 
+from .folders import ImageFolderSplit
+
 # name -> parameter per severity 1, 2, 3 (fractions of the shorter side where geometric)
 CORRUPTIONS: dict[str, tuple] = {
     "gaussian_noise": (0.1, 0.2, 0.3),  # noise std on [0, 1] pixels
@@ -122,8 +124,6 @@ def corrupt_folder(
     Grey images (equal channels) stay one-channel, so noise stays grey. ``dst`` must not exist
     or be empty: a half-written tree would be evaluated as if whole.
     """
-    from .data import ImageFolderSplit
-
     dst = Path(dst)
     if dst.exists() and any(dst.iterdir()):
         raise ConfigError(f"{dst} is not empty: choose a new folder for the corrupted set")

@@ -11,19 +11,18 @@ k+1.., ``norm`` and ``forward_head``.
 from __future__ import annotations
 
 import pickle
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import timm
 import torch
+from pydantic import Field, PositiveInt
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mmllm import build_visual_llm_layer
+from mmllm.engine.task import ModelSection
 from mmllm.errors import CheckpointError, ConfigError
-
-if TYPE_CHECKING:
-    from .task import ClsModelOptions
 
 
 def resolve_insert_after(insert_after: int | None, depth: int) -> int:
@@ -163,8 +162,30 @@ def create_vit(
     return vit
 
 
+class ClsModelOptions(ModelSection):
+    """``model`` section: the timm ViT, where the block sits, the block itself, the loss."""
+
+    vit: str = Field(
+        "vit_tiny_patch16_224", description="timm VisionTransformer name (vit_*, deit_*); pretrained=False"
+    )
+    vit_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="timm.create_model keywords: img_size, patch_size, depth, drop_path_rate"
+    )
+    checkpoint: str | None = Field(
+        None, description="local ViT/DeiT weights (tensors only); a head of another size is re-initialised"
+    )
+    num_classes: PositiveInt | None = Field(None, description="default: the number of class folders of the train split")
+    insert_after: int | None = Field(
+        None,
+        description="ViT block k after which the block sits; default the last "
+        "(official placement); negative counts from the end",
+    )
+    llm_block: dict[str, Any] | None = Field(None, description="block options (mmllm.blocks); None = no block")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing (DeiT: 0.1)")
+
+
 def create_vit_cls_model(options: ClsModelOptions, num_classes: int) -> ViTLLMClassifier:
-    """The classifier from the task's ``model`` section (a :class:`~.task.ClsModelOptions`)."""
+    """The classifier from the task's ``model`` section (a :class:`ClsModelOptions`)."""
     vit = create_vit(options.vit, num_classes, options.vit_kwargs, options.checkpoint)
     block = build_visual_llm_layer(options.llm_block, vit.embed_dim)
     return ViTLLMClassifier(vit, block, options.insert_after)

@@ -20,37 +20,15 @@ from mmllm.engine import distributed
 from mmllm.engine.evaluation import predict_split
 from mmllm.engine.preprocess import Preprocess
 from mmllm.engine.registry import InsertionDepths, registered_task
-from mmllm.engine.task import DataSection, ModelSection, Task
+from mmllm.engine.task import DataSection, Task
 from mmllm.errors import ConfigError, DataError
 from mmllm.jsonio import write_json
 
 from .data import ClassificationSplit, ImageFolderSplit, collate, load_corrupted
 from .evaluate import corruption_summary, topk_accuracy
-from .model import create_vit_cls_model
+from .model import ClsModelOptions, create_vit_cls_model
 
 RANDAUGMENT = re.compile(r"rand(-(m|n|mstd|mmax|inc|p)\d+(\.\d+)?|-t\w+)*")
-
-
-class ClsModelOptions(ModelSection):
-    """``model`` section: the timm ViT, where the block sits, the block itself, the loss."""
-
-    vit: str = Field(
-        "vit_tiny_patch16_224", description="timm VisionTransformer name (vit_*, deit_*); pretrained=False"
-    )
-    vit_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="timm.create_model keywords: img_size, patch_size, depth, drop_path_rate"
-    )
-    checkpoint: str | None = Field(
-        None, description="local ViT/DeiT weights (tensors only); a head of another size is re-initialised"
-    )
-    num_classes: PositiveInt | None = Field(None, description="default: the number of class folders of the train split")
-    insert_after: int | None = Field(
-        None,
-        description="ViT block k after which the block sits; default the last "
-        "(official placement); negative counts from the end",
-    )
-    llm_block: dict[str, Any] | None = Field(None, description="block options (mmllm.blocks); None = no block")
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing (DeiT: 0.1)")
 
 
 class ClsDataOptions(DataSection):

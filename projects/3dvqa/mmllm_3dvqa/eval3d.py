@@ -200,26 +200,3 @@ def load_predictions(results: str | Path) -> dict[str, list[str]]:
 def evaluate_files(annotations: str | Path, results: str | Path, questions: str | Path | None = None) -> dict[str, Any]:
     """The report of ``evaluate.py``: one result file scored against ScanQA or SQA3D annotations."""
     return score(load_references(annotations, questions), load_predictions(results), source=str(annotations))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python projects/3dvqa/evaluate.py --annotations A.json [--questions Q.json] --results R.json``."""
-    import argparse
-
-    from mmllm.console import print_report
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--annotations", help="ScanQA list, or SQA3D annotations (with --questions)")
-    parser.add_argument("--questions", help="SQA3D questions file (v1_balanced_questions_<split>_scannetv2.json)")
-    parser.add_argument("--results", help="[{question_id, answer_top10: [...]}] (ScanQA submission layout)")
-    parser.add_argument("--checkpoint", help="score a trained run instead: its model_final.pt")
-    parser.add_argument("--split", default="test", help="with --checkpoint: the split of the run's config")
-    parser.add_argument("--out-dir", help="with --checkpoint: where results_<split>.json goes (default: the run)")
-    args = parser.parse_args(argv)
-    if args.checkpoint:
-        from .task import evaluate_checkpoint
-
-        return print_report(lambda: evaluate_checkpoint(args.checkpoint, args.split, args.out_dir))
-    if not (args.annotations and args.results):
-        parser.error("give --annotations and --results (and --questions for SQA3D files), or --checkpoint")
-    return print_report(lambda: evaluate_files(args.annotations, args.results, args.questions))

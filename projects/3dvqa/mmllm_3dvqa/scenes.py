@@ -46,6 +46,8 @@ import numpy as np
 from mmllm.errors import DataError
 from mmllm.jsonio import read_json, write_json
 
+from .eval3d import exact_match
+
 GENERATOR_VERSION = 2
 SPLITS = ("train", "val", "test")
 QUESTIONS_FILE = "sqa_task/balanced/v1_balanced_questions_{split}_scannetv2.json"
@@ -372,8 +374,6 @@ def situated_breakdown(references: dict[str, dict[str, Any]], predictions: dict[
     """EM@1 on the questions whose answer depends on the agent's pose vs on the others (percent).
 
     None unless every question comes from the generator's templates (real SQA3D/ScanQA files)."""
-    from .eval3d import exact_match
-
     families = {qid: question_family(ref.get("question", "")) for qid, ref in references.items()}
     if not families or any(f is None for f in families.values()):
         return None

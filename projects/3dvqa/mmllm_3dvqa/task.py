@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -198,3 +199,25 @@ def evaluate_checkpoint(checkpoint: str, split: str = "test", out_dir: str | Non
         return {"results": str(out / f"results_{split}.json"), **report}
 
     return evaluate_run(checkpoint, split, out_dir, tasks=("mmllm_3dvqa",), edit=use_run_vocab, score=em_report)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python projects/3dvqa/evaluate.py --annotations A.json [--questions Q.json] --results R.json``
+    (the metrics: :mod:`.eval3d`), or ``--checkpoint``: a trained run (:func:`evaluate_checkpoint`)."""
+    import argparse
+
+    from mmllm.console import print_report
+
+    parser = argparse.ArgumentParser(description=eval3d.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--annotations", help="ScanQA list, or SQA3D annotations (with --questions)")
+    parser.add_argument("--questions", help="SQA3D questions file (v1_balanced_questions_<split>_scannetv2.json)")
+    parser.add_argument("--results", help="[{question_id, answer_top10: [...]}] (ScanQA submission layout)")
+    parser.add_argument("--checkpoint", help="score a trained run instead: its model_final.pt")
+    parser.add_argument("--split", default="test", help="with --checkpoint: the split of the run's config")
+    parser.add_argument("--out-dir", help="with --checkpoint: where results_<split>.json goes (default: the run)")
+    args = parser.parse_args(argv)
+    if args.checkpoint:
+        return print_report(lambda: evaluate_checkpoint(args.checkpoint, args.split, args.out_dir))
+    if not (args.annotations and args.results):
+        parser.error("give --annotations and --results (and --questions for SQA3D files), or --checkpoint")
+    return print_report(lambda: eval3d.evaluate_files(args.annotations, args.results, args.questions))

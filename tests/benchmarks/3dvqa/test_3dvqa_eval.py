@@ -7,7 +7,7 @@ import pytest
 from conftest import ROOT
 
 from mmllm.errors import DataError
-from mmllm_3dvqa import eval3d
+from mmllm_3dvqa import eval3d, task
 
 EVALUATE = str(ROOT / "projects/3dvqa/evaluate.py")
 
@@ -87,7 +87,7 @@ class Result:
 def run(capsys):
     """The evaluation command in this process (importing mmllm takes seconds per subprocess)."""
     def call(*args):
-        code = eval3d.main(list(args))
+        code = task.main(list(args))
         out = capsys.readouterr()
         return Result(code, out.out, out.err)
     return call
