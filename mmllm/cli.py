@@ -117,12 +117,17 @@ def run_variants(entry: TaskEntry, args: argparse.Namespace) -> None:
     config = args.config or entry.default_config
     if config is None:
         raise ConfigError(f"task {entry.name!r} registers no default config: pass --config")
-    unknown = sorted(set(args.only or ()) - set(entry.variants))
-    if unknown:
-        raise ConfigError(f"--only {unknown}: task {entry.name!r} has variants {sorted(entry.variants)}")
-    for name, extra in entry.variants.items():
-        if args.only and name not in args.only:
-            continue
+    from .config import load_config
+    from .engine.variants import task_variants
+
+    # the task's own variants by default; --only may also name the standard ones (mmllm.engine.variants)
+    wanted = {name: None for name in (args.only or entry.variants)}
+    variants, skipped = task_variants(entry, load_config(config, args.options), wanted)
+    if skipped:
+        why = "; ".join(f"{k} ({reason})" for k, reason in skipped.items())
+        raise ConfigError(f"--only: task {entry.name!r} cannot run {why}; it has variants {sorted(entry.variants)} "
+                          "and the standard ones of mmllm.engine.variants")
+    for name, extra in variants.items():
         log.info("=== %s: %s", entry.name, name)
         level = ["--log-level", args.log_level] if getattr(args, "log_level", None) else []
         cmd = [sys.executable, "-m", "mmllm.cli", *level, "train", "--config", str(config), "--options",
@@ -135,16 +140,27 @@ def run_variants(entry: TaskEntry, args: argparse.Namespace) -> None:
 
 
 def _tasks(_: argparse.Namespace) -> int:
-    from .engine.registry import all_tasks, broken_entry_points
+    """Benchmarks, the models registered on each, and the pair (``run.task``) each model runs as."""
+    from .engine.registry import all_benchmarks, all_tasks, broken_entry_points
 
+    benchmarks = all_benchmarks()
+    by_benchmark: dict[str, list] = {}
     for entry in all_tasks().values():
-        direction = "higher" if entry.higher_is_better else "lower"
-        print(f"{entry.name:22s} metric {entry.metric} ({direction} is better)  datasets.{entry.dataset}  "
-              f"LAVIS arch {entry.model_arch}")
-        if entry.description:
-            print(f"{'':22s} {entry.description}")
-        if entry.default_config:
-            print(f"{'':22s} config: {entry.default_config}; variants: {', '.join(entry.variants)}")
+        by_benchmark.setdefault(entry.benchmark_name, []).append(entry)
+    for bench, pairs in sorted(by_benchmark.items()):
+        first = pairs[0]
+        direction = "higher" if first.higher_is_better else "lower"
+        declared = benchmarks.get(bench)
+        print(f"benchmark {bench}: metric {first.metric} ({direction} is better), data section datasets.{first.dataset}"
+              + ("" if declared else " (a task registered whole: one model)"))
+        if declared is not None and declared.description:
+            print(f"  {declared.description}")
+        for entry in pairs:
+            print(f"  model {entry.model_name:14s} run.task {entry.name:22s} LAVIS arch {entry.model_arch}")
+            if entry.description:
+                print(f"  {'':20s}{entry.description}")
+            if entry.default_config:
+                print(f"  {'':20s}config: {entry.default_config}; variants: {', '.join(entry.variants)}")
     for name, why in broken_entry_points().items():
         print(f"{name:22s} BROKEN: {why}", file=sys.stderr)
     return 0
@@ -252,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--import", dest="imports", nargs="*", default=[], help="modules that register extra tasks")
     evaluate.set_defaults(func=_evaluate)
 
-    sub.add_parser("tasks", help="list the registered tasks").set_defaults(func=_tasks)
+    sub.add_parser("tasks", help="list the registered benchmarks, their models and the pairs (run.task) they form").set_defaults(func=_tasks)
 
     config = sub.add_parser("config", help="validate a task config; --show prints it with every default")
     config.add_argument("--show", dest="config", required=True, metavar="CONFIG")

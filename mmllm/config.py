@@ -17,11 +17,12 @@ task config (its ``model``/``datasets``/``run`` sections, like mmengine's ``_bas
 ``datasets.<name>`` a benchmark's data keys (``prepare``, ``root``, ``splits``, ...), inside ``model``
 a model's keys. A base file may have bases of its own (at any depth, relative to itself).
 
-Why this one mechanism: the same benchmark data sit under *different* dataset keys (easy-VQA under
-``datasets.mmllm_vqa``, ``mmllm_vqa_generative`` and ``mmllm_vqa_vlap``, each with keys of its own), so
-a whole-file include (mmengine's top-level ``_base_``, Hydra's defaults list with its fixed package
-paths) would still copy the section; an include at the mapping where the data go places one file
-anywhere, and at the top level it is exactly mmengine's ``_base_``. ``_base_`` (underscored) cannot
+Why this one mechanism: a benchmark's data section (``datasets.mmllm_vqa``, read by every VQA model) carries
+each model's own answer-side keys on top (METER's vocabulary size, the generative path's answer length), and
+the same data feed other benchmarks (easy-VQA's captions for ITM+MLM pretraining), so a whole-file include
+(mmengine's top-level ``_base_``, Hydra's defaults list with its fixed package paths) would still copy the
+section; an include at the mapping where the data go places one file anywhere, and at the top level it is
+exactly mmengine's ``_base_``. ``_base_`` (underscored) cannot
 collide with an option name. Interpolations (``${...}``) are resolved after composing, against the
 composed config, as in a single file.
 

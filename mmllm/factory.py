@@ -135,10 +135,10 @@ def resolve_config(name_or_config: str | os.PathLike | Mapping[str, Any], option
 
 def create_task(name_or_config: str | os.PathLike | Mapping[str, Any], options: Sequence[str] = (), **overrides: Any):
     """The registered :class:`~mmllm.engine.task.Task` for a name/config, with its preprocessing built."""
-    from .engine.registry import get_task
+    from .engine.registry import build_task
 
     cfg = resolve_config(name_or_config, options, **overrides)
-    task = get_task(cfg.run.get("task")).build(cfg)
+    task = build_task(cfg)
     task.build_preprocess()
     return task
 

@@ -17,7 +17,7 @@ Sweep file::
     variants: [none, frozen, random_trained, mlp, layer_middle, depth_head]   # names from the standard set
     # or a mapping: name -> overrides (null = the standard set's), e.g. {none: null, lr2: [run.init_lr=2e-4]}
 
-Variant names (:data:`STANDARD_VARIANTS`): the paper's controls (``none``, ``frozen``, ``finetuned``,
+Variant names (:mod:`mmllm.engine.variants`, the one place variants are defined): the paper's controls (``none``, ``frozen``, ``finetuned``,
 ``random_trained``, ``random_frozen``, ``mlp``), the LLM layer (``layer_last``, ``layer_middle``,
 ``layer_first``, ``layer_last_two``; the paper's Fig. 2), the insertion depth in the host encoder
 (``depth_head``, ``depth_middle``, ``depth_tail``; its Table D, from the task's registry entry
@@ -42,27 +42,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from .engine.variants import DEPTHS, NO_BLOCK, STANDARD_VARIANTS, task_variants
 from .errors import ConfigError, MMLLMError
 from .jsonio import read_json, write_json
 
+__all__ = ["STANDARD_VARIANTS", "add_parser", "expand", "report", "run_state"]
+
 KEYS = {"name", "runs_dir", "report_dir", "seeds", "options", "tasks", "llms", "variants", "description"}
 TASK_KEYS = {"task", "config", "options", "variants", "reference"}  # one item of tasks
-NO_BLOCK = "model.llm_block.kind=none"
-_BLOCK = "model.llm_block.kind=llm_block"
-# name -> config overrides; every key here is sweepable on any task whose config has a `model.llm_block`
-STANDARD_VARIANTS: dict[str, tuple[str, ...]] = {
-    "none": (NO_BLOCK,),                                          # the baseline every row is paired with
-    "frozen": (_BLOCK,),                                          # the method: pretrained, frozen
-    "finetuned": ("model.llm_block.kind=llm_block_finetuned",),   # pretrained, trained end to end
-    "random_trained": ("model.llm_block.kind=random_trained",),   # the paper's random-init control (App. B.2)
-    "random_frozen": ("model.llm_block.kind=random_frozen",),
-    "mlp": ("model.llm_block.kind=mlp",),                         # GELU + LayerNorm between the adapters (§5.1)
-    "layer_last": (_BLOCK, "model.llm_block.layers=last"),        # which LLM layer (the paper's Fig. 2)
-    "layer_middle": (_BLOCK, "model.llm_block.layers=middle"),
-    "layer_first": (_BLOCK, "model.llm_block.layers=first"),
-    "layer_last_two": (_BLOCK, "model.llm_block.layers=[-2,-1]"),
-}
-DEPTHS = ("head", "middle", "tail")  # depth_<name>: where in the host encoder (the paper's Table D)
 STATES = ("todo", "resume", "done", "broken", "different")  # broken: a summary.json that is no result (re-run)
 
 
@@ -180,40 +167,6 @@ def _llms(spec: dict[str, Any]) -> dict[str, str]:
     return names
 
 
-def _task_variants(entry, base_cfg, names: dict[str, list[str] | None]) -> tuple[dict[str, tuple[str, ...]], dict]:
-    """(variant -> overrides this task can run, variant -> why it cannot) for one task."""
-    from omegaconf import OmegaConf
-
-    has_block = OmegaConf.select(base_cfg, "model.llm_block", default=None) is not None
-    depths: dict[str, tuple[str, ...]] = {}
-    depth_problem = f"task {entry.name} declares no insertion depths (TaskEntry.insertion_depths)"
-    if entry.insertion_depths is not None:
-        try:
-            depths = {f"depth_{k}": (_BLOCK, *v) for k, v in entry.insertion_depths.overrides(base_cfg).items()}
-        except ConfigError as exc:
-            depth_problem = str(exc)
-    ok: dict[str, tuple[str, ...]] = {}
-    skipped: dict[str, str] = {}
-    for name, own in names.items():
-        if own is not None:
-            ok[name] = tuple(own)
-        elif name in entry.variants:
-            ok[name] = tuple(entry.variants[name])
-        elif name in STANDARD_VARIANTS or name in {f"depth_{d}" for d in DEPTHS}:
-            if not has_block:
-                skipped[name] = f"task {entry.name}'s config has no model.llm_block"
-            elif name in STANDARD_VARIANTS:
-                ok[name] = STANDARD_VARIANTS[name]
-            elif name in depths:
-                ok[name] = depths[name]
-            else:
-                skipped[name] = (f"{entry.name} has no {name} ({', '.join(sorted(depths))} only)" if depths
-                                 else depth_problem)
-        else:
-            skipped[name] = "unknown"
-    return ok, skipped
-
-
 def expand(spec: dict[str, Any], runs_dir: str | Path | None = None,
            notes: list[str] | None = None) -> list[SweepRun]:
     """Every run of the sweep, in order task → seed → variant → LLM (so an interrupted sweep has whole seeds).
@@ -251,7 +204,7 @@ def expand(spec: dict[str, Any], runs_dir: str | Path | None = None,
             if stray:
                 raise ConfigError(f"tasks[{entry.name}].variants: {stray} are not among the sweep's variants {list(names)}")
             chosen = {v: names[v] for v in wanted}
-        variants, skipped = _task_variants(entry, base_cfg, chosen)
+        variants, skipped = task_variants(entry, base_cfg, chosen)
         if chosen is not names and skipped:
             raise ConfigError(f"tasks[{entry.name}].variants: {entry.name} cannot run "
                               + "; ".join(f"{k} ({why})" for k, why in skipped.items()))

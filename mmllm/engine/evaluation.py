@@ -135,7 +135,7 @@ def load_trained(checkpoint: str | Path, out_dir: str | Path | None = None, edit
     from omegaconf import OmegaConf
 
     from ..checkpointing import load_model_file, read_model_file
-    from .registry import get_task
+    from .registry import build_task
     from .trainer import compute_precision
 
     blob = read_model_file(checkpoint)
@@ -154,7 +154,7 @@ def load_trained(checkpoint: str | Path, out_dir: str | Path | None = None, edit
     cfg.run.resume = "auto"
     if edit is not None:
         edit(cfg)
-    task = get_task(cfg.run.get("task")).build(cfg)
+    task = build_task(cfg)
     task.build_preprocess()
     model = task.build_model()
     load_model_file(model, checkpoint)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig
 
 from ..errors import ConfigError
-from .registry import get_task, preparer
+from .registry import build_task, preparer
 
 if TYPE_CHECKING:
     from .task import Task
@@ -32,9 +32,9 @@ def prepare_embedded_data(cfg: DictConfig) -> None:
 
 
 def task_for(cfg: DictConfig) -> Task:
-    """The registered task a config names in ``run.task``, built (its sections validated)."""
-    run = cfg.get("run") or {}
-    return get_task(run.get("task")).build(cfg)
+    """The registered task a config runs (``run.task``'s benchmark × ``model.arch``), built (its sections
+    validated): :func:`mmllm.engine.registry.build_task`."""
+    return build_task(cfg)
 
 
 def import_modules(names: Sequence[str]) -> None:

@@ -7,8 +7,11 @@ and the leaderboard all read these entries; none of them lists tasks by name.
 
 A task registers on its class, ``@registered_task(name=..., metric=..., default_config=...)``
 (stackable: one entry per decorator), or with ``register_task(TaskEntry(...))`` from any code.
+Benchmarks and models apart (:mod:`mmllm.engine.benchmark`): ``@registered_benchmark(name, metric=...)``
+on a Benchmark class, ``@registered_model(name, task=...)`` on each model of it; every model gives one
+pair, a :class:`TaskEntry` with the benchmark's data section, metric and preparers.
 The built-in task packages are found by scanning, as ``mmllm/blocks/`` is: the first time the
-registry is asked, the task modules (``task.py`` and ``*_task.py``) of ``mmllm.tasks``, of each
+registry is asked, the modules ``benchmark.py``, ``task.py`` and ``*_task.py`` of each
 ``vision.<task>`` package and of each ``mmllm_<name>`` project package are imported; nothing is
 listed in the packaging. Third-party packages may also advertise a function returning a list of
 entries through the ``mmllm.tasks`` entry-point group. Modules and entry points are loaded one by
@@ -36,7 +39,6 @@ if TYPE_CHECKING:
     from .task import Task
 
 ENTRY_POINT_GROUP = "mmllm.tasks"
-CORE_TASK_PACKAGE = "mmllm.tasks"  # every module of it is a task module
 CLASS_ENTRIES = "task_entries"  # a registered class's own entries (Task.task_entries), never inherited
 
 
@@ -102,6 +104,18 @@ class TaskEntry:
     description: str = ""
     analysis: str | None = None  # "module:function" giving `mmllm analyze` inputs and foreground masks
     insertion_depths: InsertionDepths | None = None  # `mmllm sweep`'s depth_head/middle/tail variants
+    benchmark: str | None = None  # the benchmark this pair runs (registered_model); None: the task is its own
+    model: str | None = None  # the model's registered name within its benchmark (registered_model)
+    dataset_aliases: tuple[str, ...] = ()  # older names of `datasets.<dataset>`, read when it is absent
+
+    @property
+    def benchmark_name(self) -> str:
+        """The benchmark of this pair (a task registered whole is a benchmark with one model)."""
+        return self.benchmark or self.dataset
+
+    @property
+    def model_name(self) -> str:
+        return self.model or self.model_arch
 
     def task_class(self) -> type[Task]:
         return resolve_target(self.task)
@@ -150,6 +164,78 @@ def registered_task(name: str, **options: Any) -> Callable[[type], type]:
     return decorate
 
 
+@dataclass(frozen=True)
+class BenchmarkEntry:
+    """A benchmark (:class:`mmllm.engine.benchmark.Benchmark`): its data section, metric and preparers,
+    said once for every model of it (each model's pair copies them into its :class:`TaskEntry`)."""
+
+    name: str  # `datasets.<name>` section, LAVIS task and dataset-builder name
+    benchmark: type  # the Benchmark class
+    metric: str
+    higher_is_better: bool = True
+    preparers: Mapping[str, str | Callable] = field(default_factory=dict)
+    dataset_aliases: tuple[str, ...] = ()  # older `datasets.<key>` names of the same section
+    description: str = ""
+
+
+_BENCHMARKS: dict[str, BenchmarkEntry] = {}
+
+
+def registered_benchmark(name: str, *, metric: str, **options: Any) -> Callable[[type], type]:
+    """Class decorator registering a :class:`~mmllm.engine.benchmark.Benchmark` as ``name`` (its data
+    section is ``datasets.<name>``); ``options`` are :class:`BenchmarkEntry`'s other fields."""
+    known = [f.name for f in fields(BenchmarkEntry) if f.name not in ("name", "benchmark", "metric")]
+    for key in options:
+        if key not in known:
+            raise ConfigError(f"registered_benchmark({name!r}): no option {key!r}{suggest(key, known)}; options: {known}")
+
+    def decorate(cls: type) -> type:
+        entry = BenchmarkEntry(name=name, benchmark=cls, metric=metric, **options)
+        old = _BENCHMARKS.get(name)
+        same = old is not None and (old.benchmark.__module__, old.benchmark.__qualname__) == (cls.__module__,
+                                                                                              cls.__qualname__)
+        if old is not None and not same:  # (the same class imported anew, e.g. a module reloaded, replaces it)
+            raise ConfigError(f"benchmark {name!r} is registered twice ({old.benchmark} and {cls})")
+        _BENCHMARKS[name] = entry
+        setattr(cls, "benchmark_entry", entry)  # the class's own (Benchmark.benchmark_entry)
+        return cls
+
+    return decorate
+
+
+def registered_model(name: str, *, task: str | None = None, **options: Any) -> Callable[[type], type]:
+    """Class decorator registering a :class:`~mmllm.engine.benchmark.BenchmarkModel` as model ``name`` of
+    its class's ``benchmark``: the pair is the task ``task`` (default ``<benchmark>_<name>``) with the
+    benchmark's data section, metric and preparers. ``options``: :class:`TaskEntry`'s other fields
+    (``model_arch``, the LAVIS arch, defaults to ``mmllm_<name>``)."""
+    fixed = ("name", "task", "dataset", "metric", "higher_is_better", "preparers", "benchmark", "model",
+             "dataset_aliases")
+    known = [f.name for f in fields(TaskEntry) if f.name not in fixed]
+    for key in options:
+        if key not in known:
+            raise ConfigError(f"registered_model({name!r}): no option {key!r}{suggest(key, known)}; options: {known}")
+
+    def decorate(cls: type) -> type:
+        bench = getattr(cls, "benchmark", None)
+        entry = getattr(bench, "__dict__", {}).get("benchmark_entry")
+        if entry is None:
+            raise ConfigError(f"registered_model({name!r}): {cls.__name__}.benchmark must be a Benchmark class "
+                              "registered with @registered_benchmark")
+        register_task(TaskEntry(
+            name=task or f"{entry.name}_{name}", task=cls, dataset=entry.name, metric=entry.metric,
+            higher_is_better=entry.higher_is_better, preparers=entry.preparers, benchmark=entry.name, model=name,
+            dataset_aliases=entry.dataset_aliases, **{"model_arch": f"mmllm_{name}", **options}))
+        return cls
+
+    return decorate
+
+
+def all_benchmarks() -> dict[str, BenchmarkEntry]:
+    """Every registered benchmark by name (task packages scanned on first call)."""
+    _load_entry_points()
+    return dict(sorted(_BENCHMARKS.items()))
+
+
 def _forget_on_class(entry: TaskEntry) -> None:
     if isinstance(entry.task, type) and entry in entry.task.__dict__.get(CLASS_ENTRIES, ()):
         setattr(entry.task, CLASS_ENTRIES, tuple(e for e in entry.task.__dict__[CLASS_ENTRIES] if e is not entry))
@@ -165,16 +251,16 @@ def check_dataset_sections(cfg: DictConfig, own: str) -> None:
     """Sections of other registered tasks may sit beside a task's own ``datasets.<own>`` (one file for
     several stages); any other section is a misspelling."""
     datasets = cfg.get("datasets") or {}
-    known = {e.dataset for e in all_tasks().values()} | {own}
+    known = {key for e in all_tasks().values() for key in (e.dataset, *e.dataset_aliases)} | {own}
     stray = [k for k in datasets if k not in known]
     if stray:
         raise ConfigError(f"datasets.{stray[0]}: no registered task reads this section{suggest(stray[0], sorted(known))}")
 
 
 def task_packages() -> list[str]:
-    """The built-in task packages: ``mmllm.tasks``, every ``vision.<task>`` package and every top-level
+    """The built-in task packages: every ``vision.<task>`` package and every top-level
     ``mmllm_<name>`` package (installed, or in the source tree's ``projects/<name>/``)."""
-    packages = [CORE_TASK_PACKAGE]
+    packages: list[str] = []
     vision = importlib.util.find_spec("vision")
     if vision is not None and vision.submodule_search_locations:
         packages += [f"vision.{m.name}" for m in pkgutil.iter_modules(vision.submodule_search_locations)
@@ -185,14 +271,13 @@ def task_packages() -> list[str]:
 
 
 def task_modules(package: str) -> list[str]:
-    """A task package's task modules: ``task`` and ``*_task`` (every module of ``mmllm.tasks``)."""
+    """A task package's task modules: ``benchmark``, ``task`` and ``*_task``."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(f"task package {package!r} is not importable (a new top-level package is "
                           "importable once the project is installed: pip install -e .)")
     names = [m.name for m in pkgutil.iter_modules(spec.submodule_search_locations) if not m.name.startswith("_")]
-    if package != CORE_TASK_PACKAGE:
-        names = [n for n in names if n == "task" or n.endswith("_task")]
+    names = [n for n in names if n in ("benchmark", "task") or n.endswith("_task")]
     return [f"{package}.{n}" for n in sorted(names)]
 
 
@@ -251,6 +336,35 @@ def get_task(name: str | None) -> TaskEntry:
             f"registered: {sorted(tasks)}{broken}"
         )
     return tasks[name]
+
+
+def pair_for(entry: TaskEntry, arch: str | None) -> TaskEntry:
+    """The pair that runs ``model.arch`` on ``entry``'s benchmark: ``run.task`` names the benchmark (through
+    any pair of it) and ``model.arch`` the model, by its registered name (``llava_vqa``) or its LAVIS arch
+    (``mmllm_llava_vqa``), as in LAVIS. No arch: ``entry`` itself. An arch of no model of the benchmark is refused."""
+    if arch is None or arch in (entry.model_arch, entry.model_name):
+        return entry
+    pairs: dict[str, TaskEntry] = {}
+    for other in all_tasks().values():
+        if other.benchmark_name == entry.benchmark_name:
+            pairs.setdefault(other.model_arch, other)
+            pairs.setdefault(other.model_name, other)
+    if arch not in pairs:
+        raise ConfigError(f"model.arch {arch!r} is not a model of benchmark {entry.benchmark_name!r} (run.task "
+                          f"{entry.name!r}){suggest(arch, list(pairs))}; its models: {sorted(pairs)}")
+    return pairs[arch]
+
+
+def build_task(cfg: DictConfig) -> Task:
+    """The task a config runs, built (its sections validated): the pair of ``run.task``'s benchmark and
+    ``model.arch`` (:func:`pair_for`). ``run.task`` is set to the pair's name, so the stored config,
+    ``summary.json`` and ``mmllm evaluate --run`` name the pair that ran."""
+    run = cfg.get("run") or {}
+    model = cfg.get("model") or {}
+    entry = pair_for(get_task(run.get("task")), model.get("arch") if hasattr(model, "get") else None)
+    if entry.name != run.get("task"):
+        cfg.run.task = entry.name
+    return entry.build(cfg)
 
 
 def preparer(name: str) -> Callable[[str], Any]:

@@ -99,9 +99,17 @@ class Task(ABC):
         against the registry)."""
         datasets = cfg.get("datasets") or {}
         key = self.dataset_key
-        if key not in datasets:
-            raise ConfigError(f"config key 'datasets.{key}' is required by task {self.name!r}")
-        return datasets[key]
+        older = [k for k in getattr(self.entry, "dataset_aliases", ()) if k in datasets]
+        if key in datasets and older:  # an override under the old name would silently go nowhere
+            raise ConfigError(f"datasets.{older[0]} is the older name of datasets.{key} (task {self.name!r}): "
+                              f"give the keys under datasets.{key} only")
+        if key in datasets:
+            return datasets[key]
+        if len(older) > 1:
+            raise ConfigError(f"datasets.{older[0]} and datasets.{older[1]} are both older names of datasets.{key}")
+        if older:  # a run stored under the section's older name reads as it did
+            return datasets[older[0]]
+        raise ConfigError(f"config key 'datasets.{key}' is required by task {self.name!r}")
 
     @property
     def main_metric(self) -> str:

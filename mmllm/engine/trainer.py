@@ -241,12 +241,25 @@ class Trainer:
             except (OSError, ValueError):
                 summary = None  # unreadable: not trusted as the record of a finished run
             if (isinstance(summary, dict) and (self.out_dir / FINAL_MODEL).is_file()
-                    and summary.get("config_sha256") == config_hash(self.task)):
+                    and (summary.get("config_sha256") == config_hash(self.task) or self._stored_config_is_this_run())):
                 splits = self.run.test_splits if self.run.test_splits is not None else ["test"]
                 results = {k: v for k, v in summary.items() if any(k.startswith(f"{split}_") for split in splits)}
                 log.info("%s already finished (%s steps): %s kept as it is; pass --overwrite to train it anew",
                          self.out_dir, summary.get("steps"), summary_path)
         return distributed.all_gather_objects(results)[0]
+
+    def _stored_config_is_this_run(self) -> bool:
+        """The folder's ``config.json``, resolved by this code, is this run's resolved config key for key (the
+        summary's hash differs only because a default was added since, a data key say): its record stands."""
+        try:
+            stored = json.loads((self.out_dir / CONFIG_FILE).read_text())
+            same = self._resolve_stored(stored) == self.task.resolved_config()
+        except (OSError, ValueError, MMLLMError):
+            return False
+        if same:
+            log.info("%s: summary.json was hashed under an earlier version's defaults; its config.json resolves to "
+                     "this run's exactly", self.out_dir)
+        return same
 
     def _resolve_stored(self, raw: dict[str, Any]) -> dict[str, Any]:
         from omegaconf import OmegaConf

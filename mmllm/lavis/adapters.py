@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from ..config import load_yaml
-from ..engine.registry import TaskEntry, all_tasks
+from ..engine.registry import TaskEntry, all_tasks, build_task
 from ..errors import ConfigError
 from .compat import import_lavis
 
@@ -284,7 +284,7 @@ def register(entry: TaskEntry) -> None:
     class Task(BaseTask):
         def __init__(self, cfg):
             super().__init__()
-            self.ours = entry.build(native_config(cfg))
+            self.ours = build_task(native_config(cfg))  # run.task's benchmark x model.arch (LAVIS's axes)
             self.model = None
             self.splits: dict[str, Any] = {}
             self._eval_split = None
@@ -336,8 +336,10 @@ def register(entry: TaskEntry) -> None:
 
     registry.register_model(entry.model_arch)(Model)
     registry.register_task(entry.name)(Task)
-    registry.register_builder(entry.dataset)(Builder)
+    if entry.dataset not in registry.mapping["builder_name_mapping"]:  # one builder per benchmark, for all its models
+        registry.register_builder(entry.dataset)(Builder)
     _REGISTERED.add(entry.name)
+
 
 
 def register_all() -> list[TaskEntry]:

@@ -77,9 +77,9 @@ def _main(argv=None):
     patch_runner_for_cpu()
     register_all()
     raw = check_config(args.cfg_path, args.options, registry)
-    from ..engine.registry import get_task
+    from ..engine.registry import build_task
 
-    get_task(raw.run.task).build(raw)  # every section validated (typed) before LAVIS sees it
+    build_task(raw)  # every section validated (typed) before LAVIS sees it
     from ..engine.launch import prepare_embedded_data
 
     prepare_embedded_data(raw)

@@ -61,10 +61,10 @@ def from_checkpoint(checkpoint: str, split: str, out_dir: str | None, submission
     def use_run_vocab(cfg):  # the answer vocabulary the model was trained with
         vocab_file = Path(checkpoint).parent / "answer_vocab.json"
         if vocab_file.is_file():
-            cfg.datasets.mmllm_vqa.answer_vocab = str(vocab_file)
+            cfg.datasets.mmllm_vqa.answer_vocab = str(vocab_file)  # written by METER's classifier only
 
     def official_report(task, model, dataset, split, out_dir):
-        answers = task.predict_answers(model, dataset)
+        answers = task.predictions(model, dataset, f"eval {split}")  # any model of the VQA benchmark
         write_json(out_dir / f"results_{split}.json", [{"question_id": q, "answer": a} for q, a in sorted(answers.items())])
         out = {}
         if submission:
@@ -73,7 +73,10 @@ def from_checkpoint(checkpoint: str, split: str, out_dir: str | None, submission
             out.update(vqa_eval.evaluate(dataset.split.annotation_list(), answers))
         return out
 
-    return evaluate_run(checkpoint, split, out_dir, tasks=("mmllm_vqa",), edit=use_run_vocab, score=official_report)
+    from mmllm.engine.registry import all_tasks
+
+    vqa = tuple(name for name, entry in all_tasks().items() if entry.benchmark_name == "mmllm_vqa")
+    return evaluate_run(checkpoint, split, out_dir, tasks=vqa, edit=use_run_vocab, score=official_report)
 
 
 def main(argv=None) -> int:

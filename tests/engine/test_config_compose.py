@@ -191,11 +191,11 @@ VQA = {  # config -> (dataset key, its own keys, has val)
     "configs/lavis/vqa_easyvqa.yaml": ("mmllm_vqa", {"num_answers": 3129, "max_text_len": 24}, True),
     "configs/lavis/finetune_vqa_from_pretrain.yaml": ("mmllm_vqa", {"num_answers": 3129, "max_text_len": 24}, True),
     "configs/vqa/easyvqa_llava_smollm2.yaml": (
-        "mmllm_vqa_generative",
+        "mmllm_vqa",  # every model of the VQA benchmark reads its one section
         {"max_answer_tokens": 6, "eval_limit": 500},
         False,
     ),
-    "configs/vqa/easyvqa_vlap_smollm2.yaml": ("mmllm_vqa_vlap", {"max_answer_tokens": 6, "eval_limit": 1000}, False),
+    "configs/vqa/easyvqa_vlap_smollm2.yaml": ("mmllm_vqa", {"max_answer_tokens": 6, "eval_limit": 1000}, False),
 }
 EMOJI = {
     split: {"annotation": f"data/emoji/{split}.json", "image_root": "data/emoji/images"}

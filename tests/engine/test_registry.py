@@ -161,10 +161,11 @@ def test_builtin_task_packages_and_modules_follow_the_convention():
     from mmllm.engine.registry import task_modules, task_packages
 
     packages = task_packages()
-    assert {"mmllm.tasks", "vision.classification", "vision.pointcloud", "vision.action", "vision.motion",
+    assert {"vision.classification", "vision.pointcloud", "vision.action", "vision.motion",
             "mmllm_vqa", "mmllm_retrieval", "mmllm_3dvqa"} <= set(packages)
-    assert task_modules("mmllm_vqa") == ["mmllm_vqa.generative_task", "mmllm_vqa.task", "mmllm_vqa.vlap_task"]
-    assert task_modules("mmllm.tasks") == ["mmllm.tasks.pretrain"]
+    assert not [p for p in packages if p.startswith("mmllm.")]  # one layout: no task lives in the core
+    assert task_modules("mmllm_vqa") == ["mmllm_vqa.benchmark", "mmllm_vqa.generative_task", "mmllm_vqa.pretrain_task",
+                                         "mmllm_vqa.task", "mmllm_vqa.vlap_task"]
 
 
 def test_engine_task_and_registry_import_each_other_only_for_typing():

@@ -91,6 +91,17 @@ def test_rerunning_a_finished_run_keeps_its_summary(toy_run, capsys):
     assert (out / "summary.json").read_bytes() == summary  # ... its summary untouched
     assert (out / "model_final.pt").read_bytes() == model
 
+    # a summary hashed under an earlier version's defaults (a data key added since): its config.json still
+    # resolves to this run's key for key, so the record stands (before: the finished run was trained anew)
+    edited = summary.replace(stored["config_sha256"].encode(), b"0" * 16)
+    assert edited != summary
+    (out / "summary.json").write_bytes(edited)
+    assert train(config) == 0
+    assert json.loads(capsys.readouterr().out) == {"test_accuracy": stored["test_accuracy"]}
+    assert (out / "summary.json").read_bytes() == edited and (out / "model_final.pt").read_bytes() == model
+    assert not (out / "reevaluation.json").exists()  # kept as finished: not evaluated again
+    (out / "summary.json").write_bytes(summary)
+
     # other evaluation settings (harmless keys resume the run): evaluated again, written beside the summary
     assert train(config, "run.batch_size_eval=3") == 0
     capsys.readouterr()

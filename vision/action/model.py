@@ -30,6 +30,7 @@ class VideoViTOptions(ModelSection):
     """The ``model`` section of the action-recognition task."""
 
     num_classes: PositiveInt = Field(description="number of action classes (174 for SSv2, 400 for Kinetics-400)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing (VideoMAE: 0.1)")
     img_size: PositiveInt = Field(224, description="input frames are img_size x img_size after cropping")
     num_frames: PositiveInt = Field(16, description="frames per clip (must equal datasets.<task>.num_frames)")
     in_chans: PositiveInt = 3

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -27,7 +27,14 @@ from .model import VideoViTOptions, create_videovit_model
 
 
 class ActionRunOptions(RunConfig):
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing (VideoMAE: 0.1)")
+    label_smoothing: float | None = Field(None, description="moved: model.label_smoothing (as every classifier)")
+
+    @model_validator(mode="after")
+    def _moved(self) -> ActionRunOptions:
+        if self.label_smoothing is not None:
+            raise ValueError("run.label_smoothing moved to model.label_smoothing (the loss is the model's, as in "
+                             "image and point-cloud classification)")
+        return self
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,13 +88,13 @@ class ActionRecognitionTask(Task):
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         return {"video": torch.stack([s["video"] for s in samples]),
-                "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+                "labels": torch.tensor([s["label"] for s in samples], dtype=torch.long),
                 "index": torch.tensor([s["index"] for s in samples], dtype=torch.long)}
 
     def training_loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         logits = model(batch["video"]).float()
-        loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.run.label_smoothing)
-        accuracy = (logits.argmax(-1) == batch["label"]).float().mean().item()
+        loss = F.cross_entropy(logits, batch["labels"], label_smoothing=self.model_cfg.label_smoothing)
+        accuracy = (logits.argmax(-1) == batch["labels"]).float().mean().item()
         return loss, {"train_acc": round(accuracy * 100, 2)}
 
     @torch.no_grad()
@@ -97,7 +104,7 @@ class ActionRecognitionTask(Task):
         def step(m, batch):
             video = batch["video"]  # [B, V, C, T, H, W]
             logits = m(video.flatten(0, 1)).float().view(video.shape[0], video.shape[1], -1)
-            return zip(batch["index"].tolist(), zip(logits.cpu().numpy(), batch["label"].tolist()))
+            return zip(batch["index"].tolist(), zip(logits.cpu().numpy(), batch["labels"].tolist()))
 
         rows = list(predict_split(model, dataset, self.collate, self.run.batch_size_eval, step, "eval views",
                                   task=self, ids=range(len(dataset))).values())

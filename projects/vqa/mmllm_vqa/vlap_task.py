@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from mmllm.engine.registry import registered_task
+from mmllm.engine.registry import registered_model
 from mmllm.errors import ConfigError
 from mmllm.models.vlap import (
     AssignmentPrediction,
@@ -71,8 +71,8 @@ class VLAPVQAModel(nn.Module):
 ROOT = Path(__file__).resolve().parents[3]
 
 
-@registered_task(  # VLAP's linear layer + assignment loss as the LLaVA path's visual input (issue 13)
-    "mmllm_vqa_vlap", model_arch="mmllm_vlap_vqa", metric="accuracy",
+@registered_model(  # VLAP's linear layer + assignment loss as the LLaVA path's visual input (issue 13)
+    "vlap_vqa", task="mmllm_vqa_vlap", model_arch="mmllm_vlap_vqa",
     default_config=ROOT / "configs/vqa/easyvqa_vlap_smollm2.yaml",
     variants={"vlap": (), "vlap_no_assign": ("model.vlap.assign_weight=0",)},
     description="VLAP: frozen ViT -> linear (assignment prediction + answer loss) -> whole frozen LLM; VQA accuracy",
@@ -112,8 +112,8 @@ class VLAPVQATask(GenerativeVQATask):
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = super().collate(samples)
-        if "answer" in samples[0]:
-            rows = [self._text(s["question"], s["answer"]) for s in samples]
+        if "answers" in samples[0]:
+            rows = [self._text(s["question"], self.answer_of(s)) for s in samples]
             batch["text_ids"], batch["text_mask"] = self.fmt._batch(rows, None)
         return batch
 

@@ -31,6 +31,30 @@ def test_registered_variants_validate():
         entry.build(load_config(entry.default_config, ["model.num_frames=1", "model.tubelet_size=1"]))
 
 
+def test_label_smoothing_is_a_model_option_as_in_every_classifier():
+    """One place for the loss's smoothing (model.label_smoothing, as image and point-cloud classification); the
+    loss uses it: cross-entropy against smoothed targets, computed by hand."""
+    import torch
+
+    entry = get_task("mmllm_action")
+    task = entry.build(load_config(entry.default_config, ["model.label_smoothing=0.2"]))
+    assert task.model_cfg.label_smoothing == 0.2
+    with pytest.raises(ConfigError, match="run.label_smoothing moved to model.label_smoothing"):
+        entry.build(load_config(entry.default_config, ["run.label_smoothing=0.1"]))
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+
+    class Fixed(torch.nn.Module):
+        def forward(self, video):
+            return logits
+
+    loss, _ = task.training_loss(Fixed(), {"video": torch.zeros(2), "labels": torch.tensor([0, 2])})
+    k, eps = 3, 0.2
+    target = torch.full((2, k), eps / k)
+    target[0, 0] += 1 - eps
+    target[1, 2] += 1 - eps
+    assert loss.item() == pytest.approx(-(target * logits.log_softmax(-1)).sum(-1).mean().item(), rel=1e-6)
+
+
 def test_two_steps_through_mmllm_train(tmp_path):
     root = clips.generate(tmp_path / "clips", clips.ClipSettings(train=8, val=2, test=6, seed=2))
     split = lambda name: {"annotation": str(root / f"{name}.json"), "video_root": str(root / "videos")}  # noqa: E731

@@ -205,7 +205,7 @@ def test_trains_and_evaluates_through_the_engine(tmp_path, smollm_tokenizer):
     cfg = {"model": {"vision": {"vit": {"image_size": 32, "patch_size": 16, "width": 32, "layers": 2, "heads": 2}},
                      "llm": {"source": str(lm_dir), "dtype": "fp32", "prompt": "plain", "projector": "linear"},
                      "max_new_tokens": 3},
-           "datasets": {"mmllm_vqa_generative": {"image_pattern": "{image_id}.png", "eval_limit": 10,
+           "datasets": {"mmllm_vqa": {"image_pattern": "{image_id}.png", "eval_limit": 10,
                                                  "splits": {"train": split, "test": split}}},
            "run": {"task": "mmllm_vqa_generative", "output_dir": str(tmp_path / "run"),
                    "deepspeed_config": str(ROOT / "configs/deepspeed/zero0.json"), "precision": "fp32", "seed": 0,
@@ -297,6 +297,7 @@ def test_eval_subset_is_the_same_for_every_training_seed(tmp_path):
 
     from mmllm.config import load_config
     from mmllm.engine.launch import task_for
+    from mmllm.engine.preprocess import Preprocess
 
     data = write_images_and_qa(tmp_path / "data", n_images=12)
     split = {"questions": str(data / "questions.json"), "annotations": str(data / "annotations.json"),
@@ -305,15 +306,14 @@ def test_eval_subset_is_the_same_for_every_training_seed(tmp_path):
     assert len(all_ids) > 8
 
     def test_ids(*options):
-        cfg = load_config(ROOT_CONFIG, [f"run.output_dir={tmp_path / 'run'}", "datasets.mmllm_vqa_generative.eval_limit=8",
+        cfg = load_config(ROOT_CONFIG, [f"run.output_dir={tmp_path / 'run'}", "datasets.mmllm_vqa.eval_limit=8",
                                         *options])
-        cfg.datasets.mmllm_vqa_generative.splits = {"train": split, "test": split}
+        cfg.datasets.mmllm_vqa.splits = {"train": split, "test": split}
         task = task_for(cfg)
-        task.fmt = object()  # the datasets need only the image spec, not the tokenizer
-        task.image_spec = (32, (0.5,) * 3, (0.5,) * 3)
-        return [item["question_id"] for item in task.build_datasets()["test"].items]
+        task._preprocess = Preprocess.shared(lambda image: image)  # the split's ids need no tokenizer or transform
+        return task.build_datasets()["test"].ids
 
     first = test_ids("run.seed=1")
     assert len(first) == 8 and set(first) <= all_ids and first == sorted(first)
     assert test_ids("run.seed=2") == first
-    assert test_ids("run.seed=1", "datasets.mmllm_vqa_generative.eval_subset_seed=5") != first
+    assert test_ids("run.seed=1", "datasets.mmllm_vqa.eval_subset_seed=5") != first

@@ -13,7 +13,7 @@ from mmllm.errors import ConfigError
 from mmllm.params import param_groups
 from mmllm_vqa.data import soft_scores
 from mmllm_vqa.model import VQAModel, create_vqa_model
-from mmllm_vqa.task import VQADataOptions, VQAModelOptions
+from mmllm_vqa.task import METERVQADataOptions, VQAModelOptions
 from mmllm_vqa.vqa_eval import question_accuracy
 
 
@@ -51,7 +51,7 @@ def test_meter_scores_equal_the_official_accuracy_with_10_annotators(n):
 
 
 def test_soft_score_option():
-    assert VQADataOptions.model_fields["soft_score"].default == "meter"
+    assert METERVQADataOptions.model_fields["soft_score"].default == "meter"
     cfg = load_config(ROOT / "configs/vqa/easyvqa_meter_smollm2.yaml")
     assert cfg.datasets.mmllm_vqa.soft_score == "meter"
     with pytest.raises(ConfigError, match="soft_score must be one of"):

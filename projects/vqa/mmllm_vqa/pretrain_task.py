@@ -1,7 +1,7 @@
-"""VL pretraining (ITM + MLM) on image–caption data, as METER's first stage.
+"""VL pretraining (ITM + MLM) on image–caption data, as METER's first stage (before VQA fine-tuning).
 
-Fine-tuning tasks start from its final model with ``run.init_from`` and
-``run.init_prefixes: [backbone.]``.
+Fine-tuning runs (VQA here; retrieval too: a run's final model is a file, no import) start from its
+final model with ``run.init_from`` and ``run.init_prefixes: [backbone.]``.
 """
 from __future__ import annotations
 
@@ -11,18 +11,18 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..data.captions import CaptionDataOptions, CaptionPairs, load_karpathy
-from ..data.images import image_transform
-from ..engine.evaluation import predict
-from ..engine.preprocess import Preprocess
-from ..engine.registry import InsertionDepths, registered_task
-from ..engine.task import Task
-from ..models.encoders import build_tokenizer, vision_input_spec
-from ..models.meter import METEROptions, build_meter_backbone
-from ..models.pretrain_heads import PretrainModel, mask_tokens
+from mmllm.data.captions import CaptionDataOptions, CaptionPairs, load_karpathy
+from mmllm.data.images import image_transform
+from mmllm.engine.evaluation import predict
+from mmllm.engine.preprocess import Preprocess
+from mmllm.engine.registry import InsertionDepths, registered_task
+from mmllm.engine.task import Task
+from mmllm.models.encoders import build_tokenizer, vision_input_spec
+from mmllm.models.meter import METEROptions, build_meter_backbone
+from mmllm.models.pretrain_heads import PretrainModel, mask_tokens
 
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULTS = Path(__file__).resolve().parents[1] / "lavis" / "defaults"
+ROOT = Path(__file__).resolve().parents[3]
+DEFAULTS = Path(__file__).resolve().parent / "lavis_defaults"
 
 
 @registered_task(

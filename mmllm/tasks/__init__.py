@@ -1,1 +1,0 @@
-"""Tasks shared by several projects (VL pretraining)."""
