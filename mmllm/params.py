@@ -6,7 +6,8 @@ parameter-name prefix to an LR multiplier, the longest matching prefix winning.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import cast
 
 from torch import nn
 
@@ -32,13 +33,17 @@ def param_groups(
 
     ``lr_multipliers`` maps a name prefix (e.g. ``"fusion."``, ``"llm_block.adapter_"``)
     to a factor of ``lr``. Each group records its ``lr_scale`` so schedulers can keep the ratio.
+    Besides biases and norms, the names a model lists in ``no_weight_decay()`` (timm's convention, e.g. a
+    ViT's ``pos_embed`` and ``cls_token``) take no weight decay.
     """
     lr_multipliers = dict(lr_multipliers or {})
+    listing = getattr(model, "no_weight_decay", None)
+    skip = set(cast(Iterable[str], listing())) if callable(listing) else set()
     groups: dict[tuple[float, bool], dict] = {}
     for name, param in trainable_named_parameters(model):
         prefix = max((p for p in lr_multipliers if name.startswith(p)), key=len, default=None)
         scale = lr_multipliers[prefix] if prefix is not None else 1.0
-        no_decay = _no_decay(name, param)
+        no_decay = name in skip or _no_decay(name, param)
         key = (scale, no_decay)
         if key not in groups:
             groups[key] = {

@@ -254,11 +254,11 @@ def run_state(run: SweepRun) -> tuple[str, list[str]]:
     ``resume`` (started, same config), ``broken`` (same config, but its ``summary.json`` is corrupt or no
     result: the run is trained again), ``different`` (holds another run; the differences say how).
     Builds the run's task from its config, so a bad override fails here, before any training."""
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     from .config import load_config
     from .engine.launch import task_for
-    from .engine.rundir import CONFIG_FILE, config_differences, holds_a_run
+    from .engine.rundir import CONFIG_FILE, holds_a_run, stored_differences
 
     task = task_for(load_config(run.config, run.options))
     if not holds_a_run(run.out_dir):
@@ -267,10 +267,11 @@ def run_state(run: SweepRun) -> tuple[str, list[str]]:
     if not stored_file.is_file():
         return "different", [f"{stored_file} is missing (not a run of this version?)"]
     try:
-        stored = task.entry.build(OmegaConf.create(read_json(stored_file, "stored run config"))).resolved_config()
+        task.entry.build(OmegaConf.create(read_json(stored_file, "stored run config")))
     except MMLLMError as exc:
         return "different", [f"its {CONFIG_FILE} no longer parses: {exc}"]
-    differences = config_differences(stored, task.resolved_config())
+    differences = stored_differences(  # against its resolved_config.json where the run stored one
+        run.out_dir, task.resolved_config(), lambda raw: task.entry.build(DictConfig(raw)).resolved_config())
     if differences:
         return "different", differences
     summary = run.out_dir / "summary.json"

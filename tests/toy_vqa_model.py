@@ -18,6 +18,7 @@ from torch import nn
 from torchvision import transforms
 
 from mmllm import build_visual_llm_layer
+from mmllm.blocks import BlockOptions
 from mmllm.engine.benchmark import BenchmarkModel
 from mmllm.engine.preprocess import Preprocess
 from mmllm.engine.registry import registered_model
@@ -30,7 +31,7 @@ class ToyVQAOptions(ModelSection):
     width: int = Field(16, gt=0)
     buckets: int = Field(64, gt=0, description="hashed question-word buckets")
     answers: int = Field(8, gt=0, description="answer classes: the training split's most frequent answers")
-    llm_block: dict | None = None
+    llm_block: BlockOptions = None  # validated once, when the section is parsed
 
 
 class ToyVQANet(nn.Module):

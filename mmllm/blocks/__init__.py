@@ -38,9 +38,11 @@ from .llm_block import (
 )
 from .registry import (
     BlockConfig,
+    BlockOptions,
     block_config_class,
     block_kinds,
     build_block,
+    is_block_options_field,
     parse_block_options,
     register_block,
 )
@@ -51,6 +53,7 @@ build_visual_llm_layer = build_block  # the name projects already call
 __all__ = [
     "AdapterMLP",
     "BlockConfig",
+    "BlockOptions",
     "FinetunedBlockConfig",
     "FrozenLLMBlock",
     "LLMBlockConfig",
@@ -65,6 +68,7 @@ __all__ = [
     "build_block",
     "build_visual_llm_layer",
     "check_tokens",
+    "is_block_options_field",
     "parse_block_options",
     "register_block",
     "zero_padded",

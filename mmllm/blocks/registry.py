@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from torch import nn
 
 from ..errors import ConfigError
@@ -159,6 +159,31 @@ def parse_block_options(options: Mapping[str, Any] | None, visual_dim: int) -> B
         foreign = {k for other in _KINDS.values() if other is not entry for k in other.config_class.model_fields}
         data = {k: v for k, v in data.items() if k not in foreign or k in entry.config_class.model_fields}
     return entry.config_class(**data)
+
+
+def checked_block_options(value: Any) -> dict[str, Any] | None:
+    """A model section's ``llm_block``, validated once, when the section is parsed: its kind's own config class
+    checks every option, and the section then holds the options with every default filled in (``kind``
+    included; ``visual_dim`` left out, the host sets it when it builds the block)."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"block options must be a mapping with a kind, got {type(value).__name__}")
+    try:
+        cfg = parse_block_options(value, visual_dim=1)  # the host's real width is set when it builds the block
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return {k: v for k, v in cfg.to_dict().items() if k != "visual_dim"}
+
+
+BLOCK_OPTIONS_CHECK = BeforeValidator(checked_block_options)
+# the type of a model section's block options: ``llm_block: BlockOptions = Field(None, ...)``
+BlockOptions = Annotated[dict[str, Any] | None, BLOCK_OPTIONS_CHECK]
+
+
+def is_block_options_field(field: Any) -> bool:
+    """Whether a pydantic field is typed :data:`BlockOptions` (validated when its section is parsed)."""
+    return any(m is BLOCK_OPTIONS_CHECK for m in getattr(field, "metadata", ()))
 
 
 def build_block(options: Mapping[str, Any] | None, visual_dim: int) -> nn.Module:

@@ -28,7 +28,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import ConfigError
 from ..schema import suggest
@@ -197,7 +197,7 @@ def registered_benchmark(name: str, *, metric: str, **options: Any) -> Callable[
         if old is not None and not same:  # (the same class imported anew, e.g. a module reloaded, replaces it)
             raise ConfigError(f"benchmark {name!r} is registered twice ({old.benchmark} and {cls})")
         _BENCHMARKS[name] = entry
-        setattr(cls, "benchmark_entry", entry)  # the class's own (Benchmark.benchmark_entry)
+        cast(Any, cls).benchmark_entry = entry  # the class's own (Benchmark.benchmark_entry)
         return cls
 
     return decorate

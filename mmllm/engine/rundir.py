@@ -17,9 +17,13 @@ from ..jsonio import read_json
 from .run_config import RunConfig
 
 CONFIG_FILE = "config.json"
+# the config as it resolved when the run was set up (every default filled in by the code of that day): a later
+# version compares against it, so a changed default shows as a difference and an added key does not
+RESOLVED_FILE = "resolved_config.json"
 REEVALUATION_FILE = "reevaluation.json"  # a finished run evaluated again under other evaluation settings
 RUN_FILES = ("checkpoints", "model_final.pt", "summary.json", REEVALUATION_FILE, "metrics.jsonl", "tensorboard",
-             CONFIG_FILE)
+             CONFIG_FILE, RESOLVED_FILE)
+CONFIG_ONLY = {CONFIG_FILE, RESOLVED_FILE}
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -31,12 +35,30 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: data}
 
 
-def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``key: old -> new`` for every setting that makes the runs different (harmless run keys ignored)."""
-    harmless = {f"run.{k}" for k in RunConfig.HARMLESS}
+def config_differences(old: dict[str, Any], new: dict[str, Any], harmless_too: bool = False,
+                       added_ok: bool = False) -> list[str]:
+    """``key: old -> new`` for every setting that makes the runs different (harmless run keys ignored unless
+    ``harmless_too``). ``added_ok``: ``old`` is a resolved config stored by an earlier version, so a key only
+    ``new`` has was added since (its default is what that version did) and is no difference."""
+    harmless = set() if harmless_too else {f"run.{k}" for k in RunConfig.HARMLESS}
     a, b = _flatten(old), _flatten(new)
-    keys = sorted((set(a) | set(b)) - harmless)
+    keys = sorted((set(a) if added_ok else set(a) | set(b)) - harmless)
     return [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+def stored_differences(out_dir: Path, current: dict[str, Any], resolve, harmless_too: bool = False) -> list[str]:
+    """How the run stored in ``out_dir`` differs from ``current`` (a resolved config): against its
+    ``resolved_config.json`` when it has one (a changed default is a difference, an added key is not), else
+    against its ``config.json`` resolved by this code (``resolve(raw)``; folders of older versions)."""
+    resolved_file = out_dir / RESOLVED_FILE
+    if resolved_file.is_file():
+        stored = read_json(resolved_file, "stored resolved config")
+        return config_differences(stored, current, harmless_too, added_ok=True)
+    try:
+        stored = resolve(read_json(out_dir / CONFIG_FILE, "stored run config"))
+    except Exception as exc:  # noqa: BLE001 - a stored config that no longer parses is a different run
+        stored = {"unparseable": str(exc)}
+    return config_differences(stored, current, harmless_too)
 
 
 def holds_a_run(out_dir: Path) -> bool:
@@ -46,7 +68,8 @@ def holds_a_run(out_dir: Path) -> bool:
 def never_trained(out_dir: Path) -> bool:
     """Only a ``config.json`` (older versions wrote it before set-up, so a run whose data or model
     set-up failed left one): nothing was trained or written that a re-run could lose."""
-    return [name for name in RUN_FILES if (out_dir / name).exists()] == [CONFIG_FILE]
+    present = {name for name in RUN_FILES if (out_dir / name).exists()}
+    return bool(present) and present <= CONFIG_ONLY
 
 
 def check_output_dir(out_dir: Path) -> None:
@@ -88,12 +111,7 @@ def prepare_output_dir(out_dir: Path, task, resolve) -> str:
         raise ConfigError(f"{what} and run.resume=never; {how}")
     if not stored_file.is_file():
         raise ConfigError(f"{what} without its {CONFIG_FILE} (not written by this version?); {how}")
-    stored_raw = read_json(stored_file, "stored run config")
-    try:
-        stored = resolve(stored_raw)
-    except Exception as exc:  # noqa: BLE001 - a stored config that no longer parses is a different run
-        stored = {"unparseable": str(exc)}
-    differences = config_differences(stored, task.resolved_config())
+    differences = stored_differences(out_dir, task.resolved_config(), resolve)
     if differences and run.resume != "always":
         listed = "; ".join(differences[:8]) + (f" (+{len(differences) - 8} more)" if len(differences) > 8 else "")
         raise ConfigError(f"{what} with different settings: {listed}. Pass --resume (run.resume=always) to "

@@ -65,11 +65,15 @@ class Task(ABC):
         self.block_cfg = self._check_block_options()
 
     def _check_block_options(self):
-        """``model.llm_block`` checked against its kind's own options now, not when the model is built."""
+        """``model.llm_block`` checked against its kind's own options now, not when the model is built. A section
+        typed :data:`mmllm.blocks.BlockOptions` was checked when it was parsed (once); an untyped one is here."""
         options = getattr(self.model_cfg, "llm_block", None)
         if options is None:
             return None
-        from ..blocks import parse_block_options
+        from ..blocks import is_block_options_field, parse_block_options
+
+        if is_block_options_field(type(self.model_cfg).model_fields.get("llm_block")):
+            return None  # validated (and completed) by the section itself: nothing to parse twice
 
         try:
             return parse_block_options(options, visual_dim=1)  # the host model sets the real width

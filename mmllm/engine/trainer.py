@@ -37,7 +37,7 @@ from ..precision import cast_parameters
 from . import distributed
 from .checkpoint import CheckpointStore, rng_state, set_rng_state
 from .paths import repo_path
-from .rundir import CONFIG_FILE, REEVALUATION_FILE, prepare_output_dir
+from .rundir import CONFIG_FILE, REEVALUATION_FILE, RESOLVED_FILE, prepare_output_dir, stored_differences
 from .schedule import build_scheduler
 from .splits import EvalSplit, missing_members
 from .task import Task
@@ -230,6 +230,7 @@ class Trainer:
         failed leaves no config that would make the corrected re-run "a different run"."""
         if self.is_main:
             write_json(self.out_dir / CONFIG_FILE, to_dict(self.cfg))
+            write_json(self.out_dir / RESOLVED_FILE, self.task.resolved_config())
 
     def _finished_results(self) -> dict[str, float] | None:
         """The stored results of this very run (same resolved config) when it already finished, else None."""
@@ -240,26 +241,22 @@ class Trainer:
                 summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
             except (OSError, ValueError):
                 summary = None  # unreadable: not trusted as the record of a finished run
-            if (isinstance(summary, dict) and (self.out_dir / FINAL_MODEL).is_file()
-                    and (summary.get("config_sha256") == config_hash(self.task) or self._stored_config_is_this_run())):
+            if isinstance(summary, dict) and (self.out_dir / FINAL_MODEL).is_file() and self._same_run(summary):
                 splits = self.run.test_splits if self.run.test_splits is not None else ["test"]
                 results = {k: v for k, v in summary.items() if any(k.startswith(f"{split}_") for split in splits)}
                 log.info("%s already finished (%s steps): %s kept as it is; pass --overwrite to train it anew",
                          self.out_dir, summary.get("steps"), summary_path)
         return distributed.all_gather_objects(results)[0]
 
-    def _stored_config_is_this_run(self) -> bool:
-        """The folder's ``config.json``, resolved by this code, is this run's resolved config key for key (the
-        summary's hash differs only because a default was added since, a data key say): its record stands."""
-        try:
-            stored = json.loads((self.out_dir / CONFIG_FILE).read_text())
-            same = self._resolve_stored(stored) == self.task.resolved_config()
-        except (OSError, ValueError, MMLLMError):
-            return False
-        if same:
-            log.info("%s: summary.json was hashed under an earlier version's defaults; its config.json resolves to "
-                     "this run's exactly", self.out_dir)
-        return same
+    def _same_run(self, summary: dict[str, Any]) -> bool:
+        """Whether the folder's finished run ran exactly this config, every key (run keys included): against its
+        ``resolved_config.json`` (a key added since is no difference, a changed default is); folders of older
+        versions have only the summary's hash, which must match (there a changed default cannot be told from
+        an added key, so the run is evaluated again rather than reported as finished)."""
+        if (self.out_dir / RESOLVED_FILE).is_file():
+            return not stored_differences(self.out_dir, self.task.resolved_config(), self._resolve_stored,
+                                          harmless_too=True)
+        return summary.get("config_sha256") == config_hash(self.task)
 
     def _resolve_stored(self, raw: dict[str, Any]) -> dict[str, Any]:
         from omegaconf import OmegaConf

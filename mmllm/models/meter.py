@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..blocks import build_visual_llm_layer
+from ..blocks import BlockOptions, build_visual_llm_layer
 from ..errors import ConfigError
 from ..schema import ModelSection
 from .encoders import TextOptions, VisionOptions, build_text_encoder, build_vision_encoder
@@ -37,7 +37,7 @@ class METEROptions(ModelSection):
     fusion_layers: int = Field(6, ge=0)
     num_heads: int = Field(12, gt=0)
     dropout: float = Field(0.1, ge=0, lt=1)
-    llm_block: dict[str, Any] | None = Field(None, description="block options (kind, source, layers, ...)")
+    llm_block: BlockOptions = Field(None, description="block options (kind, source, layers, ...)")
     llm_block_on: Literal["vision", "text", "both", "none"] = Field(
         "vision", description="which fused stream the block processes")
     llm_block_at: Literal["after_fusion", "before_fusion"] = Field(

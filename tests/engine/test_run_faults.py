@@ -91,16 +91,32 @@ def test_rerunning_a_finished_run_keeps_its_summary(toy_run, capsys):
     assert (out / "summary.json").read_bytes() == summary  # ... its summary untouched
     assert (out / "model_final.pt").read_bytes() == model
 
-    # a summary hashed under an earlier version's defaults (a data key added since): its config.json still
-    # resolves to this run's key for key, so the record stands (before: the finished run was trained anew)
+    # the run's resolved config is stored beside config.json: a key added since (absent from it) is no
+    # difference, so the finished record stands; a changed default is a different run, refused, not reported
+    resolved_file = out / "resolved_config.json"
+    resolved = resolved_file.read_bytes()
+    as_older = json.loads(resolved)
+    del as_older["datasets"]["toy_tokens"]["tokens"]  # as if an older version had no such key
+    resolved_file.write_text(json.dumps(as_older))
+    assert train(config) == 0
+    assert json.loads(capsys.readouterr().out) == {"test_accuracy": stored["test_accuracy"]}
+    assert (out / "summary.json").read_bytes() == summary and not (out / "reevaluation.json").exists()
+    as_older["model"]["width"] = 17  # the default it ran with is not today's
+    resolved_file.write_text(json.dumps(as_older))
+    assert train(config) == 2
+    assert "model.width: 17 -> 16" in capsys.readouterr().err
+    # a folder of a version that stored no resolved config: only the summary's hash tells; under other
+    # defaults (another hash) a changed default cannot be told from an added key, so it is evaluated again
+    resolved_file.unlink()
     edited = summary.replace(stored["config_sha256"].encode(), b"0" * 16)
     assert edited != summary
     (out / "summary.json").write_bytes(edited)
     assert train(config) == 0
-    assert json.loads(capsys.readouterr().out) == {"test_accuracy": stored["test_accuracy"]}
-    assert (out / "summary.json").read_bytes() == edited and (out / "model_final.pt").read_bytes() == model
-    assert not (out / "reevaluation.json").exists()  # kept as finished: not evaluated again
+    capsys.readouterr()
+    assert (out / "reevaluation.json").exists() and (out / "model_final.pt").read_bytes() == model
+    (out / "reevaluation.json").unlink()
     (out / "summary.json").write_bytes(summary)
+    resolved_file.write_bytes(resolved)
 
     # other evaluation settings (harmless keys resume the run): evaluated again, written beside the summary
     assert train(config, "run.batch_size_eval=3") == 0

@@ -23,6 +23,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from mmllm import build_visual_llm_layer
+from mmllm.blocks import BlockOptions
 from mmllm.engine.task import ModelSection
 
 
@@ -49,7 +50,7 @@ class VideoViTOptions(ModelSection):
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth, linear over the ViT blocks")
     head_init_scale: float = Field(1e-3, gt=0, description="head weights scaled after trunc-normal init (VideoMAE)")
     insert_after: int = Field(-1, description="the LLM block runs after this ViT block (0-based; -1 = last)")
-    llm_block: dict[str, Any] | None = Field(
+    llm_block: BlockOptions = Field(
         None, description="block options (mmllm.build_visual_llm_layer): kind, source, layers, dtype, ..."
     )
 

@@ -6,12 +6,19 @@ paper's position ablation (its Table D: head / middle / tail of the ViT) moves i
 insertion point is a config value (``insert_after``). The ViT runs through timm's public API
 only: ``forward_intermediates`` (patch embedding, position embedding, blocks 0..k), then blocks
 k+1.., ``norm`` and ``forward_head``.
+
+Two details of the official ``image_classification`` code (ziqipang/LM4VisualEncoding) live here:
+``pos_embed``/``cls_token``/``dist_token`` take no weight decay (``vit_llama.py`` l. 112-113, used by
+``optimizer_utils.py`` l. 96-100 beside its 1-d/bias rule, l. 28): ``model.no_weight_decay: official`` makes
+:meth:`ViTLLMClassifier.no_weight_decay` list them, which the engine's :func:`mmllm.params.param_groups`
+honours (timm's convention); and its adapters (``llama_dim_mapper1/2``) are initialised by
+timm's ViT init, trunc-normal std 0.02 (``vit_llama.py`` l. 109, 172-177): ``model.adapter_init``.
 """
 
 from __future__ import annotations
 
 import pickle
-from typing import Any
+from typing import Any, Literal
 
 import timm
 import torch
@@ -23,6 +30,10 @@ from torch.utils.checkpoint import checkpoint
 from mmllm import build_visual_llm_layer
 from mmllm.engine.task import ModelSection
 from mmllm.errors import CheckpointError, ConfigError
+
+# vit_llama.py l. 112-113: ViTLLaMA.no_weight_decay() (timm's VisionTransformer lists the same three)
+OFFICIAL_NO_WEIGHT_DECAY = ("pos_embed", "cls_token", "dist_token")
+ADAPTER_INIT_STD = 0.02  # vit_llama.py l. 175: trunc_normal_(module.weight, std=.02)
 
 
 def resolve_insert_after(insert_after: int | None, depth: int) -> int:
@@ -64,6 +75,15 @@ class ViTLLMClassifier(nn.Module):
 
     def get_classifier(self) -> nn.Module:
         return self.vit.get_classifier()
+
+    skip_official_decay = False  # model.no_weight_decay: official (set by create_vit_cls_model)
+
+    def no_weight_decay(self) -> set[str]:
+        """Full names of the parameters kept out of weight decay beside biases and norms (timm's convention,
+        read by mmllm.params.param_groups): the official code's three under ``official``, none by default."""
+        if not self.skip_official_decay:
+            return set()
+        return {f"vit.{name}" for name, _ in self.vit.named_parameters() if name in OFFICIAL_NO_WEIGHT_DECAY}
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A fresh head for ``num_classes`` (timm's fine-tuning call; 0 = no head, features out)."""
@@ -147,6 +167,21 @@ def load_vit_checkpoint(vit: VisionTransformer, path: str) -> list[str]:
     return sorted(set(skipped) | set(result.missing_keys))
 
 
+def init_adapters(block: nn.Module, mode: str) -> None:
+    """``trunc_normal``: the block's linear adapters as the official code's timm init (weights trunc-normal
+    std 0.02, biases 0; vit_llama.py l. 172-177); ``default``: as built (PyTorch's nn.Linear init)."""
+    if mode == "default":
+        return
+    if mode != "trunc_normal":
+        raise ConfigError(f"model.adapter_init={mode!r} is not one of 'default', 'trunc_normal'")
+    for name, module in block.named_children():
+        if name.startswith("adapter") and isinstance(module, nn.Linear):
+            with torch.no_grad():
+                nn.init.trunc_normal_(module.weight, std=ADAPTER_INIT_STD)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+
 def create_vit(
     name: str, num_classes: int, vit_kwargs: dict[str, Any] | None = None, checkpoint_path: str | None = None
 ) -> VisionTransformer:
@@ -182,10 +217,23 @@ class ClsModelOptions(ModelSection):
     )
     llm_block: dict[str, Any] | None = Field(None, description="block options (mmllm.blocks); None = no block")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing (DeiT: 0.1)")
+    no_weight_decay: Literal["norms_biases", "official"] = Field(
+        "norms_biases",
+        description="parameters without weight decay: norms_biases (1-d tensors, biases, norms) or official "
+        "(also pos_embed / cls_token / dist_token, as the official image code: vit_llama.py l. 112-113)",
+    )
+    adapter_init: Literal["default", "trunc_normal"] = Field(
+        "default",
+        description="the block's adapters: default (PyTorch's nn.Linear init) or trunc_normal "
+        "(std 0.02, biases 0: the official image code's timm init)",
+    )
 
 
 def create_vit_cls_model(options: ClsModelOptions, num_classes: int) -> ViTLLMClassifier:
     """The classifier from the task's ``model`` section (a :class:`ClsModelOptions`)."""
     vit = create_vit(options.vit, num_classes, options.vit_kwargs, options.checkpoint)
     block = build_visual_llm_layer(options.llm_block, vit.embed_dim)
-    return ViTLLMClassifier(vit, block, options.insert_after)
+    init_adapters(block, options.adapter_init)
+    model = ViTLLMClassifier(vit, block, options.insert_after)
+    model.skip_official_decay = options.no_weight_decay == "official"
+    return model

@@ -13,6 +13,7 @@ from pydantic import Field, PositiveInt
 from torch import nn
 from torch.utils.data import Dataset
 
+from mmllm.blocks import BlockOptions
 from mmllm.engine import distributed
 from mmllm.engine.evaluation import predict_split
 from mmllm.engine.preprocess import Preprocess
@@ -39,7 +40,7 @@ class MotionModelOptions(ModelSection):
     winner: Literal["fde", "ade"] = Field("fde", description="winner-takes-all rule: closest final point or mean")
     cls_weight: float = Field(1.0, ge=0, description="weight of the mode-classification loss")
     smooth_l1_beta: float = Field(1.0, gt=0, description="smooth-L1 transition (m)")
-    llm_block: dict[str, Any] | None = Field(None, description="the block (mmllm.build_visual_llm_layer options)")
+    llm_block: BlockOptions = Field(None, description="the block (mmllm.build_visual_llm_layer options)")
 
 
 class MotionDataOptions(DataSection):

@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 from mmllm.data.pybullet_meshes import mesh_catalog, procedural_meshes, sample_surface
 from mmllm.errors import ConfigError, DataError
 from mmllm.jsonio import atomic_write_text, read_json, write_json
+from mmllm.models.point_groups import farthest_point_sample
 from mmllm.schema import DataSection, Section
 
 # ScanObjectNN's 15 classes in label order (its shape_names list).
@@ -67,7 +68,10 @@ class AugmentOptions(Section):
 
     random_subset: bool = Field(True, description="take a random num_points subset (eval: the first num_points)")
     rotate_up: bool = Field(True, description="random rotation about the up axis")
-    scale: tuple[float, float] = Field((0.8, 1.2), description="isotropic scale range")
+    scale: tuple[float, float] = Field((0.8, 1.2), description="scale range (one factor, or one per axis)")
+    scale_per_axis: bool = Field(
+        False, description="draw the scale factor of each axis separately (Point-BERT's PointcloudScaleAndTranslate)"
+    )
     translate: float = Field(0.1, ge=0, description="uniform shift in [-t, t] per axis")
     jitter_sigma: float = Field(0.01, ge=0, description="Gaussian per-point jitter")
     jitter_clip: float = Field(0.05, ge=0)
@@ -92,6 +96,29 @@ class PointCloudDataOptions(DataSection):
     normalize: bool = Field(True, description="centre each cloud and scale it into the unit sphere")
     up_axis: Literal["x", "y", "z"] = Field("y", description="ModelNet/ScanObjectNN: y; pybullet: z")
     augment: AugmentOptions = Field(default_factory=AugmentOptions)
+    sampling: Literal["subset", "fps"] = Field(
+        "subset",
+        description="subset (default, kept for existing runs): training takes a uniform random num_points subset "
+        "(augment.random_subset), evaluation the first num_points; fps (Point-BERT's tools/runner_BERT_finetune.py): "
+        "training shuffles the cloud, takes fps_pool points by farthest point sampling and a random num_points of "
+        "them, evaluation takes num_points by FPS from the stored first point; normalize applies to the whole cloud",
+    )
+    fps_pool: int | None = Field(
+        None, gt=0, description="sampling=fps, training: FPS pool size; default Point-BERT's 1024->1200, 2048->2400, "
+        "4096->4800, 8192->8192, i.e. round(num_points * 75 / 64) below 8192 (capped at the cloud's size)",
+    )
+    source_points: int | None = Field(
+        None, gt=0, description="modelnet_txt: lines read per cloud (default num_points; Point-BERT's loader keeps "
+        "8192 of the 10,000 by FPS, here the first source_points lines are read)",
+    )
+
+    def fps_pool_size(self) -> int:
+        """Training FPS pool of ``sampling: fps`` (Point-BERT: ``point_all`` in ``runner_BERT_finetune.py``)."""
+        if self.fps_pool is not None:
+            if self.fps_pool < self.num_points:
+                raise ConfigError(f"fps_pool={self.fps_pool} is smaller than num_points={self.num_points}")
+            return self.fps_pool
+        return self.num_points if self.num_points >= 8192 else round(self.num_points * 75 / 64)
 
 
 # ----------------------------------------------------------------------------- readers
@@ -321,7 +348,9 @@ def load_source(options: PointCloudDataOptions, split: str, classes: Sequence[st
         raise ConfigError(f"datasets: no split {split!r}; splits are {sorted(options.splits)}")
     path = resolve_path(options.root, options.splits[split])
     if options.format == "modelnet_txt":
-        return ModelNetTxtSource(path.parent, path, classes, options.num_points, options.use_normals)
+        return ModelNetTxtSource(
+            path.parent, path, classes, options.source_points or options.num_points, options.use_normals
+        )
     if path.suffix.lower() == ".txt":
         return read_h5_list(path, classes, options.use_normals)
     return read_h5(path, classes, options.use_normals)
@@ -345,6 +374,8 @@ class PointCloudDataset(Dataset):
     def __init__(self, source: CloudSource, options: PointCloudDataOptions, train: bool, split: str):
         self.source, self.options, self.train, self.split = source, options, train, split
         self.up = UP_AXES[options.up_axis]
+        if options.sampling == "fps":
+            options.fps_pool_size()  # a pool smaller than num_points is an error before the first step
         data = getattr(source, "data", None)
         if data is not None and data.shape[1] < options.num_points:
             raise DataError(
@@ -378,17 +409,19 @@ class PointCloudDataset(Dataset):
                 f"{self.source.ids[i]} ({self.source.where}) has {len(arr)} points, fewer than num_points={n}"
             )
         aug = self.options.augment
-        if self.train and aug.random_subset and len(arr) > n:
-            arr = arr[torch.randperm(len(arr))[:n].numpy()]
+        if self.options.sampling == "fps":
+            if self.options.normalize:  # Point-BERT normalises the stored cloud, then samples
+                arr = np.concatenate([self._normalized(arr[:, :3].astype(np.float64), i), arr[:, 3:]], axis=1)
+            arr = arr[self._fps_indices(arr[:, :3])]
+            xyz = arr[:, :3].astype(np.float64)
         else:
-            arr = arr[:n]
-        xyz = arr[:, :3].astype(np.float64)
-        if self.options.normalize:
-            xyz = xyz - xyz.mean(0)
-            radius = float(np.linalg.norm(xyz, axis=1).max())
-            if radius <= 0:
-                raise DataError(f"{self.source.ids[i]} ({self.source.where}): all points coincide")
-            xyz = xyz / radius
+            if self.train and aug.random_subset and len(arr) > n:
+                arr = arr[torch.randperm(len(arr))[:n].numpy()]
+            else:
+                arr = arr[:n]
+            xyz = arr[:, :3].astype(np.float64)
+            if self.options.normalize:
+                xyz = self._normalized(xyz, i)
         normals = arr[:, 3:6].astype(np.float64) if self.options.use_normals else None
         if self.train:
             xyz, normals = self._augment(xyz, normals)
@@ -397,6 +430,25 @@ class PointCloudDataset(Dataset):
             item["features"] = torch.from_numpy(normals.astype(np.float32))
         return item
 
+    def _normalized(self, xyz: np.ndarray, i: int) -> np.ndarray:
+        xyz = xyz - xyz.mean(0)
+        radius = float(np.linalg.norm(xyz, axis=1).max())
+        if radius <= 0:
+            raise DataError(f"{self.source.ids[i]} ({self.source.where}): all points coincide")
+        return xyz / radius
+
+    def _fps_indices(self, xyz: np.ndarray) -> np.ndarray:
+        """``sampling: fps`` (Point-BERT ``runner_BERT_finetune.py``): training shuffles the cloud (its datasets
+        shuffle training clouds), FPS to the pool, then a random ``num_points`` of the pool; evaluation is FPS
+        of ``num_points`` starting at the stored first point."""
+        n = self.options.num_points
+        if not self.train:
+            return farthest_point_sample(torch.from_numpy(xyz[None].astype(np.float32)), n)[0].numpy()
+        order = torch.randperm(len(xyz))
+        pool = min(self.options.fps_pool_size(), len(xyz))
+        picked = farthest_point_sample(torch.from_numpy(xyz[order.numpy()][None].astype(np.float32)), pool)[0]
+        return order[picked[torch.randperm(pool)[:n]]].numpy()
+
     def _augment(self, xyz: np.ndarray, normals: np.ndarray | None):
         aug = self.options.augment
         if aug.rotate_up:
@@ -404,7 +456,10 @@ class PointCloudDataset(Dataset):
             xyz = xyz @ rot.T
             normals = None if normals is None else normals @ rot.T
         lo, hi = aug.scale
-        xyz = xyz * (lo + float(torch.rand(())) * (hi - lo))
+        if aug.scale_per_axis:
+            xyz = xyz * (lo + torch.rand(3).numpy().astype(np.float64) * (hi - lo))
+        else:
+            xyz = xyz * (lo + float(torch.rand(())) * (hi - lo))
         if aug.translate:
             xyz = xyz + (torch.rand(3).numpy() * 2 - 1) * aug.translate
         if aug.jitter_sigma:

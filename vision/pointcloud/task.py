@@ -21,7 +21,7 @@ from mmllm.models.point_groups import min_points_required
 
 from .data import PointCloudDataOptions, PointCloudDataset, collate_clouds, load_class_names, load_source
 from .evaluate import classification_metrics
-from .model import PointBERTOptions, create_pointbert_model
+from .model import PointBERTOptions, create_pointbert_model, point_bert_lr_multipliers
 
 MAIN_SPLITS = ("train", "val", "test")
 
@@ -49,6 +49,7 @@ class PointCloudClsTask(Task):
     def __init__(self, cfg, entry=None):
         super().__init__(cfg, entry)
         self.classes: list[str] | None = None
+        self._model_names: dict[str, nn.Parameter] | None = None
         self.datasets: dict[str, PointCloudDataset] = {}
         need = min_points_required(self.model_cfg.num_groups, self.model_cfg.group_size)
         if self.data_cfg.num_points < need:
@@ -56,6 +57,12 @@ class PointCloudClsTask(Task):
                 f"datasets.{self.dataset_key}.num_points={self.data_cfg.num_points} is too few for "
                 f"model.num_groups={self.model_cfg.num_groups} groups of model.group_size={self.model_cfg.group_size} "
                 f"points: overlapping kNN groups need at least max(num_groups, group_size) = {need}"
+            )
+        if self.model_cfg.recipe == "point_bert" and self.run.lr_multipliers:
+            raise ConfigError(
+                f"run.lr_multipliers={dict(self.run.lr_multipliers)} with model.recipe=point_bert: the recipe sets "
+                "Point-BERT's own groups (tools/builder.py: adapters 0.5x, no-decay parameters 0.1x); remove "
+                "run.lr_multipliers or use model.recipe=point_mae"
             )
         channels = 3 if self.data_cfg.use_normals else 0
         if self.model_cfg.in_channels != channels:
@@ -75,7 +82,20 @@ class PointCloudClsTask(Task):
         return self.classes
 
     def build_model(self) -> nn.Module:
-        return create_pointbert_model(self.model_cfg, len(self._classes()))
+        model = create_pointbert_model(self.model_cfg, len(self._classes()))
+        self._model_names = {n: p for n, p in model.named_parameters()}
+        return model
+
+    def lr_multipliers(self) -> dict[str, float]:
+        """``run.lr_multipliers``; with ``model.recipe: point_bert`` the parameter groups of the official
+        ``tools/builder.py`` instead (:func:`~vision.pointcloud.model.point_bert_lr_multipliers`: adapters 0.5x,
+        no-decay parameters 0.1x), which replace ``run.lr_multipliers`` (setting both is an error)."""
+        if self.model_cfg.recipe != "point_bert":
+            return super().lr_multipliers()
+        names = self._model_names
+        if names is None:
+            raise ConfigError("lr_multipliers() of model.recipe=point_bert is read after build_model()")
+        return point_bert_lr_multipliers(names.items())
 
     def build_datasets(self) -> dict[str, Dataset]:
         classes = self._classes()

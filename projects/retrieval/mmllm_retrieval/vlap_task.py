@@ -1,5 +1,9 @@
 """VLAP image–text retrieval for the shared engine: assignment prediction (+ captioning) training,
-ranking by cosine similarity in the LLM's word-embedding space, the same Recall@K evaluator."""
+ranking by cosine similarity in the LLM's word-embedding space, the same Recall@K evaluator.
+
+Variants: ``vlap`` (``0.1 · L_map + L_cap``, the release's weighting) and ``vlap_assign_only``
+(``caption_weight=0``: no captioning; with the release's ``text_features: llm_hidden`` the frozen
+LLM still runs forward on the captions, without backward)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,7 +46,8 @@ ROOT = Path(__file__).resolve().parents[3]
     "mmllm_retrieval_vlap", model_arch="mmllm_vlap_retrieval", metric="r_mean",
     default_config=ROOT / "configs/retrieval/emoji_vlap_smollm2.yaml",
     variants={"vlap": (), "vlap_assign_only": ("model.caption_weight=0",)},
-    description="VLAP: frozen ViT -> linear -> LLM word-embedding space, assignment prediction (+ captioning); Recall@K",
+    description="VLAP: frozen ViT -> linear -> LLM word-embedding space, 0.1 x assignment prediction "
+    "(+ captioning), as the release; Recall@K",
 )
 class VLAPRetrievalTask(Task):
     ModelOptions = VLAPRetrievalOptions

@@ -3,9 +3,9 @@
 The LLaVA-style generative task (:mod:`.generative_task`) with its projector fixed to VLAP's one
 linear layer (Park et al., ICLR 2024) and that layer trained with VLAP's assignment-prediction loss
 (:mod:`mmllm.models.vlap`) beside the answer's next-token loss through the frozen LLM (VLAP's
-"captioning" objective, here on the VQA answer). The text side of the assignment is the mean word
-embedding of the question and its training answer (easy-VQA has no captions; question + answer is
-the text that describes the image). The answer is generated and scored exactly as in the LLaVA task.
+"captioning" objective, here on the VQA answer), weighted as the release: ``0.1 · L_map + L_answer``. The
+text side of the assignment is the frozen LLM's mean-pooled hidden states (the release's) of the question
+and its training answer (easy-VQA has no captions; question + answer is the text that describes the image). The answer is generated and scored exactly as in the LLaVA task.
 """
 from __future__ import annotations
 
@@ -32,11 +32,23 @@ from .generative_task import GenerativeVQATask, training_answer
 
 
 class VLAPOptions(Section):
+    """Defaults as the released training script (github park-jungin/vlap ``train.py``; docs/fidelity.md, "VLAP")."""
+
     epsilon: float = Field(0.01, gt=0, description="Sinkhorn entropy weight (paper: 0.01)")
     sinkhorn_iterations: int = Field(3, gt=0, description="Sinkhorn–Knopp iterations (paper: 3)")
-    temperature: float = Field(0.1, gt=0, description="softmax temperature of the swapped prediction")
+    temperature: float = Field(0.01, gt=0, description="softmax temperature of the swapped prediction (release: 0.01)")
+    swap_loss: Literal["mean", "sum"] = Field(
+        "mean", description="the two swapped cross-entropies averaged (release) or summed (SwAV)")
+    assignment: Literal["sinkhorn", "prior_softmax"] = Field(
+        "sinkhorn", description="sinkhorn: Sinkhorn–Knopp with the word prior as word marginal (the paper); "
+        "prior_softmax: the released code's shortcut (mmllm.models.vlap.prior_softmax_codes)")
+    prior_temperature: float = Field(0.25, gt=0, description="prior_softmax only: the release's 0.25")
+    text_features: Literal["embeddings", "llm_hidden"] = Field(
+        "llm_hidden", description="llm_hidden (release): the frozen LLM's final-normed last hidden states "
+        "mean-pooled over the text; embeddings: the mean of its input word embeddings (no LLM forward)")
     prior_smoothing: float = Field(0.1, ge=0, description="add-alpha smoothing of the token-frequency word prior")
-    assign_weight: float = Field(1.0, ge=0, description="weight of the assignment loss beside the answer loss")
+    assign_weight: float = Field(0.1, ge=0, description="weight of the assignment loss beside the answer loss "
+                                 "(release: 0.1 · L_map + L_cap, train.py l. 527)")
     text: Literal["question_answer", "answer"] = Field("question_answer", description="text paired with the image")
     max_text_tokens: int = Field(48, gt=0)
 
@@ -48,17 +60,19 @@ class VLAPVQAOptions(GenerativeVQAOptions):
 class VLAPVQAModel(nn.Module):
     """The generative VQA model + VLAP's assignment head on its (linear) projector's output."""
 
-    def __init__(self, vqa: GenerativeVQAModel, assign: AssignmentPrediction, assign_weight: float):
+    def __init__(self, vqa: GenerativeVQAModel, assign: AssignmentPrediction, assign_weight: float,
+                 text_features: str = "llm_hidden"):
         super().__init__()
         self.vqa = vqa
         self.assign = assign
         self.assign_weight = assign_weight
+        self.text_features = text_features
 
     def forward(self, images, prompt_ids, prompt_mask, answer_ids, answer_mask, text_ids, text_mask):
         visual = self.vqa.vision(images)
         answer_loss = self.vqa.lm(visual, prompt_ids, prompt_mask, answer_ids, answer_mask)
         tokens = self.vqa.lm.projector(visual.to(self.vqa.lm.projector_dtype()))
-        text = text_representation("embeddings", text_ids, text_mask, self.assign.raw_words)
+        text = text_representation(self.text_features, text_ids, text_mask, self.assign.raw_words, self.vqa.lm.lm)
         out = self.assign(tokens.mean(1), text)
         return {"loss": answer_loss + self.assign_weight * out["loss"], "answer_loss": answer_loss,
                 "assign_loss": out["loss"]}
@@ -104,11 +118,12 @@ class VLAPVQATask(GenerativeVQATask):
         v = opts.vlap
         words = load_word_embeddings(opts.llm.source)
         assign = AssignmentPrediction(words, fit_prior(self.word_prior(), words.shape[0]), v.epsilon,
-                                      v.sinkhorn_iterations, v.temperature)
+                                      v.sinkhorn_iterations, v.temperature, swap_loss=v.swap_loss,
+                                      assignment=v.assignment, prior_temperature=v.prior_temperature)
         if assign.dim != vqa.lm.lm.config.hidden_size:
             raise ConfigError(f"word embeddings are {assign.dim}-d but the LLM's hidden size is "
                               f"{vqa.lm.lm.config.hidden_size}")
-        return VLAPVQAModel(vqa, assign, v.assign_weight)
+        return VLAPVQAModel(vqa, assign, v.assign_weight, v.text_features)
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = super().collate(samples)

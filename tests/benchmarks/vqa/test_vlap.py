@@ -222,7 +222,9 @@ def test_vqa_with_vlap_projector_trains_only_the_linear_layer_and_generates(tmp_
     before = {k: v.clone() for k, v in model.state_dict().items()}
     batch = task.collate([task.build_datasets()["train"][i] for i in range(4)])
     loss, logs = task.training_loss(model.train(), batch)
-    assert loss.item() == pytest.approx(logs["answer_loss"] + logs["assign_loss"], rel=1e-5)
+    # the release's weighting (train.py l. 527): L_answer + 0.1 · L_map; the text side through the frozen LLM
+    assert loss.item() == pytest.approx(logs["answer_loss"] + 0.1 * logs["assign_loss"], rel=1e-5)
+    assert model.text_features == "llm_hidden" and model.assign.temperature == pytest.approx(0.01)
     loss.backward()
     torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).step()
     assert {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])} == \
