@@ -56,7 +56,10 @@ def from_checkpoint(checkpoint: str, split: str, out_dir: str | None, rerank_sco
     options = [f"run.rerank_score={rerank_score}"] if rerank_score is not None else []
     if full_itm:
         options.append("run.full_itm=true")
-    return evaluate_run(checkpoint, split, out_dir, options=options, tasks=("mmllm_retrieval", "mmllm_retrieval_vlap"))
+    from mmllm.engine.registry import all_tasks
+
+    models = tuple(name for name, entry in all_tasks().items() if entry.benchmark_name == "mmllm_retrieval")
+    return evaluate_run(checkpoint, split, out_dir, options=options, tasks=models)  # any model of the benchmark
 
 
 def main(argv=None) -> int:

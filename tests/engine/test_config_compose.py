@@ -203,7 +203,7 @@ EMOJI = {
 }
 RETRIEVAL = {  # config -> (dataset key, its own keys, splits)
     "configs/retrieval/emoji_meter_smollm2.yaml": ("mmllm_retrieval", {"max_text_len": 32}, ("train", "val", "test")),
-    "configs/retrieval/emoji_vlap_smollm2.yaml": ("mmllm_retrieval_vlap", {}, ("train", "val", "test")),
+    "configs/retrieval/emoji_vlap_smollm2.yaml": ("mmllm_retrieval", {}, ("train", "val", "test")),  # one section
     "configs/lavis/retrieval_emoji.yaml": ("mmllm_retrieval", {"max_text_len": 32}, ("train", "test")),
 }
 

@@ -183,7 +183,7 @@ TINY: dict[str, Callable[[Data], dict]] = {
                                   "datasets.mmllm_retrieval.splits": {"train": d.captions("train"),
                                                                       "test": d.captions("val")}},
     "mmllm_retrieval_vlap": lambda d: {"model.vision": VIT, "model.llm": d.lm(), "model.llm_dtype": "fp32",
-                                       "datasets.mmllm_retrieval_vlap.splits": {"train": d.captions("train"),
+                                       "datasets.mmllm_retrieval.splits": {"train": d.captions("train"),
                                                                                 "test": d.captions("val")}},
     "mmllm_vqa_generative": _generative("mmllm_vqa"),
     "mmllm_vqa_vlap": _generative("mmllm_vqa"),

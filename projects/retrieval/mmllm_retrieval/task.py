@@ -1,33 +1,32 @@
-"""Image–text retrieval task for the shared engine: ITC + ITM training; at test, ITM re-ranking of
-the ITC top-k (ALBEF/BLIP) and, with ``run.full_itm``, every pair scored by ITM (METER): see
-:mod:`mmllm_retrieval.scoring`."""
+"""METER's image–text retrieval model on the retrieval benchmark (:mod:`.benchmark`): ITC + ITM training; at
+test, ITM re-ranking of the ITC top-k (ALBEF/BLIP) and, with ``run.full_itm``, every pair scored by ITM
+(METER): see :mod:`mmllm_retrieval.scoring`."""
 from __future__ import annotations
 
 import logging
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import Field
-from torch.utils.data import Dataset
 
-from mmllm.data.captions import CaptionDataOptions, CaptionPairs, load_karpathy
-from mmllm.data.images import image_transform, load_image
+from mmllm.data.images import image_transform
 from mmllm.engine import distributed
+from mmllm.engine.benchmark import BenchmarkModel
 from mmllm.engine.evaluation import model_dtype, predict_split
 from mmllm.engine.preprocess import Preprocess
-from mmllm.engine.registry import InsertionDepths, registered_task
+from mmllm.engine.registry import InsertionDepths, registered_model
 from mmllm.engine.run_config import RunConfig
-from mmllm.engine.task import Task
-from mmllm.errors import ConfigError
-from mmllm.jsonio import write_json
 from mmllm.models.encoders import build_tokenizer, vision_input_spec
 
-from .metrics import caption_index, retrieval_metrics
+from .benchmark import RetrievalBenchmark, RetrievalEvalSet, check_eval_set
+from .metrics import retrieval_metrics
 from .model import RetrievalModelOptions, create_retrieval_model
 from .scoring import fill_reranked, full_itm_scores, topk_rerank
+
+__all__ = ["RetrievalEvalSet", "RetrievalRunOptions", "RetrievalTask", "check_eval_set"]
 
 log = logging.getLogger(__name__)
 
@@ -41,76 +40,23 @@ class RetrievalRunOptions(RunConfig):
                            "and report it as full_itm_*: images x texts fused passes")
 
 
-class RetrievalEvalSet:
-    """Images and texts of a Karpathy val/test file; text order = caption order in the file.
-
-    An evaluation split (:class:`~mmllm.engine.splits.EvalSplit`) of images: ``ids`` are the image
-    paths, ``len()`` the number of images, ``head(n)`` the first ``n`` images with all their captions
-    (the recalls of that smaller gallery: every query still has its own positives)."""
-
-    def __init__(self, items, transform):
-        self.items = items
-        self.transform = transform
-        self.texts = [c for item in items for c in item.captions]
-        self.img2txt, self.txt2img = caption_index([len(item.captions) for item in items])
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    @property
-    def ids(self) -> list[str]:
-        return [item.image_path for item in self.items]
-
-    def head(self, n: int) -> RetrievalEvalSet:
-        return RetrievalEvalSet(self.items[:n], self.transform)
-
-    def images(self) -> Dataset:
-        return _View(len(self.items), lambda i: {"index": i, "image": self.transform(load_image(self.items[i].image_path))})
-
-    def captions(self) -> Dataset:
-        return _View(len(self.texts), lambda t: {"index": t, "caption": self.texts[t]})
-
-
-class _View(Dataset):
-    """A sized, indexable view for the evaluation loops (images or captions of an eval set)."""
-
-    def __init__(self, size: int, get):
-        self.size, self.get = size, get
-
-    def __len__(self) -> int:
-        return self.size
-
-    @property
-    def ids(self) -> range:
-        """Image or caption indices (captions: their order in the annotation file)."""
-        return range(self.size)
-
-    def __getitem__(self, i):
-        return self.get(i)
-
-
-def check_eval_set(dataset, split: str, task: str) -> None:
-    """Retrieval ranks the images and captions of a val/test file; the train split holds caption pairs."""
-    if not isinstance(dataset, RetrievalEvalSet):
-        raise ConfigError(f"split {split!r} of task {task!r} is not an evaluation split ({type(dataset).__name__}: "
-                          "image-caption pairs); evaluate a val/test split")
-
-
 ROOT = Path(__file__).resolve().parents[3]
 DEFAULTS = Path(__file__).resolve().parent / "lavis_defaults"
 
 
-@registered_task(
-    "mmllm_retrieval", model_arch="mmllm_meter_retrieval", metric="r_mean",
+@registered_model(
+    "meter_retrieval", task="mmllm_retrieval", model_arch="mmllm_meter_retrieval",
     default_config=ROOT / "configs/retrieval/emoji_meter_smollm2.yaml",
-    preparers={"twemoji": "mmllm_retrieval.emoji_convert:ensure_converted"},
     lavis_model_config=DEFAULTS / "mmllm_meter_retrieval.yaml", lavis_dataset_config=DEFAULTS / "mmllm_retrieval.yaml",
     insertion_depths=InsertionDepths(fixed={"head": ("model.llm_block_at=before_fusion",), "tail": ("model.llm_block_at=after_fusion",)}),
     description="METER-style ITC + ITM retrieval with the frozen LLM block after fusion; Recall@K",
 )
-class RetrievalTask(Task):
+class RetrievalTask(BenchmarkModel):
+    """METER's retrieval model (a model of the retrieval benchmark): ITC + ITM, top-k re-ranking."""
+
+    benchmark = RetrievalBenchmark
+    bench: RetrievalBenchmark
     ModelOptions = RetrievalModelOptions
-    DataOptions = CaptionDataOptions
     RunOptions = RetrievalRunOptions
     compute_dtype_inputs = ("images",)
 
@@ -121,15 +67,6 @@ class RetrievalTask(Task):
 
     def build_model(self):
         return create_retrieval_model(self.model_cfg)
-
-    def build_datasets(self):
-        self.preprocess  # noqa: B018 - the call-order check: build_preprocess made the transform
-        check = self.data_cfg.check_images
-        out = {}
-        for name, spec in self.data_cfg.splits.items():
-            items = load_karpathy(spec.annotation, spec.image_root, check)
-            out[name] = CaptionPairs(items, self.transform) if name == "train" else RetrievalEvalSet(items, self.transform)
-        return out
 
     def _tokenize(self, captions):
         return self.tokenizer(captions, padding="longest", truncation=True,
@@ -237,19 +174,15 @@ class RetrievalTask(Task):
         start = time.perf_counter()
         scores_i2t, scores_t2i, sims, full = self.score_matrices(model, dataset, full_itm=self.run.full_itm)
         seconds = time.perf_counter() - start
-        metrics = retrieval_metrics(scores_i2t, scores_t2i, dataset.img2txt, dataset.txt2img)
         itc_only = retrieval_metrics(sims, sims.T, dataset.img2txt, dataset.txt2img)  # before re-ranking
-        report = {**metrics, "itc_only": itc_only, "rerank_score": self.run.rerank_score, "k_test": self.run.k_test,
-                  "eval_seconds": round(seconds, 2)}
-        out = {**{k: round(v, 2) for k, v in metrics.items()}, "itc_r_mean": round(itc_only["r_mean"], 2)}
+        report: dict[str, Any] = {"itc_only": itc_only, "rerank_score": self.run.rerank_score,
+                                  "k_test": self.run.k_test, "eval_seconds": round(seconds, 2)}
+        extra = {"itc_r_mean": round(itc_only["r_mean"], 2)}
         if full is not None:
             full_metrics = retrieval_metrics(full, full.T, dataset.img2txt, dataset.txt2img)
             report["full_itm"] = {**full_metrics, "pairs": int(full.size)}
-            out.update({f"full_itm_{k}": round(v, 2) for k, v in full_metrics.items()})
+            extra.update({f"full_itm_{k}": round(v, 2) for k, v in full_metrics.items()})
             log.info("%s: full ITM scored %d pairs; evaluation took %.1f s", split, full.size, seconds)
-        if distributed.is_main():
-            np.savez(Path(out_dir) / f"scores_{split}.npz", scores_i2t=scores_i2t, scores_t2i=scores_t2i)
-            if full is not None:  # same keys: projects/retrieval/evaluate.py --scores reads either file
+            if distributed.is_main():  # same keys: projects/retrieval/evaluate.py --scores reads either file
                 np.savez(Path(out_dir) / f"scores_full_itm_{split}.npz", scores_i2t=full, scores_t2i=full.T)
-            write_json(Path(out_dir) / f"recall_{split}.json", report)
-        return out
+        return {**self.bench.score_rankings(scores_i2t, scores_t2i, dataset, split, Path(out_dir), report), **extra}

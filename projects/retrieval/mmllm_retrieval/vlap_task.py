@@ -11,20 +11,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmllm.data.captions import CaptionDataOptions, CaptionPairs, load_karpathy
+from mmllm.data.captions import load_karpathy
 from mmllm.data.images import image_transform
-from mmllm.engine import distributed
+from mmllm.engine.benchmark import BenchmarkModel
 from mmllm.engine.evaluation import predict_split
 from mmllm.engine.preprocess import Preprocess
-from mmllm.engine.registry import registered_task
-from mmllm.engine.task import Task
+from mmllm.engine.registry import registered_model
 from mmllm.errors import ConfigError, DataError
-from mmllm.jsonio import write_json
 from mmllm.models.encoders import vision_input_spec
 from mmllm.models.vlap import word_frequency_prior
 
-from .metrics import retrieval_metrics
-from .task import RetrievalEvalSet, check_eval_set
+from .benchmark import RetrievalBenchmark, RetrievalEvalSet, check_eval_set
 from .vlap_model import VLAPRetrievalOptions, create_vlap_retrieval_model
 
 
@@ -42,16 +39,19 @@ def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor
 ROOT = Path(__file__).resolve().parents[3]
 
 
-@registered_task(  # VLAP (issue 13): one linear layer into the LLM's word-embedding space
-    "mmllm_retrieval_vlap", model_arch="mmllm_vlap_retrieval", metric="r_mean",
+@registered_model(  # VLAP (issue 13): one linear layer into the LLM's word-embedding space
+    "vlap_retrieval", task="mmllm_retrieval_vlap", model_arch="mmllm_vlap_retrieval",
     default_config=ROOT / "configs/retrieval/emoji_vlap_smollm2.yaml",
     variants={"vlap": (), "vlap_assign_only": ("model.caption_weight=0",)},
     description="VLAP: frozen ViT -> linear -> LLM word-embedding space, 0.1 x assignment prediction "
     "(+ captioning), as the release; Recall@K",
 )
-class VLAPRetrievalTask(Task):
+class VLAPRetrievalTask(BenchmarkModel):
+    """VLAP on the retrieval benchmark: ranking by cosine similarity in the LLM's word-embedding space."""
+
+    benchmark = RetrievalBenchmark
+    bench: RetrievalBenchmark
     ModelOptions = VLAPRetrievalOptions
-    DataOptions = CaptionDataOptions
     compute_dtype_inputs = ("images",)
 
     def build_preprocess(self, tokenizer=None) -> Preprocess:
@@ -82,15 +82,6 @@ class VLAPRetrievalTask(Task):
     def build_model(self, lm=None):
         self.preprocess  # noqa: B018 - the call-order check: build_preprocess loaded the tokenizer
         return create_vlap_retrieval_model(self.model_cfg, self.word_prior(), self.tokenizer, lm)
-
-    def build_datasets(self):
-        self.preprocess  # noqa: B018 - the call-order check: build_preprocess made the transform
-        check = self.data_cfg.check_images
-        out = {}
-        for name, spec in self.data_cfg.splits.items():
-            items = load_karpathy(spec.annotation, spec.image_root, check)
-            out[name] = CaptionPairs(items, self.transform) if name == "train" else RetrievalEvalSet(items, self.transform)
-        return out
 
     def _text_batch(self, captions: list[str]) -> dict[str, torch.Tensor]:
         rows = [self._ids(c) for c in captions]
@@ -145,8 +136,4 @@ class VLAPRetrievalTask(Task):
     def evaluate(self, model, dataset, split: str, out_dir: Path) -> dict[str, float]:
         check_eval_set(dataset, split, self.name)
         sims = self.similarities(model, dataset)
-        metrics = retrieval_metrics(sims, sims.T, dataset.img2txt, dataset.txt2img)
-        if distributed.is_main():
-            np.savez(Path(out_dir) / f"scores_{split}.npz", scores_i2t=sims, scores_t2i=sims.T)
-            write_json(Path(out_dir) / f"recall_{split}.json", metrics)
-        return {k: round(v, 2) for k, v in metrics.items()}
+        return self.bench.score_rankings(sims, sims.T, dataset, split, Path(out_dir))

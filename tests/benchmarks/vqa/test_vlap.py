@@ -131,7 +131,7 @@ def _config(tmp_path, data, lm_dir, **model):
     test = {"annotation": str(data / "captions_val.json"), "image_root": str(data / "images")}
     cfg = {"model": {"vision": {"vit": {"image_size": 32, "patch_size": 16, "width": 32, "layers": 1, "heads": 2}},
                      "llm": str(lm_dir), "llm_dtype": "fp32", "caption_prompt": "An image of", **model},
-           "datasets": {"mmllm_retrieval_vlap": {"splits": {"train": split, "test": test}}},
+           "datasets": {"mmllm_retrieval": {"splits": {"train": split, "test": test}}},
            "run": {"task": "mmllm_retrieval_vlap", "output_dir": str(tmp_path / "run"),
                    "deepspeed_config": str(ROOT / "configs/deepspeed/zero0.json"), "precision": "fp32", "seed": 0,
                    "max_epoch": 4, "max_steps": 2, "batch_size_train": 4, "batch_size_eval": 4, "init_lr": 1e-2,
