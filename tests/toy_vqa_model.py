@@ -24,7 +24,7 @@ from mmllm.engine.preprocess import Preprocess
 from mmllm.engine.registry import registered_model
 from mmllm.schema import ModelSection
 from mmllm_vqa.benchmark import VQABenchmark
-from mmllm_vqa.vqa_eval import normalize_answer
+from mmllm_vqa.metrics import normalize_answer
 
 
 class ToyVQAOptions(ModelSection):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mmllm.console import print_report
 from mmllm.errors import DataError
-from mmllm_vqa import vqa_eval
+from mmllm_vqa import metrics
 from mmllm_vqa.data import load_json_records
 from mmllm_vqa.results import read_results, write_submission
 
@@ -49,7 +49,7 @@ def from_files(questions: str, annotations: str, results: str) -> dict:
     if extra:
         raise DataError(f"{annotations} annotates {len(extra)} question(s) not in {questions}, e.g. {extra[:5]}: "
                         "the official evaluation scores every annotated question, give matching files")
-    return vqa_eval.evaluate(anns, read_results(results, set(qids)), source=annotations)
+    return metrics.evaluate(anns, read_results(results, set(qids)), source=annotations)
 
 
 def from_checkpoint(checkpoint: str, split: str, out_dir: str | None, submission: str | None) -> dict:
@@ -70,7 +70,7 @@ def from_checkpoint(checkpoint: str, split: str, out_dir: str | None, submission
         if submission:
             out["submission"] = str(write_submission(answers, task.data_cfg.splits[split].questions, out_dir, submission))
         if dataset.split.annotations:
-            out.update(vqa_eval.evaluate(dataset.split.annotation_list(), answers))
+            out.update(metrics.evaluate(dataset.split.annotation_list(), answers))
         return out
 
     from mmllm.engine.registry import all_tasks

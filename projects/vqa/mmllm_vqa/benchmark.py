@@ -3,7 +3,7 @@
 Every VQA model (METER's classifier, the LLaVA/LLaViT generative path, VLAP) reads this one data
 section, ``datasets.mmllm_vqa``, and is scored here: one answer string per question, every question of
 the split exactly once, results written in the official results format (``results_<split>.json``) and
-scored by the official evaluator's rules (:mod:`.vqa_eval`, which normalises each answer itself).
+scored by the official evaluator's rules (:mod:`.metrics`, which normalises each answer itself).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from mmllm.errors import DataError
 from mmllm.jsonio import write_json
 from mmllm.schema import DataSection, Section
 
-from . import vqa_eval
+from . import metrics
 from .data import COCO_PATTERN, VQASplit, load_split
 
 
@@ -148,7 +148,7 @@ class VQABenchmark(Benchmark):
         annotations = getattr(getattr(dataset, "split", None), "annotations", None)
         if not annotations:
             return {}
-        acc = vqa_eval.evaluate([annotations[q] for q in predictions.ids], answers, f"split {split}")
+        acc = metrics.evaluate([annotations[q] for q in predictions.ids], answers, f"split {split}")
         if distributed.is_main():
             write_json(out_dir / f"accuracy_{split}.json", {**acc, "questions": len(answers)})
         return {

@@ -19,7 +19,7 @@ from mmllm.data.images import check_images_exist, image_transform, load_image
 from mmllm.errors import ConfigError, DataError
 from mmllm.jsonio import read_json
 
-from .vqa_eval import normalize_answer
+from .metrics import normalize_answer
 
 COCO_PATTERN = "COCO_{split}2014_{image_id:012d}.jpg"
 

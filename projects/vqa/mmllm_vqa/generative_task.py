@@ -2,7 +2,7 @@
 
 Same data section and the same official evaluator as METER's classifier, but the answer is
 generated as free text (greedy, ``model.max_new_tokens``) and scored after the official
-normalisation (:func:`vqa_eval.evaluate` normalises every result answer itself). Training
+normalisation (:func:`metrics.evaluate` normalises every result answer itself). Training
 target: the most frequent normalised annotator answer of each question (ties: alphabetical).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from mmllm.engine.registry import registered_model
 from mmllm.errors import DataError
 from mmllm.models.encoders import vision_input_spec
 
-from . import vqa_eval
+from . import metrics
 from .benchmark import VQABenchmark, VQADataOptions
 from .data import VQASplit
 from .generative_model import GenerativeVQAOptions, build_prompt_format, create_generative_vqa_model
@@ -36,7 +36,7 @@ class GenerativeVQADataOptions(VQADataOptions):
 
 def most_frequent_answer(answers: Iterable[str], question_id: Any = None) -> str:
     """The most frequent normalised annotator answer (ties broken alphabetically)."""
-    counts = Counter(vqa_eval.normalize_answer(a) for a in answers)
+    counts = Counter(metrics.normalize_answer(a) for a in answers)
     if not counts:
         raise DataError(f"question {question_id}: no annotator answer to train on")
     return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
@@ -54,7 +54,7 @@ def score_generated(split: VQASplit, answers: dict[int, str]) -> dict[str, Any]:
     contractions), so "Two." scores as "2"."""
     if not split.annotations:
         raise DataError(f"split {split.name!r} has no annotations to score against")
-    return vqa_eval.evaluate([split.annotations[qid] for qid in sorted(answers)], answers, f"split {split.name}")
+    return metrics.evaluate([split.annotations[qid] for qid in sorted(answers)], answers, f"split {split.name}")
 
 
 ROOT = Path(__file__).resolve().parents[3]

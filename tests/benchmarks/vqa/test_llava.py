@@ -151,7 +151,7 @@ def test_chat_prompt_matches_the_template(smollm_tokenizer):
 
 
 def test_generated_answers_get_the_official_normalisation(tmp_path):
-    from mmllm_vqa import vqa_eval
+    from mmllm_vqa import metrics
     from mmllm_vqa.data import load_split
     from mmllm_vqa.generative_task import score_generated, training_answer
 
@@ -170,7 +170,7 @@ def test_generated_answers_get_the_official_normalisation(tmp_path):
     # hand-computed: 1, 1, red has 2 of 10 votes -> mean over leave-one-out of min(1, matches/3):
     # 2 subsets drop a red (1 match -> 1/3), 8 drop a blue (2 matches -> 2/3): (2/3 + 16/3) / 10 = 0.6; 0
     assert acc["overall"] == round(100 * (1 + 1 + 0.6 + 0) / 4, 2)
-    assert vqa_eval.normalize_answer("Two.") == "2" and vqa_eval.normalize_answer("The Circle") == "circle"
+    assert metrics.normalize_answer("Two.") == "2" and metrics.normalize_answer("The Circle") == "circle"
     assert training_answer(anns[2]) == "blue" and training_answer(ann(9, ["Two", "2", "two."])) == "2"
 
 

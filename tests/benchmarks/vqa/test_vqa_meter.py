@@ -12,9 +12,9 @@ from mmllm.engine.schedule import build_scheduler
 from mmllm.errors import ConfigError
 from mmllm.params import param_groups
 from mmllm_vqa.data import soft_scores
+from mmllm_vqa.metrics import question_accuracy
 from mmllm_vqa.model import VQAModel, create_vqa_model
 from mmllm_vqa.task import METERVQADataOptions, VQAModelOptions
-from mmllm_vqa.vqa_eval import question_accuracy
 
 
 class _Backbone(nn.Module):

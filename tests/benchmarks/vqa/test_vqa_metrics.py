@@ -7,7 +7,7 @@ import pytest
 from conftest import ROOT
 
 from mmllm.errors import DataError
-from mmllm_vqa.vqa_eval import evaluate, normalize_answer, question_accuracy
+from mmllm_vqa.metrics import evaluate, normalize_answer, question_accuracy
 
 
 def answers(*pairs):
