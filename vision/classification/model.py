@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mmllm import build_visual_llm_layer
+from mmllm.blocks import BlockOptions
 from mmllm.engine.task import ModelSection
 from mmllm.errors import CheckpointError, ConfigError
 
@@ -215,7 +216,7 @@ class ClsModelOptions(ModelSection):
         description="ViT block k after which the block sits; default the last "
         "(official placement); negative counts from the end",
     )
-    llm_block: dict[str, Any] | None = Field(None, description="block options (mmllm.blocks); None = no block")
+    llm_block: BlockOptions = Field(None, description="block options (mmllm.blocks); None = no block")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing (DeiT: 0.1)")
     no_weight_decay: Literal["norms_biases", "official"] = Field(
         "norms_biases",

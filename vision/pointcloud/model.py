@@ -16,7 +16,7 @@ The transformer blocks are timm's ``Block``; the LLM block comes from :func:`mml
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -24,6 +24,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from mmllm import build_visual_llm_layer
+from mmllm.blocks import BlockOptions
 from mmllm.engine.task import ModelSection
 from mmllm.errors import ConfigError
 from mmllm.models.point_groups import PointGroupTokenizer, PointPositionEmbed, min_points_required
@@ -71,7 +72,7 @@ class PointBERTOptions(ModelSection):
         description="the LLM block runs after this many transformer blocks: 0 = before the first, "
         "depth = after the last (default, before the final norm), negative counts from the end (-1 = depth - 1)",
     )
-    llm_block: dict[str, Any] | None = Field(None, description="block options (kind, source, layers, ...)")
+    llm_block: BlockOptions = Field(None, description="block options (kind, source, layers, ...)")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
 
 
