@@ -177,6 +177,11 @@ def _init_like_llm(layer: nn.Module, config: PretrainedConfig) -> None:
 class FrozenLLMBlock(nn.Module):
     """One or more LLM decoder layers between two trainable linear adapters.
 
+    The module of every LLM-layer kind: ``llm_block`` (pretrained, frozen: the paper's method, hence the
+    name, kept as the public interface), ``random_frozen`` (frozen), and the two kinds whose layers *train*,
+    ``llm_block_finetuned`` and ``random_trained`` (the paper's controls). Whether the layers train is the
+    kind's (``cfg.trainable``, a class constant of its config), never the class name's.
+
     ``forward(x, padding_mask=None, **context)``: ``x`` is [B, N, visual_dim];
     ``padding_mask`` is [B, N] bool with True marking padding (as PyTorch's
     ``key_padding_mask``). Padded tokens are zeroed on the way in, never attended to, and

@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpointing import describe_write_error
 from ..errors import CheckpointError
 from ..jsonio import atomic_write_text
 from ..loading.integrity import file_digest
+from ..model_file import describe_write_error
 from ..safeload import deepspeed_safe_globals, load_weights_only
 from . import distributed
 

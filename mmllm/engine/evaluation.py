@@ -134,7 +134,7 @@ def load_trained(checkpoint: str | Path, out_dir: str | Path | None = None, edit
     """
     from omegaconf import OmegaConf
 
-    from ..checkpointing import load_model_file, read_model_file
+    from ..model_file import load_model_file, read_model_file
     from .registry import build_task
     from .trainer import compute_precision
 

@@ -28,10 +28,10 @@ from torch.utils.data import ConcatDataset, Dataset, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 
-from ..checkpointing import block_fingerprints, load_model_file, model_state_dict, read_model_file, save_model_file
 from ..config import to_dict
 from ..errors import CheckpointError, ConfigError, MMLLMError, TrainingError
 from ..jsonio import write_json
+from ..model_file import block_fingerprints, load_model_file, model_state_dict, read_model_file, save_model_file
 from ..params import param_groups
 from ..precision import cast_parameters
 from . import distributed

@@ -121,8 +121,8 @@ def task_config(entry: TaskEntry, model_config: str | Path) -> DictConfig:
     """The full task config a LAVIS model type stands for: a stored run for ``model.finetuned``,
     else the file's ``model`` section over the task's registered config (or the file itself when it
     has ``datasets`` and ``run``)."""
-    from ..checkpointing import read_model_file
     from ..config import load_config
+    from ..model_file import read_model_file
 
     raw = load_yaml(model_config)
     model = raw.get("model") or {}
@@ -231,9 +231,9 @@ def register(entry: TaskEntry) -> None:
             ``mmllm train`` builds it, with the ``model.finetuned`` weights if the file names them.
 
             Inside a LAVIS training run the task builds the model instead (``Task.build_model``)."""
-            from ..checkpointing import load_model_file
             from ..engine.launch import prepare_embedded_data
             from ..engine.trainer import build_model
+            from ..model_file import load_model_file
 
             path = cfg.get("config_path") if hasattr(cfg, "get") else None
             if path is None:
@@ -252,7 +252,7 @@ def register(entry: TaskEntry) -> None:
         def load_checkpoint(self, url_or_filename):
             """``load_model(..., checkpoint=<model_final.pt>)``: our model files (frozen LLM weights
             are checked by fingerprint, not stored), strict on every trainable tensor."""
-            from ..checkpointing import load_model_file
+            from ..model_file import load_model_file
 
             return load_model_file(self.net, url_or_filename)
 

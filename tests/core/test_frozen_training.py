@@ -6,8 +6,8 @@ from torch import nn
 
 from mmllm import AdapterMLP, FrozenLLMBlock, LLMBlockConfig, NoBlock, build_block, build_visual_llm_layer
 from mmllm.blocks import FinetunedBlockConfig, RandomFrozenBlockConfig, RandomTrainedBlockConfig
-from mmllm.checkpointing import frozen_keys, load_model_state_dict, model_state_dict
 from mmllm.errors import CheckpointError
+from mmllm.model_file import frozen_keys, load_model_state_dict, model_state_dict
 from mmllm.params import param_groups
 
 VISUAL = 16
@@ -155,7 +155,7 @@ def test_checkpoint_from_other_llm_weights_is_refused(folders, tmp_path):
     save_tiny("llama", tmp_path, seed=7)
     a = Toy(FrozenLLMBlock(LLMBlockConfig(visual_dim=VISUAL, source=str(folder))))
     b = Toy(FrozenLLMBlock(LLMBlockConfig(visual_dim=VISUAL, source=str(tmp_path))))
-    from mmllm.checkpointing import block_fingerprints
+    from mmllm.model_file import block_fingerprints
 
     with pytest.raises(CheckpointError, match="different frozen LLM weights"):
         load_model_state_dict(b, model_state_dict(a), block_fingerprints(a))

@@ -307,7 +307,7 @@ def test_an_os_system_payload_is_named_in_the_refusal(tmp_path):
     """The classic payload: ``__reduce__`` returning ``(os.system, (command,))``; the error names the call."""
     import os
 
-    from mmllm.checkpointing import read_model_file
+    from mmllm.model_file import read_model_file
 
     marker = tmp_path / "SYSTEM_MARKER"
 

@@ -13,12 +13,12 @@ from conftest import ROOT
 from omegaconf import OmegaConf
 from test_registry import env, toy_config
 
-from mmllm.checkpointing import save_model_file
 from mmllm.config import load_config
 from mmllm.engine.checkpoint import LATEST, MANIFEST, CheckpointStore
 from mmllm.engine.launch import task_for
 from mmllm.engine.rundir import prepare_output_dir
 from mmllm.errors import CheckpointError, ConfigError
+from mmllm.model_file import save_model_file
 
 
 def build(tmp_path, *options, **run):
@@ -192,7 +192,7 @@ def test_disk_full_writing_the_final_model(tmp_path, monkeypatch):
 
 
 def test_truncated_model_file_is_named(tmp_path):
-    from mmllm.checkpointing import read_model_file
+    from mmllm.model_file import read_model_file
 
     path = tmp_path / "model_final.pt"
     save_model_file(path, {"w": torch.ones(1000)}, {}, {"run": {}})

@@ -196,7 +196,7 @@ def test_trains_and_evaluates_through_the_engine(tmp_path, smollm_tokenizer):
     from conftest import ROOT
     from tiny_vqa import write_images_and_qa
 
-    from mmllm.checkpointing import read_model_file
+    from mmllm.model_file import read_model_file
 
     data = write_images_and_qa(tmp_path / "data", n_images=6)
     lm_dir = _tiny_lm_folder(tmp_path / "lm", smollm_tokenizer)

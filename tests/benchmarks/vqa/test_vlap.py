@@ -169,7 +169,7 @@ def test_only_the_linear_layer_trains(tmp_path, tiny_lm_dir):
 def test_vlap_retrieval_trains_two_steps_end_to_end(tmp_path, tiny_lm_dir):
     from tiny_vqa import write_images_and_qa
 
-    from mmllm.checkpointing import read_model_file
+    from mmllm.model_file import read_model_file
 
     data = write_images_and_qa(tmp_path / "d", n_images=6)
     path = tmp_path / "cfg.yaml"
