@@ -76,6 +76,35 @@ def best_iou(token_map: torch.Tensor, target: torch.Tensor, thresholds: Sequence
     return max(scores, key=lambda s: (s[0], -s[1]))
 
 
+def _upsample(token_map: torch.Tensor, target: torch.Tensor, mode: str) -> torch.Tensor:
+    if token_map.dim() != 2 or target.dim() != 2:
+        raise DataError(f"expected a [h, w] map and an [H, W] mask, got {tuple(token_map.shape)}, {tuple(target.shape)}")
+    return F.interpolate(token_map[None, None].float(), size=tuple(target.shape), mode=mode,
+                         **({} if mode == "nearest" else {"align_corners": False}))[0, 0]
+
+
+def held_out_threshold(maps: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
+                       thresholds: Sequence[float] = THRESHOLDS, mode: str = "nearest") -> tuple[float, float]:
+    """(threshold, its mIoU on these images): the ONE threshold whose mean IoU over the held-out images is
+    highest (ties: the lowest threshold), to be applied unchanged to the evaluated images
+    (:func:`fixed_threshold_miou`). Unlike each image's own best threshold (:func:`best_iou`), this does not
+    look at the evaluated masks."""
+    if len(maps) == 0 or len(maps) != len(masks):
+        raise DataError(f"need as many held-out maps as masks, at least one (got {len(maps)}, {len(masks)})")
+    ups = [_upsample(m, t, mode) for m, t in zip(maps, masks)]
+    scores = [(mean_iou([iou(u >= t, m) for u, m in zip(ups, masks)]), t) for t in thresholds]
+    score, threshold = max(scores, key=lambda s: (s[0], -s[1]))
+    return threshold, score
+
+
+def fixed_threshold_miou(maps: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], threshold: float,
+                         mode: str = "nearest") -> float:
+    """mIoU of the maps' pseudo-masks at one given threshold (chosen elsewhere, e.g. on held-out images)."""
+    if len(maps) != len(masks):
+        raise DataError(f"{len(maps)} maps for {len(masks)} masks")
+    return mean_iou([iou(_upsample(m, t, mode) >= threshold, t) for m, t in zip(maps, masks)])
+
+
 def mean_iou(values: Sequence[float]) -> float:
     """mIoU over a set of images (the mean of their best IoUs)."""
     if not values:

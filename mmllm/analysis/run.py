@@ -22,7 +22,15 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError
 from ..jsonio import write_json
 from .attention import CLSAttentionRecorder
-from .maps import attention_map, best_iou, frequency_map, magnitude_map, mean_iou
+from .maps import (
+    attention_map,
+    best_iou,
+    fixed_threshold_miou,
+    frequency_map,
+    held_out_threshold,
+    magnitude_map,
+    mean_iou,
+)
 
 
 @dataclass
@@ -100,12 +108,38 @@ def _check_layout(tokens: torch.Tensor, inputs: AnalysisInputs, rows: torch.Tens
 
 
 def _score(grids: list[torch.Tensor], masks: torch.Tensor) -> float:
+    """Each image's own best of the 9 thresholds (looks at the evaluated masks: flatters every map)."""
     return round(100 * mean_iou([best_iou(g, m)[0] for g, m in zip(grids, masks)]), 2)
 
 
+def _score_held_out(grids: list[torch.Tensor], masks: torch.Tensor, holdout: int) -> tuple[float, float]:
+    """(mIoU of the evaluated images at one threshold, that threshold): the threshold is the one that maximises
+    the mIoU of the first ``holdout`` images; the score is over the images after them."""
+    threshold, _ = held_out_threshold(grids[:holdout], list(masks[:holdout]))
+    return round(100 * fixed_threshold_miou(grids[holdout:], list(masks[holdout:]), threshold), 2), threshold
+
+
+def _run_seed(run_dir: Path) -> int | None:
+    """The run's seed as the leaderboard reads it: ``summary.json``'s ``seed`` (None when absent)."""
+    import json
+
+    try:
+        seed = json.loads((run_dir / "summary.json").read_text()).get("seed")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None if seed is None else int(seed)
+
+
 def analyse(run_dir: str | Path, split: str = "test", num: int = 16, out: str | Path | None = None,
-            figures: int = 4, background: str = "plain") -> dict:
-    """Maps, mIoU (in ``analysis.json``) and overlays (``maps_XXX.png``) of a finished run under ``out``."""
+            figures: int = 4, background: str = "plain", holdout: int = 4) -> dict:
+    """Maps, mIoU (in ``analysis.json``) and overlays (``maps_XXX.png``) of a finished run under ``out``.
+
+    The split's first ``holdout`` images choose one threshold per map (the one maximising their mIoU); the
+    ``num`` images after them are scored at it: ``miou_<map>`` (primary, with ``threshold_<map>``). Each
+    evaluated image's own best of 9 thresholds stays as ``miou_<map>_per_image_best`` (secondary: it looks at
+    the evaluated masks). A run trained without the block (kind ``none``) is analysed too: its ``llm_block``
+    is the identity in the block's place, so its maps come from the final tokens before the head, where the
+    block's output would be (``before`` and ``after`` are the same tokens)."""
     from ..engine.evaluation import load_trained
     from ..engine.registry import all_tasks, resolve_target
 
@@ -115,6 +149,8 @@ def analyse(run_dir: str | Path, split: str = "test", num: int = 16, out: str | 
         raise CheckpointError(f"{checkpoint} does not exist: analyse a finished run (its folder holds model_final.pt)")
     if num < 1:
         raise ConfigError(f"--num must be at least 1, got {num}")
+    if holdout < 1:
+        raise ConfigError(f"--holdout must be at least 1 (the images that choose the threshold), got {holdout}")
     out = Path(out or run_dir / "analysis")
     task, model, datasets = load_trained(checkpoint, run_dir)
     hook = getattr(task.entry, "analysis", None) if task.entry is not None else None
@@ -122,31 +158,39 @@ def analyse(run_dir: str | Path, split: str = "test", num: int = 16, out: str | 
         having = sorted(n for n, e in all_tasks().items() if getattr(e, "analysis", None))
         raise ConfigError(f"task {task.entry.name if task.entry else '?'} has no analysis hook; tasks with one: {having}")
     block = find_block(model)
-    if block.__class__.__name__ == "NoBlock":
-        raise ConfigError(f"{run_dir} was trained without a block (kind none): nothing to analyse")
+    kind = str(getattr(block, "kind", block.__class__.__name__))
     if split not in datasets:
         raise ConfigError(f"split {split!r} is not among the run's datasets {sorted(datasets)}")
-    inputs = _call_hook(resolve_target(hook), task, model, datasets[split], num, background)
+    inputs = _call_hook(resolve_target(hook), task, model, datasets[split], holdout + num, background)
     attention_name = _module_name(model, inputs.attention) if inputs.attention is not None else None
     before, after, rows = _observe(model, block, inputs)
     _check_layout(before, inputs, rows)
+    total = int(inputs.masks.shape[0])
+    if total <= holdout:
+        raise ConfigError(f"split {split!r} gave {total} images: not enough for {holdout} held-out + evaluated ones")
     h, w = inputs.grid
-    report: dict = {"run": str(run_dir), "split": split, "images": int(inputs.masks.shape[0]),
-                    "background": inputs.background, "upsampling": "nearest", "thresholds": "0.1..0.9",
+    report: dict = {"run": str(run_dir), "split": split, "block": kind, "seed": _run_seed(run_dir),
+                    "images": total - holdout, "held_out_images": holdout, "background": inputs.background,
+                    "upsampling": "nearest", "thresholds": "0.1..0.9",
+                    "scoring": "one threshold per map, chosen on the held-out images (miou_*); each image's own "
+                               "best threshold (miou_*_per_image_best)",
                     "cls_attention": attention_name}
     maps: dict[str, list[torch.Tensor]] = {}
     for stage, tokens in (("before", before), ("after", after)):
-        for kind, fn in (("magnitude", magnitude_map), ("frequency", frequency_map)):
-            maps[f"{kind}_{stage}"] = [fn(t).reshape(h, w) for t in tokens[:, inputs.prefix:]]
-            report[f"miou_{kind}_{stage}"] = _score(maps[f"{kind}_{stage}"], inputs.masks)
+        for map_kind, fn in (("magnitude", magnitude_map), ("frequency", frequency_map)):
+            maps[f"{map_kind}_{stage}"] = [fn(t).reshape(h, w) for t in tokens[:, inputs.prefix:]]
     if rows is not None:
         maps["cls_attention"] = [attention_map(r).reshape(h, w) for r in rows]
-        report["miou_cls_attention"] = _score(maps["cls_attention"], inputs.masks)
-    # the level a map that knows nothing reaches: uniform random maps, scored the same way (best of 9 thresholds)
+    # the level a map that knows nothing reaches: uniform random maps, scored the same way
     generator = torch.Generator().manual_seed(0)
-    report["miou_random"] = _score([torch.rand(h, w, generator=generator) for _ in inputs.masks], inputs.masks)
+    maps["random"] = [torch.rand(h, w, generator=generator) for _ in range(total)]
+    for name, grids in maps.items():
+        report[f"miou_{name}"], report[f"threshold_{name}"] = _score_held_out(grids, inputs.masks, holdout)
+    for name, grids in maps.items():
+        report[f"miou_{name}_per_image_best"] = _score(grids[holdout:], inputs.masks[holdout:])
+    del maps["random"]
     out.mkdir(parents=True, exist_ok=True)
-    _overlays(inputs.display, maps, out, figures)
+    _overlays(inputs.display[holdout:], {k: v[holdout:] for k, v in maps.items()}, out, figures)
     write_json(out / "analysis.json", report)
     return report
 
@@ -192,6 +236,72 @@ def summarise(reports: list[dict]) -> dict:
     return summary
 
 
+def _by_seed(reports: list[dict], arm: str) -> dict[int, dict]:
+    out: dict[int, dict] = {}
+    for r in reports:
+        seed = r.get("seed")
+        if seed is None:
+            raise ConfigError(f"{r['run']} ({arm}) has no seed in its summary.json: runs are paired by seed")
+        if seed in out:
+            raise ConfigError(f"{arm}: two runs with seed {seed} ({out[seed]['run']}, {r['run']}): pair one run per seed")
+        out[seed] = r
+    return out
+
+
+def compare(with_block: list[dict], without_block: list[dict], confidence: float = 0.95) -> dict:
+    """The information-filtering comparison (Pang et al., ICLR 2024, §5): the same maps of runs trained WITH
+    the block and runs trained WITHOUT it (kind ``none``: its maps from the final tokens), per mIoU key:
+    mean ± sample std of each arm and the paired difference with − without over the seeds both arms have,
+    with its Student-t interval (:func:`mmllm.stats.paired_difference`, as the leaderboard)."""
+    from ..stats import mean_std, paired_difference
+
+    if not with_block or not without_block:
+        raise ConfigError("compare needs at least one run in each arm (with the block, without it)")
+    arms = {"with": _by_seed(with_block, "with the block"), "without": _by_seed(without_block, "without the block")}
+    keys = [k for k in with_block[0] if k.startswith("miou_")]
+    missing = sorted({k for k in keys for r in [*with_block, *without_block] if k not in r})
+    if missing:
+        raise ConfigError(f"the runs' analyses differ: {missing} missing in some (mixed tasks or hooks?)")
+    seeds = sorted(set(arms["with"]) & set(arms["without"]))
+    rows = []
+    for key in keys:
+        row: dict = {"map": key[len("miou_"):]}
+        for arm, runs in arms.items():
+            mean, sd, n = mean_std([float(r[key]) for r in runs.values()])
+            row[arm] = {"mean": mean, "std": sd, "n": n}
+        if seeds:
+            row.update(paired_difference({s: float(arms["with"][s][key]) for s in seeds},
+                                         {s: float(arms["without"][s][key]) for s in seeds}, confidence))
+        else:
+            row.update({"diff": None, "low": None, "high": None, "n_paired": 0})
+        rows.append(row)
+    return {"with_block": [r["run"] for r in with_block], "without_block": [r["run"] for r in without_block],
+            "blocks": sorted({str(r.get("block")) for r in with_block}), "paired_seeds": seeds,
+            "confidence": confidence, "rows": rows}
+
+
+def _fmt(value: float | None, sd: float | None = None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2f}" if sd is None else f"{value:.2f} ± {sd:.2f}"
+
+
+def compare_markdown(result: dict) -> str:
+    """The comparison as a markdown table: one row per map, both arms, Δ (with − without) and its interval."""
+    pct = round(100 * result["confidence"])
+    lines = [f"| map | with block (mean ± std, n) | without block (mean ± std, n) | Δ with − without | {pct}% t interval "
+             "| paired seeds |", "|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        w, o = row["with"], row["without"]
+        interval = "–" if row["low"] is None else f"[{row['low']:.2f}, {row['high']:.2f}]"
+        lines.append(f"| {row['map']} | {_fmt(w['mean'], w['std'])} ({w['n']}) | {_fmt(o['mean'], o['std'])} "
+                     f"({o['n']}) | {_fmt(row['diff'])} | {interval} | {row['n_paired']} |")
+    note = ("mIoU (%) of each map's pseudo-masks; miou_<map>: one threshold chosen on held-out images; "
+            "<map>_per_image_best: each image's own best threshold (secondary). Δ paired by seed, Student-t interval. "
+            "Without the block, `after` and `before` are the same final tokens (where the block's output would be).")
+    return "\n".join(lines) + "\n\n" + note + "\n"
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("analyze", help="activation maps before/after the block of a trained run, and mIoU")
     parser.add_argument("--run", required=True, nargs="+",
@@ -205,14 +315,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--figures", type=int, default=4, help="overlay PNGs to write")
     parser.add_argument("--background", default="plain",
                         help="plain (the images as they are) or, where the task's hook offers it, textured")
+    parser.add_argument("--holdout", type=int, default=4,
+                        help="the split's first images that choose each map's one threshold (scored: the --num after them)")
+    parser.add_argument("--without", nargs="+", default=None,
+                        help="runs trained without the block (kind none): compare --run (with it) against them, "
+                             "paired by seed")
+    parser.add_argument("--compare-out", default="analysis_compare",
+                        help="with --without: where compare.json and compare.md go (default: ./analysis_compare)")
 
     def run(args: argparse.Namespace) -> int:
         import json
 
         if args.out and len(args.run) > 1:
             raise ConfigError("--out names one folder: with several runs use --out-name (a folder inside each run)")
-        reports = [analyse(r, args.split, args.num, args.out or Path(r) / args.out_name, args.figures, args.background)
-                   for r in args.run]
+        if args.out and args.without:
+            raise ConfigError("--out names one folder: with --without use --out-name (a folder inside each run)")
+
+        def each(runs: list[str]) -> list[dict]:
+            return [analyse(r, args.split, args.num, args.out or Path(r) / args.out_name, args.figures,
+                            args.background, args.holdout) for r in runs]
+
+        reports = each(args.run)
+        if args.without:
+            result = compare(reports, each(args.without))
+            out = Path(args.compare_out)
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "compare.json", result)
+            (out / "compare.md").write_text(compare_markdown(result))
+            print(json.dumps(result, indent=1))
+            return 0
         if len(reports) == 1:
             print(json.dumps(reports[0], indent=1))
             return 0

@@ -85,6 +85,9 @@ class LLMBlockConfig(BlockConfig):
     final_norm: Literal["unit", "pretrained", "none"] = "unit"
     gradient_checkpointing: bool = False
     adapter_bias: bool = False
+    # a hub id whose checkpoint is one model.safetensors: read only the chosen layers' tensors by HTTP range
+    # requests (None: the MMLLM_HUB_RANGE_REQUESTS environment variable decides; mmllm.loading.hub)
+    hub_range_requests: bool | None = None
 
     @field_validator("source", mode="before")
     @classmethod
@@ -230,7 +233,8 @@ class FrozenLLMBlock(nn.Module):
             return nn.ModuleList(layers), norm
         want_pretrained_norm = cfg.final_norm == "pretrained" and norm_wanted
         assert cfg.source is not None  # _needs_source: a pretrained block has one
-        weights = load_layer_weights(cfg.source, self.layer_indices, want_pretrained_norm, config, self.compute_dtype)
+        weights = load_layer_weights(cfg.source, self.layer_indices, want_pretrained_norm, config, self.compute_dtype,
+                                     range_requests=cfg.hub_range_requests)
         with torch.device("meta"):
             layers = [self.spec.build_layer(config, i) for i in self.layer_indices]
         for layer, i in zip(layers, self.layer_indices):

@@ -54,7 +54,7 @@ def from_pretrained(
     kind: str | None = None,
     **options: Any,
 ):
-    """A block from an LLM source (asset name, hub id in the local cache, folder, .gguf) or from a
+    """A block from an LLM source (asset name, hub id: downloaded by the shards it needs unless offline, folder, .gguf) or from a
     folder written by :func:`save_pretrained`. See ``FrozenLLMBlock.from_pretrained``."""
     text = os.fspath(source) if isinstance(source, os.PathLike) else source
     if not isinstance(text, str):

@@ -18,7 +18,7 @@ from transformers import PretrainedConfig
 
 from ..architectures import ArchitectureSpec, ExtraTensor, spec_for_config
 from ..errors import CheckpointError, ConfigError
-from . import gguf_file, hf_folder, hub_cache, llama_v1
+from . import gguf_file, hf_folder, hub, hub_cache, llama_v1
 from .weights import (
     LayerWeights,
     cast,
@@ -57,7 +57,8 @@ def how_to_provide() -> str:
 
 def resolve_source(source: str | Path) -> tuple[str, Path]:
     """(format, local path) of a source; embedded asset names are prepared on first use, hub ids
-    (``org/name``) are found in the local Hugging Face cache (never downloaded)."""
+    (``org/name``) are downloaded as transformers does (config and index here, the layers' shards when
+    read; :mod:`.hub`), or, with ``HF_HUB_OFFLINE=1``, found in the local Hugging Face cache."""
     from .. import assets
 
     text = str(source)
@@ -86,12 +87,14 @@ def locate_source(source: str | Path) -> tuple[str, Path | None]:
     if hf_folder.is_hf_folder(path):
         return "hf", path
     if hub_cache.looks_like_hub_id(text):
+        if not hub.is_offline():  # as transformers: config.json + index now, the layers' shards when read
+            return "hf", hub.fetch_metadata(text)
         snapshot = hub_cache.find_in_hub_cache(text)
         if snapshot is not None and hf_folder.is_hf_folder(snapshot):
             return "hf", snapshot
         raise CheckpointError(
             f"LLM source {text!r} looks like a Hugging Face hub id but is not in the local Hugging Face cache "
-            f"({hub_cache.hub_cache_dir()}); nothing is downloaded at run time. Provide the weights as "
+            f"({hub_cache.hub_cache_dir()}) and HF_HUB_OFFLINE=1: nothing is downloaded. Provide the weights as "
             f"{how_to_provide()}, or fetch {text!r} once where there is network "
             f"(`huggingface-cli download {text}`) and copy the cache here"
         )
@@ -121,9 +124,11 @@ def load_layer_weights(
     with_final_norm: bool,
     config: PretrainedConfig | None = None,
     dtype: torch.dtype | None = None,
+    range_requests: bool | None = None,
 ) -> LayerWeights:
     """Tensors of ``layer_indices`` (and the final norm if asked), checked against the config and
-    cast to ``dtype`` (None: as stored; GGUF: dequantized fp32) tensor by tensor."""
+    cast to ``dtype`` (None: as stored; GGUF: dequantized fp32) tensor by tensor. ``range_requests``: a hub
+    id's single-file checkpoint is read tensor by tensor over HTTP ranges (None: ``MMLLM_HUB_RANGE_REQUESTS``)."""
     fmt, path = resolve_source(source)
     if config is None:
         config = read_config(source)
@@ -135,6 +140,8 @@ def load_layer_weights(
     norm_expected = expected_shapes(final_norm_template(spec, config)) if with_final_norm else None
     norm_names = list(norm_expected) if norm_expected is not None else None
     if fmt == "hf":
+        # a hub snapshot: fetch just these layers' shard(s), or their byte ranges
+        path = hub.ensure_layers(path, spec, names, norm_names, range_requests=range_requests)
         items = hf_folder.iter_layer_tensors(path, spec, names, norm_names)
     elif fmt == "gguf":
         items = gguf_file.iter_layer_tensors(path, spec, config, names, norm_names)
@@ -208,6 +215,7 @@ def _read_extras(
     dtype: torch.dtype | None,
 ) -> dict[str, torch.Tensor]:
     if fmt == "hf":
+        hub.ensure_keys(path, [key for e in wanted.values() for key in e.hf])
         items = hf_folder.iter_named_tensors(path, {n: e.hf for n, e in wanted.items()})
     elif fmt == "gguf":
         items = gguf_file.iter_named_tensors(

@@ -362,13 +362,20 @@ class SceneQADataset(Dataset):
                 "answer_ids": targets, "pose": r["pose"]}
 
 
-def make_collate(tokenizer, num_answers: int, max_text_len: int):
+def make_collate(tokenizer, num_answers: int, max_text_len: int, separate_text: bool = False):
     """Batches: points [B, N, 3+C] fp32, situation+question as one pair-encoded sequence
-    (``[CLS] situation [SEP] question [SEP]``), multi-hot answer counts, the agent pose if known."""
+    (``[CLS] situation [SEP] question [SEP]``), multi-hot answer counts, the agent pose if known.
+    ``separate_text`` (SQA3D's baseline): also situation and question encoded on their own
+    (``situation_ids``/``situation_mask``, ``question_ids``/``question_mask``, each up to ``max_text_len``)."""
 
     def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         text = tokenizer([s["situation"] for s in samples], [s["question"] for s in samples], padding=True,
                          truncation="longest_first", max_length=max_text_len, return_tensors="pt")
+        extra: dict[str, Any] = {}
+        for key in ("situation", "question") if separate_text else ():
+            one = tokenizer([s[key] for s in samples], padding=True, truncation=True, max_length=max_text_len,
+                            return_tensors="pt")
+            extra[f"{key}_ids"], extra[f"{key}_mask"] = one["input_ids"], one["attention_mask"]
         targets = torch.zeros(len(samples), num_answers)
         for row, s in enumerate(samples):
             for a in s["answer_ids"]:
@@ -381,6 +388,7 @@ def make_collate(tokenizer, num_answers: int, max_text_len: int):
             "pose": torch.tensor([p if p is not None else [0.0] * 7 for p in poses], dtype=torch.float32),
             "pose_mask": torch.tensor([p is not None for p in poses]),
             "question_id": [s["question_id"] for s in samples],
+            **extra,
         }
 
     return collate

@@ -3,8 +3,10 @@ question types (Ma et al., ICLR 2023).
 
 * Answers are compared lower-cased, stripped, with runs of whitespace collapsed to one space.
 * A question counts at k if any of its first k predicted answers matches any ground-truth answer.
-* Refined match (SQA3D): also a hit when the prediction with all spaces removed contains, or is
-  contained in, a ground-truth answer with its spaces removed. An empty prediction never matches
+* Refined match (SQA3D, as LEO scores it): both sides first go through :func:`clean_answer`, LEO's answer
+  normalisation (``data/data_utils.py``, function ``clean_answer``, github.com/embodied-generalist/embodied-generalist;
+  used by its ``evaluator/sqa3d_eval.py``), then it is a hit when they are equal, or when the prediction with all
+  spaces removed contains, or is contained in, a ground-truth answer with its spaces removed. An empty prediction never matches
   (it would be "contained" in every answer); an empty ground-truth answer is refused as bad input.
 * Question type (SQA3D): after stripping leading spaces, the question's first characters,
   lower-cased, are ``what``, ``is``, ``how``, ``can`` or ``which`` (a plain prefix test, so
@@ -36,6 +38,42 @@ def normalize_answer(text: str) -> str:
     return _SPACES.sub(" ", str(text).lower()).strip()
 
 
+# LEO's clean_answer rules, in its order (the rules are restated here, not copied):
+_CLEAN_TRIM = [(r"[ ]+$", ""), (r"^[ ]+", ""), (r" {2,}", " "), (r"\.[ ]{2,}", ". "),
+               (r"[^a-zA-Z0-9,'\s\-:]+", "")]  # drops every other character (so "ç" and "\u2019" are gone here)
+_CLEAN_WORDS = {"letf": "left", "let": "left", "tehre": "there", "rigth": "right", "rght": "right",
+                "behine": "behind", "tv": "TV", "chai": "chair", "wasing": "washing", "waslked": "walked",
+                "oclock": "o'clock"}
+_NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+                 "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"]
+
+
+def clean_answer(text: str) -> str:
+    """LEO's answer normalisation (Huang et al., ICML 2024; github.com/embodied-generalist/embodied-generalist,
+    ``data/data_utils.py``, function ``clean_answer``), rule for rule in its order:
+
+    lower-case; trim leading/trailing spaces; collapse runs of spaces; drop characters other than letters,
+    digits, ``, ' - :`` and whitespace; fix a list of typos (``letf``/``let`` -> left, ``rigth``/``rght`` ->
+    right, ``tv`` -> ``TV`` (upper case, as LEO has it), ``oclock``/``o' clock`` -> o'clock, ...); numbers
+    0-20 and 23 as words, ``none`` -> zero; a digit glued to the end of a word is dropped (``mat2`` -> mat);
+    the articles a / an / the before a word are dropped; ``backwards`` -> backward.
+    """
+    data = str(text).lower()
+    for pattern, repl in _CLEAN_TRIM:
+        data = re.sub(pattern, repl, data)
+    for word, repl in _CLEAN_WORDS.items():
+        data = re.sub(rf"\b{word}\b", repl, data)
+    data = re.sub(r"\bo'[ ]+clock\b", "o'clock", data)
+    data = re.sub(r"\bnone\b", "zero", data)
+    for n, word in enumerate(_NUMBER_WORDS):
+        data = re.sub(rf"\b{n}\b", word, data)
+    data = re.sub(r"\b23\b", "twenty-three", data)
+    data = re.sub(r"\b([a-zA-Z]+)([0-9])\b", r"\g<1>", data)
+    for article in ("a", "an", "the"):
+        data = re.sub(rf"\b{article}\b ([a-zA-Z]+)", r"\g<1>", data)
+    return re.sub(r"\bbackwards\b", "backward", data)
+
+
 def question_type(question: str) -> str:
     """SQA3D's prefix rule: ``what|is|how|can|which`` by plain prefix of the lower-cased question, else ``others``."""
     head = str(question).lstrip(" ").lower()
@@ -51,12 +89,13 @@ def exact_match(prediction: str, answers: Iterable[str]) -> bool:
 
 
 def refined_match(prediction: str, answers: Iterable[str]) -> bool:
-    """SQA3D's refined match: exact, or one space-free string contains the other."""
-    pred = normalize_answer(prediction).replace(" ", "")
+    """SQA3D's refined match as LEO scores it (``evaluator/scanqa_eval.py``, ``answer_match``, after
+    :func:`clean_answer` on both sides): equal, or one space-free string contains the other."""
+    pred = "".join(clean_answer(prediction).split())
     if not pred:
         return False
     for answer in answers:
-        gt = normalize_answer(answer).replace(" ", "")
+        gt = "".join(clean_answer(answer).split())
         if gt and (pred in gt or gt in pred):
             return True
     return False

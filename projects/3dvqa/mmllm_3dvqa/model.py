@@ -21,18 +21,21 @@ auxiliary situation head.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
+from mmllm.blocks import BlockOptions
 from mmllm.errors import ConfigError
 from mmllm.models.encoders import TextOptions, build_text_encoder
 from mmllm.models.meter import METERBackbone
 from mmllm.models.point_groups import PointGroupTokenizer, PointPositionEmbed
 from mmllm.schema import ModelSection, Section
+
+from .sqa3d import SQA3DFusionOptions, SQA3DModel
 
 
 class SceneOptions(Section):
@@ -56,7 +59,7 @@ class SceneQAModelOptions(ModelSection):
     fusion_layers: int = Field(2, ge=0)
     num_heads: int = Field(4, gt=0)
     dropout: float = Field(0.1, ge=0, lt=1)
-    llm_block: dict[str, Any] | None = Field(None, description="block options (kind, source, layers, ...)")
+    llm_block: BlockOptions = Field(None, description="block options (kind, source, layers, ...)")
     llm_block_on: Literal["vision", "text", "both", "none"] = Field(
         "vision", description="which fused stream the block processes (vision = the 3D scene tokens)")
     answer_loss: Literal["ce", "bce"] = Field("ce", description="ce: SQA3D (one answer); bce: ScanQA (multi-hot)")
@@ -64,6 +67,10 @@ class SceneQAModelOptions(ModelSection):
     situation_position_weight: float = Field(1.0, ge=0)
     situation_rotation_weight: float = Field(1.0, ge=0)
     num_answers: int | None = Field(None, description="LAVIS default-config key; the vocabulary sets the real size")
+    arch_variant: Literal["meter", "sqa3d"] = Field(
+        "meter", description="meter: METER co-attention on pair-encoded text (this model); sqa3d: SQA3D's baseline "
+                             "(separate situation/question encoders, MCAN fusion; :mod:`.sqa3d`)")
+    sqa3d: SQA3DFusionOptions = Field(default_factory=SQA3DFusionOptions, description="arch_variant=sqa3d only")
 
 
 class PointSceneEncoder(nn.Module):
@@ -141,11 +148,15 @@ def situation_loss(pred: torch.Tensor, pose: torch.Tensor, mask: torch.Tensor, p
     return position_weight * pos + rotation_weight * rot, {"loss_pos": pos.item(), "loss_rot": rot.item()}
 
 
-def create_3dvqa_model(options: SceneQAModelOptions, num_answers: int, use_color: bool = True) -> SceneQAModel:
-    """Factory: the model from the typed ``model`` section, for ``num_answers`` answers and xyz(+rgb) points."""
+def create_3dvqa_model(options: SceneQAModelOptions, num_answers: int, use_color: bool = True
+                       ) -> SceneQAModel | SQA3DModel:
+    """Factory: the model from the typed ``model`` section, for ``num_answers`` answers and xyz(+rgb) points
+    (``model.arch_variant``: METER co-attention, or SQA3D's baseline fusion)."""
     if num_answers < 1:
         raise ConfigError("the answer vocabulary is empty")
     scene = PointSceneEncoder(use_color=use_color, **options.scene.model_dump())
+    if options.arch_variant == "sqa3d":
+        return SQA3DModel(scene, options, num_answers)
     backbone = METERBackbone(
         scene, build_text_encoder(options.text), hidden=options.hidden_size, fusion_layers=options.fusion_layers,
         heads=options.num_heads, dropout=options.dropout, llm_block=options.llm_block,

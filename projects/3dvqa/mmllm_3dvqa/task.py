@@ -135,11 +135,19 @@ class SceneQATask(Task):
                 for name in d.splits}
 
     def collate(self, samples):
-        return make_collate(self.tokenizer, len(self.answer_vocab()), self.data_cfg.max_text_len)(samples)
+        return make_collate(self.tokenizer, len(self.answer_vocab()), self.data_cfg.max_text_len,
+                            separate_text=self.model_cfg.arch_variant == "sqa3d")(samples)
+
+    def forward(self, model, batch):
+        """(answer logits, pose or None) for either ``model.arch_variant``."""
+        if self.model_cfg.arch_variant == "sqa3d":
+            return model(batch["points"], batch["situation_ids"], batch["situation_mask"], batch["question_ids"],
+                         batch["question_mask"])
+        return model(batch["points"], batch["input_ids"], batch["attention_mask"])
 
     # --- objective
     def training_loss(self, model, batch):
-        logits, pose = model(batch["points"], batch["input_ids"], batch["attention_mask"])
+        logits, pose = self.forward(model, batch)
         loss = answer_loss(logits, batch["targets"], self.model_cfg.answer_loss)
         logs: dict[str, float] = {}
         if pose is not None:
@@ -156,7 +164,7 @@ class SceneQATask(Task):
         k = min(eval3d.TOP_K, len(vocab))
 
         def step(m, batch):
-            logits, _ = m(batch["points"], batch["input_ids"], batch["attention_mask"])
+            logits, _ = self.forward(m, batch)
             top = logits.float().topk(k, dim=-1).indices.tolist()
             return zip(batch["question_id"], ([vocab[i] for i in row] for row in top))
 

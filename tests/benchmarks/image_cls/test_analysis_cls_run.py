@@ -100,11 +100,12 @@ def test_bad_requests_are_refused(runs):
     assert not (tmp / "bad" / "analysis.json").exists()
 
 
-def test_run_without_block_is_refused(runs):
+def test_run_without_block_is_analysed_from_the_tokens_before_the_head(runs):
+    """The paper's comparison needs the no-block arm: its maps come from the tokens where the block would sit
+    (tests/core/test_analysis_compare.py checks them against a hook on the head's input)."""
     from mmllm.analysis.run import analyse
-    from mmllm.errors import ConfigError
 
     tmp, _ = runs
     run = train(tmp, "none", {"kind": "none"})
-    with pytest.raises(ConfigError, match="without a block"):
-        analyse(run)
+    report = analyse(run)
+    assert report["block"] == "none" and report["miou_magnitude_after"] == report["miou_magnitude_before"]
