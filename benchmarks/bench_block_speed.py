@@ -7,6 +7,7 @@ combinations), measured side by side in one run; the one ``dtype: auto`` picks h
 ``--source random:HIDDEN`` benchmarks a random LLaMA-shaped layer of that width instead.
 Uses CUDA when available.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,14 @@ from mmllm.blocks import RandomFrozenBlockConfig
 def block_config(source: str, dtype: str, attn: str) -> LLMBlockConfig:
     if source.startswith("random:"):
         hidden = int(source.split(":")[1])
-        llm = {"model_type": "llama", "hidden_size": hidden, "intermediate_size": hidden * 8 // 3 // 64 * 64,
-               "num_attention_heads": hidden // 128, "num_key_value_heads": hidden // 128, "num_hidden_layers": 1}
+        llm = {
+            "model_type": "llama",
+            "hidden_size": hidden,
+            "intermediate_size": hidden * 8 // 3 // 64 * 64,
+            "num_attention_heads": hidden // 128,
+            "num_key_value_heads": hidden // 128,
+            "num_hidden_layers": 1,
+        }
         return RandomFrozenBlockConfig(visual_dim=384, llm_config=llm, dtype=dtype, attn_implementation=attn)
     return LLMBlockConfig(visual_dim=384, source=source, dtype=dtype, attn_implementation=attn)
 

@@ -10,6 +10,7 @@ would), so weights that stay memory-mapped are counted as resident.
 
     python benchmarks/bench_load_memory.py [--dim 1024] [--layers 32] [--checkpoints float32,float16]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,17 @@ from pathlib import Path
 import psutil
 
 TARGET_RATIO = 20.0  # one layer must cost at most 1/20 of loading the whole checkpoint
-RENAME = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj", "attention.wv": "self_attn.v_proj",
-          "attention.wo": "self_attn.o_proj", "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
-          "feed_forward.w3": "mlp.up_proj", "attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+RENAME = {
+    "attention.wq": "self_attn.q_proj",
+    "attention.wk": "self_attn.k_proj",
+    "attention.wv": "self_attn.v_proj",
+    "attention.wo": "self_attn.o_proj",
+    "feed_forward.w1": "mlp.gate_proj",
+    "feed_forward.w2": "mlp.down_proj",
+    "feed_forward.w3": "mlp.up_proj",
+    "attention_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
 
 
 def build_checkpoints(root: Path, dim: int, layers: int, dtype_name: str) -> None:
@@ -39,15 +48,35 @@ def build_checkpoints(root: Path, dim: int, layers: int, dtype_name: str) -> Non
     heads = dim // 128
     meta = root / "meta"
     meta.mkdir(parents=True)
-    (meta / "params.json").write_text(json.dumps({"dim": dim, "n_layers": layers, "n_heads": heads, "norm_eps": 1e-6,
-                                                  "vocab_size": 32000, "multiple_of": 256}))
+    (meta / "params.json").write_text(
+        json.dumps(
+            {
+                "dim": dim,
+                "n_layers": layers,
+                "n_heads": heads,
+                "norm_eps": 1e-6,
+                "vocab_size": 32000,
+                "multiple_of": 256,
+            }
+        )
+    )
     g = torch.Generator().manual_seed(0)
-    state = {"tok_embeddings.weight": torch.randn(32000, dim, generator=g).to(dtype),
-             "norm.weight": torch.ones(dim, dtype=dtype), "output.weight": torch.randn(32000, dim, generator=g).to(dtype)}
-    shapes = {"attention.wq.weight": (dim, dim), "attention.wk.weight": (dim, dim), "attention.wv.weight": (dim, dim),
-              "attention.wo.weight": (dim, dim), "feed_forward.w1.weight": (hidden, dim),
-              "feed_forward.w2.weight": (dim, hidden), "feed_forward.w3.weight": (hidden, dim),
-              "attention_norm.weight": (dim,), "ffn_norm.weight": (dim,)}
+    state = {
+        "tok_embeddings.weight": torch.randn(32000, dim, generator=g).to(dtype),
+        "norm.weight": torch.ones(dim, dtype=dtype),
+        "output.weight": torch.randn(32000, dim, generator=g).to(dtype),
+    }
+    shapes = {
+        "attention.wq.weight": (dim, dim),
+        "attention.wk.weight": (dim, dim),
+        "attention.wv.weight": (dim, dim),
+        "attention.wo.weight": (dim, dim),
+        "feed_forward.w1.weight": (hidden, dim),
+        "feed_forward.w2.weight": (dim, hidden),
+        "feed_forward.w3.weight": (hidden, dim),
+        "attention_norm.weight": (dim,),
+        "ffn_norm.weight": (dim,),
+    }
     for i in range(layers):
         for name, shape in shapes.items():
             state[f"layers.{i}.{name}"] = (torch.randn(*shape, generator=g) * 0.02).to(dtype)
@@ -61,8 +90,14 @@ def build_checkpoints(root: Path, dim: int, layers: int, dtype_name: str) -> Non
     hf["lm_head.weight"] = state["output.weight"]
     (root / "hf").mkdir()
     save_file(hf, root / "hf" / "model.safetensors")
-    LlamaConfig(hidden_size=dim, intermediate_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                num_key_value_heads=heads, vocab_size=32000).save_pretrained(root / "hf")
+    LlamaConfig(
+        hidden_size=dim,
+        intermediate_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        vocab_size=32000,
+    ).save_pretrained(root / "hf")
 
 
 def child(mode: str, root: Path, layer: int, dtype_name: str) -> None:
@@ -96,8 +131,9 @@ def child(mode: str, root: Path, layer: int, dtype_name: str) -> None:
 
 
 def run_child(mode: str, root: Path, layer: int, dtype_name: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", mode, str(root), str(layer), dtype_name],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(root), str(layer), dtype_name], capture_output=True, text=True
+    )
     if out.returncode != 0:
         raise RuntimeError(f"{mode} {dtype_name} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -121,21 +157,27 @@ def main() -> None:
             root = Path(tmp)
             build_checkpoints(root, args.dim, args.layers, ckpt_dtype)
             size = (root / "meta" / "consolidated.00.pth").stat().st_size / 2**20
-            print(f"checkpoint: {args.layers} layers, dim {args.dim}, {ckpt_dtype}, {size:.0f} MB; loading layer {layer}",
-                  flush=True)
+            print(
+                f"checkpoint: {args.layers} layers, dim {args.dim}, {ckpt_dtype}, {size:.0f} MB; loading layer {layer}",
+                flush=True,
+            )
             for load_dtype in loads:
                 whole = run_child("whole", root, layer, load_dtype)
                 for mode in ("mmllm_pth", "mmllm_safetensors"):
                     got = run_child(mode, root, layer, load_dtype)
                     assert abs(got["checksum"] - whole["checksum"]) <= 1e-3 * max(1.0, abs(whole["checksum"]))
                     rows.append((ckpt_dtype, load_dtype, mode, whole["peak_mb"], got["peak_mb"], got["layer_mb"]))
-    print(f"\n{'checkpoint':10s} {'loaded as':9s} {'reader':18s} {'whole file':>10s} {'one layer':>9s} "
-          f"{'(layer size)':>12s} {'ratio':>6s}  target >= {TARGET_RATIO:.0f}x")
+    print(
+        f"\n{'checkpoint':10s} {'loaded as':9s} {'reader':18s} {'whole file':>10s} {'one layer':>9s} "
+        f"{'(layer size)':>12s} {'ratio':>6s}  target >= {TARGET_RATIO:.0f}x"
+    )
     for ckpt, load, mode, whole_mb, layer_peak, layer_mb in rows:
         ratio = whole_mb / layer_peak
         verdict = "ok" if ratio >= TARGET_RATIO else ("below (cast grows the layer)" if load != ckpt else "BELOW")
-        print(f"{ckpt:10s} {load:9s} {mode:18s} {whole_mb:8.0f}MB {layer_peak:7.1f}MB {layer_mb:10.1f}MB "
-              f"{ratio:6.1f}x  {verdict}")
+        print(
+            f"{ckpt:10s} {load:9s} {mode:18s} {whole_mb:8.0f}MB {layer_peak:7.1f}MB {layer_mb:10.1f}MB "
+            f"{ratio:6.1f}x  {verdict}"
+        )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ on 4x197 visual tokens, SDPA) in bf16 and fp32, and the choice.
 
 ``--save`` stores this measurement as the machine's cached choice ($MMLLM_CACHE/precision.json).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,11 @@ def main() -> None:
     faster = min(timings, key=timings.get)
     slower = max(timings, key=timings.get)
     print(f"faster on this CPU: {faster} ({timings[slower] / timings[faster]:.2f}x)")
-    cached = json.loads(precision.cache_path().read_text()).get(precision.machine_key()) \
-        if precision.cache_path().is_file() else None
+    cached = (
+        json.loads(precision.cache_path().read_text()).get(precision.machine_key())
+        if precision.cache_path().is_file()
+        else None
+    )
     print(f"cached choice ({precision.cache_path()}): {cached['choice'] if cached else 'none yet'}")
     if args.save:
         print(f"saved: CPU auto = {precision.store_cpu_choice(timings)}")

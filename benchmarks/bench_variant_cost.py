@@ -23,6 +23,7 @@ training step = forward, cross-entropy, backward, optimizer step.
 are not at hand (a GPU machine): ``frozen`` is then built as ``random_frozen`` and ``finetuned`` as
 ``random_trained`` — the same modules with the same frozen/trainable split, so the same cost.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,7 +82,10 @@ def build(args: argparse.Namespace, variant: str):
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
-    model = timm.create_model(args.model, num_classes=100, llm_block=block_options(args, variant))
+    # img_size reaches the ViT (its patch grid and position table), so --img-size is the size that runs
+    model = timm.create_model(
+        args.model, num_classes=100, img_size=args.img_size, llm_block=block_options(args, variant)
+    )
     model = model.to(device=device, dtype=dtype)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
@@ -100,8 +104,12 @@ def build(args: argparse.Namespace, variant: str):
     host_frozen, host_trainable = linear_weights(model)
     block = getattr(model, "llm_block", None)
     block_frozen, block_trainable = linear_weights(block) if block is not None else (0, 0)
-    info = {"trainable": sum(p.numel() for p in params), "units": 3 * host_trainable + 2 * host_frozen,
-            "block_units": 3 * block_trainable + 2 * block_frozen, "kind": block_options(args, variant)["kind"]}
+    info = {
+        "trainable": sum(p.numel() for p in params),
+        "units": 3 * host_trainable + 2 * host_frozen,
+        "block_units": 3 * block_trainable + 2 * block_frozen,
+        "kind": block_options(args, variant)["kind"],
+    }
     return step, info
 
 
@@ -137,37 +145,49 @@ def time_side_by_side(args: argparse.Namespace, variants: list[str]) -> dict[str
         steps[v]()  # warm-up: allocates the optimizer state, first-call kernels
     times: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(args.rounds):
-        order = variants[r % len(variants):] + variants[:r % len(variants)]
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]
         for v in order:
             times[v].append(steps[v]())
     out = {}
     for v in variants:
         ratios = [t / b for t, b in zip(times[v], times["none"])] if "none" in times else []
-        out[v] = {**infos[v], "seconds": statistics.median(times[v]),
-                  "ratio": statistics.median(ratios) if ratios else float("nan")}
+        out[v] = {
+            **infos[v],
+            "seconds": statistics.median(times[v]),
+            "ratio": statistics.median(ratios) if ratios else float("nan"),
+        }
     return out
 
 
 def table(args: argparse.Namespace, results: dict[str, dict], device: str) -> str:
     base = results.get("none")
     weights = f"architecture of {args.llm_config} (random weights)" if args.llm_config else args.source
-    lines = [f"device: {device}; {args.model} at {args.img_size} px, batch {args.batch}, {args.dtype}, AdamW; "
-             f"block: {weights}; {args.rounds} interleaved timed steps per variant after one warm-up", "",
-             "| variant (kind) | s/step | × none | FLOP model × none | block share of step FLOPs | peak MiB | × none "
-             "| trainable params |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"device: {device}; {args.model} at {args.img_size} px, batch {args.batch}, {args.dtype}, AdamW; "
+        f"block: {weights}; {args.rounds} interleaved timed steps per variant after one warm-up",
+        "",
+        "| variant (kind) | s/step | × none | FLOP model × none | block share of step FLOPs | peak MiB | × none "
+        "| trainable params |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for variant, r in results.items():
         flops = r["units"] / base["units"] if base else float("nan")
         share = r["block_units"] / r["units"]
         memory = r["peak_mib"] / base["peak_mib"] if base else float("nan")
-        lines.append(f"| {variant} ({r['kind']}) | {r['seconds']:.4f} | {r['ratio']:.2f} | {flops:.2f} | "
-                     f"{share:.1%} | {r['peak_mib']:.0f} | {memory:.2f} | {r['trainable']:,} |")
+        lines.append(
+            f"| {variant} ({r['kind']}) | {r['seconds']:.4f} | {r['ratio']:.2f} | {flops:.2f} | "
+            f"{share:.1%} | {r['peak_mib']:.0f} | {memory:.2f} | {r['trainable']:,} |"
+        )
     if base and "frozen" in results and "finetuned" in results:
         frozen, tuned = results["frozen"], results["finetuned"]
         added = (frozen["ratio"] - 1) / (tuned["ratio"] - 1) if tuned["ratio"] != 1 else float("nan")
         model = (frozen["units"] - base["units"]) / (tuned["units"] - base["units"])
-        lines += ["", f"Added step time of the frozen block / of the same block trained: measured {added:.2f}, "
-                  f"FLOP model {model:.2f} (a frozen block alone ideally costs 2/3 of a trainable one; the adapters "
-                  "train in both, so the model is a little above 2/3)."]
+        lines += [
+            "",
+            f"Added step time of the frozen block / of the same block trained: measured {added:.2f}, "
+            f"FLOP model {model:.2f} (a frozen block alone ideally costs 2/3 of a trainable one; the adapters "
+            "train in both, so the model is a little above 2/3).",
+        ]
     return "\n".join(lines)
 
 

@@ -191,11 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         args.source, args.batch, args.tokens, args.repeats = "random:128", 2, 8, 1
         args.vit, args.img_size, args.cost_batch, args.rounds, args.cost_dtype = (
             "vit_tiny_patch16_224_llm",
-            224,
+            64,
             1,
             1,
             "float32",
-        )  # bench_variant_cost ignores --img-size
+        )
         args.steps, args.imports = 3, [*args.imports, "toy_task"]
         tiny = Path(args.out or "results/gpu_check/dry_run") / "inputs"
         tiny.mkdir(parents=True, exist_ok=True)

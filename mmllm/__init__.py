@@ -1,4 +1,5 @@
 """mmllm: a frozen transformer block of a pretrained LLM as a visual encoder layer."""
+
 from .architectures import ARCHITECTURES, supported_model_types
 from .blocks import (
     AdapterMLP,

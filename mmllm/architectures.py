@@ -5,6 +5,7 @@ live in each checkpoint format, and how its norm is built.
 The decoder layers themselves are transformers' own classes; nothing here
 re-implements attention or MLPs, so a layer behaves exactly as in the LLM.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -50,30 +51,62 @@ def _embedding_width(config: PretrainedConfig) -> int:
 
 def _llama_extras(hf_prefixes: tuple[str, ...]) -> tuple[ExtraTensor, ...]:
     return (
-        ExtraTensor("word_embeddings", tuple(p + "embed_tokens.weight" for p in hf_prefixes),
-                    lambda c: (c.vocab_size, c.hidden_size), gguf="token_embd.weight",
-                    llama_v1=("tok_embeddings.weight", 1),
-                    description="token embedding table [vocab, hidden] (Gemma multiplies it by sqrt(hidden) "
-                                "at lookup; the table itself is unscaled)"),
-        ExtraTensor("final_norm", tuple(p + "norm.weight" for p in hf_prefixes), lambda c: (c.hidden_size,),
-                    gguf="output_norm.weight", llama_v1=("norm.weight", None),
-                    description="weight of the RMSNorm after the last layer"),
-        ExtraTensor("lm_head", ("lm_head.weight", "language_model.lm_head.weight"),
-                    lambda c: (c.vocab_size, c.hidden_size), gguf="output.weight", llama_v1=("output.weight", 0),
-                    tied_to="word_embeddings", description="output projection to the vocabulary [vocab, hidden]"),
+        ExtraTensor(
+            "word_embeddings",
+            tuple(p + "embed_tokens.weight" for p in hf_prefixes),
+            lambda c: (c.vocab_size, c.hidden_size),
+            gguf="token_embd.weight",
+            llama_v1=("tok_embeddings.weight", 1),
+            description="token embedding table [vocab, hidden] (Gemma multiplies it by sqrt(hidden) "
+            "at lookup; the table itself is unscaled)",
+        ),
+        ExtraTensor(
+            "final_norm",
+            tuple(p + "norm.weight" for p in hf_prefixes),
+            lambda c: (c.hidden_size,),
+            gguf="output_norm.weight",
+            llama_v1=("norm.weight", None),
+            description="weight of the RMSNorm after the last layer",
+        ),
+        ExtraTensor(
+            "lm_head",
+            ("lm_head.weight", "language_model.lm_head.weight"),
+            lambda c: (c.vocab_size, c.hidden_size),
+            gguf="output.weight",
+            llama_v1=("output.weight", 0),
+            tied_to="word_embeddings",
+            description="output projection to the vocabulary [vocab, hidden]",
+        ),
     )
 
 
 _OPT_PREFIXES = ("model.decoder.", "decoder.")
 _OPT_EXTRAS = (
-    ExtraTensor("word_embeddings", tuple(p + "embed_tokens.weight" for p in _OPT_PREFIXES),
-                lambda c: (c.vocab_size, _embedding_width(c)), description="token embedding table"),
-    ExtraTensor("final_norm", tuple(p + "final_layer_norm.weight" for p in _OPT_PREFIXES),
-                lambda c: (c.hidden_size,), description="weight of the LayerNorm after the last layer"),
-    ExtraTensor("final_norm_bias", tuple(p + "final_layer_norm.bias" for p in _OPT_PREFIXES),
-                lambda c: (c.hidden_size,), description="bias of the LayerNorm after the last layer"),
-    ExtraTensor("lm_head", ("lm_head.weight",), lambda c: (c.vocab_size, _embedding_width(c)),
-                tied_to="word_embeddings", description="output projection to the vocabulary"),
+    ExtraTensor(
+        "word_embeddings",
+        tuple(p + "embed_tokens.weight" for p in _OPT_PREFIXES),
+        lambda c: (c.vocab_size, _embedding_width(c)),
+        description="token embedding table",
+    ),
+    ExtraTensor(
+        "final_norm",
+        tuple(p + "final_layer_norm.weight" for p in _OPT_PREFIXES),
+        lambda c: (c.hidden_size,),
+        description="weight of the LayerNorm after the last layer",
+    ),
+    ExtraTensor(
+        "final_norm_bias",
+        tuple(p + "final_layer_norm.bias" for p in _OPT_PREFIXES),
+        lambda c: (c.hidden_size,),
+        description="bias of the LayerNorm after the last layer",
+    ),
+    ExtraTensor(
+        "lm_head",
+        ("lm_head.weight",),
+        lambda c: (c.vocab_size, _embedding_width(c)),
+        tied_to="word_embeddings",
+        description="output projection to the vocabulary",
+    ),
 )
 
 
@@ -106,7 +139,9 @@ class ArchitectureSpec:
     def build_final_norm(self, config: PretrainedConfig) -> nn.Module:
         """A norm at its constructor init: unit scale (LayerNorm: weight 1, bias 0)."""
         if self.norm_is_layernorm:
-            return nn.LayerNorm(config.hidden_size, elementwise_affine=getattr(config, "layer_norm_elementwise_affine", True))
+            return nn.LayerNorm(
+                config.hidden_size, elementwise_affine=getattr(config, "layer_norm_elementwise_affine", True)
+            )
         return _import(self.norm_class)(config.hidden_size, eps=config.rms_norm_eps)
 
     def head_dim(self, config: PretrainedConfig) -> int:

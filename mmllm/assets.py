@@ -8,6 +8,7 @@ SHA-256 of every file and every tensor (:mod:`mmllm.loading.integrity`): a load 
 the tensors it reads, ``Asset.cached()`` whole files, and a changed or truncated cache
 is refused with the command that rebuilds it.
 """
+
 from __future__ import annotations
 
 import importlib.util

@@ -1,4 +1,5 @@
 """Kept so that ``from mmllm.block import ...`` keeps working: the blocks live in :mod:`mmllm.blocks`."""
+
 from .blocks import (  # noqa: F401
     AdapterMLP,
     FrozenLLMBlock,

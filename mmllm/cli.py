@@ -11,6 +11,7 @@ config, manage the embedded pretrained LLM assets, and make the leaderboard of f
 
 The projects' ``train.py`` and ``main.py`` shims call :func:`train_main` and :func:`variants_main`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,13 +39,20 @@ QUICK = ("run.max_steps=20", "run.max_eval_samples=64", "run.log_every=5", "run.
 
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="task config (YAML with model, datasets, run)")
-    parser.add_argument("--options", nargs="*", default=[], help="overrides like run.max_epoch=2 model.llm_block.kind=none")
-    parser.add_argument("--resume", action="store_true", help="continue the run in output_dir even if its settings differ")
+    parser.add_argument(
+        "--options", nargs="*", default=[], help="overrides like run.max_epoch=2 model.llm_block.kind=none"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in output_dir even if its settings differ"
+    )
     parser.add_argument("--overwrite", action="store_true", help="delete the run in output_dir and start anew")
     parser.add_argument("--import", dest="imports", nargs="*", default=[], help="modules that register extra tasks")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: " + " ".join(QUICK) + " (your --options still win; the output folder "
-                        "gets a _quick suffix unless run.output_dir is given in --options)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: " + " ".join(QUICK) + " (your --options still win; the output folder "
+        "gets a _quick suffix unless run.output_dir is given in --options)",
+    )
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     add_log_level_flag(parser, default=argparse.SUPPRESS)
 
@@ -82,21 +90,25 @@ def train(args: argparse.Namespace) -> dict[str, float]:
 
 def train_main(argv: Sequence[str] | None = None, description: str | None = None) -> int:
     """``mmllm train`` and the projects' ``train.py`` shims."""
-    parser = argparse.ArgumentParser(prog="mmllm train", description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="mmllm train", description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_run_flags(parser)
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "log_level", "info"))
     return run_cli(lambda: print(json.dumps(train(args), indent=1)))
 
 
-def variants_main(task_name: str | None = None, argv: Sequence[str] | None = None, description: str | None = None) -> int:
+def variants_main(
+    task_name: str | None = None, argv: Sequence[str] | None = None, description: str | None = None
+) -> int:
     """Train each variant of a task's registry entry in its own process, then print the leaderboard
     (``mmllm main`` and the tasks' ``main.py`` shims)."""
     from .engine.registry import get_task
 
-    parser = argparse.ArgumentParser(prog="mmllm main", description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="mmllm main", description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     if task_name is None:
         parser.add_argument("--task", required=True, help="registered task name (mmllm tasks)")
     parser.add_argument("--runs", default="runs", help="folder of the runs and the leaderboard")
@@ -125,13 +137,26 @@ def run_variants(entry: TaskEntry, args: argparse.Namespace) -> None:
     variants, skipped = task_variants(entry, load_config(config, args.options), wanted)
     if skipped:
         why = "; ".join(f"{k} ({reason})" for k, reason in skipped.items())
-        raise ConfigError(f"--only: task {entry.name!r} cannot run {why}; it has variants {sorted(entry.variants)} "
-                          "and the standard ones of mmllm.engine.variants")
+        raise ConfigError(
+            f"--only: task {entry.name!r} cannot run {why}; it has variants {sorted(entry.variants)} "
+            "and the standard ones of mmllm.engine.variants"
+        )
     for name, extra in variants.items():
         log.info("=== %s: %s", entry.name, name)
         level = ["--log-level", args.log_level] if getattr(args, "log_level", None) else []
-        cmd = [sys.executable, "-m", "mmllm.cli", *level, "train", "--config", str(config), "--options",
-               f"run.output_dir={Path(args.runs) / f'{entry.name}_{name}'}", *extra, *args.options]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mmllm.cli",
+            *level,
+            "train",
+            "--config",
+            str(config),
+            "--options",
+            f"run.output_dir={Path(args.runs) / f'{entry.name}_{name}'}",
+            *extra,
+            *args.options,
+        ]
         if args.overwrite:
             cmd.append("--overwrite")
         if subprocess.run(cmd).returncode != 0:
@@ -151,8 +176,10 @@ def _tasks(_: argparse.Namespace) -> int:
         first = pairs[0]
         direction = "higher" if first.higher_is_better else "lower"
         declared = benchmarks.get(bench)
-        print(f"benchmark {bench}: metric {first.metric} ({direction} is better), data section datasets.{first.dataset}"
-              + ("" if declared else " (a task registered whole: one model)"))
+        print(
+            f"benchmark {bench}: metric {first.metric} ({direction} is better), data section datasets.{first.dataset}"
+            + ("" if declared else " (a task registered whole: one model)")
+        )
         if declared is not None and declared.description:
             print(f"  {declared.description}")
         for entry in pairs:
@@ -241,7 +268,9 @@ def _print_leaderboard(paths: dict[str, Path]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmllm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="mmllm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_log_level_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -249,7 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_flags(train)
     train.set_defaults(func=_train)
 
-    main = sub.add_parser("main", help="train a task's registered variants (e.g. with/without the block), then the leaderboard")
+    main = sub.add_parser(
+        "main", help="train a task's registered variants (e.g. with/without the block), then the leaderboard"
+    )
     main.add_argument("--task", required=True)
     main.add_argument("--runs", default="runs")
     main.add_argument("--config", default=None, help="default: the task's registered config")
@@ -258,17 +289,24 @@ def build_parser() -> argparse.ArgumentParser:
     main.add_argument("--overwrite", action="store_true", help="retrain variants whose folders hold a run")
     main.set_defaults(func=_main)
 
-    evaluate = sub.add_parser("evaluate", help="evaluate a split of a finished run (rebuilt from its model_final.pt); "
-                              "prints one JSON object")
+    evaluate = sub.add_parser(
+        "evaluate", help="evaluate a split of a finished run (rebuilt from its model_final.pt); prints one JSON object"
+    )
     evaluate.add_argument("--run", required=True, help="the run's folder (or its model_final.pt)")
     evaluate.add_argument("--split", default="test", help="a split of the run's config (default: test)")
     evaluate.add_argument("--out-dir", default=None, help="where result files go (default: the run's folder)")
-    evaluate.add_argument("--options", nargs="*", default=[],
-                          help="evaluation settings over the stored config, e.g. run.batch_size_eval=64")
+    evaluate.add_argument(
+        "--options",
+        nargs="*",
+        default=[],
+        help="evaluation settings over the stored config, e.g. run.batch_size_eval=64",
+    )
     evaluate.add_argument("--import", dest="imports", nargs="*", default=[], help="modules that register extra tasks")
     evaluate.set_defaults(func=_evaluate)
 
-    sub.add_parser("tasks", help="list the registered benchmarks, their models and the pairs (run.task) they form").set_defaults(func=_tasks)
+    sub.add_parser(
+        "tasks", help="list the registered benchmarks, their models and the pairs (run.task) they form"
+    ).set_defaults(func=_tasks)
 
     config = sub.add_parser("config", help="validate a task config; --show prints it with every default")
     config.add_argument("--show", dest="config", required=True, metavar="CONFIG")
@@ -278,7 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     assets_parser = sub.add_parser("assets", help="embedded pretrained LLM weights")
     assets_sub = assets_parser.add_subparsers(dest="action", required=True)
-    assets_sub.add_parser("list", help="list assets and whether they are installed/cached").set_defaults(func=_assets_list)
+    assets_sub.add_parser("list", help="list assets and whether they are installed/cached").set_defaults(
+        func=_assets_list
+    )
     prep = assets_sub.add_parser("prepare", help="dequantize and cache an asset as bf16 safetensors")
     prep.add_argument("names", nargs="+")
     prep.add_argument("--force", action="store_true", help="rebuild the cache")
@@ -293,8 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--runs", default="runs", help="folder searched for summary.json files")
     board.add_argument("--out", default=None, help="output folder (default: --runs)")
     board.add_argument("--metric", default=None, help="metric to plot (default: each task's main metric)")
-    board.add_argument("--mix-steps", action="store_true",
-                       help="average runs of different step counts / max_eval_samples in one group anyway")
+    board.add_argument(
+        "--mix-steps",
+        action="store_true",
+        help="average runs of different step counts / max_eval_samples in one group anyway",
+    )
     board.set_defaults(func=_leaderboard)
     return parser
 

@@ -31,6 +31,7 @@ Some models take their size from the data: VQA's answer vocabulary (give
 ``datasets.mmllm_vqa.answer_vocab`` as a JSON list file, or prepare the data), the point-cloud
 class list, the motion lane map. Those tasks need their files (or the override) to build.
 """
+
 from __future__ import annotations
 
 import os
@@ -83,14 +84,16 @@ def _dotted(key: str, value: Any) -> dict[str, Any]:
     return out
 
 
-def resolve_config(name_or_config: str | os.PathLike | Mapping[str, Any], options: Sequence[str] = (),
-                   **overrides: Any) -> DictConfig:
+def resolve_config(
+    name_or_config: str | os.PathLike | Mapping[str, Any], options: Sequence[str] = (), **overrides: Any
+) -> DictConfig:
     """The config ``create_model_and_transforms`` builds from (a name, YAML path or mapping + overrides)."""
     entry = None
     if isinstance(name_or_config, (Mapping, DictConfig)):
         try:
-            cfg = OmegaConf.create(dict(name_or_config) if not isinstance(name_or_config, DictConfig)
-                                   else name_or_config)
+            cfg = OmegaConf.create(
+                dict(name_or_config) if not isinstance(name_or_config, DictConfig) else name_or_config
+            )
         except OmegaConfBaseException as exc:
             raise ConfigError(f"create_model_and_transforms: not a valid config mapping: {exc}") from exc
         where = "the config mapping"
@@ -106,8 +109,9 @@ def resolve_config(name_or_config: str | os.PathLike | Mapping[str, Any], option
             cfg = load_config(entry.default_config)
             where = str(entry.default_config)
     else:
-        raise ConfigError(f"create_model_and_transforms takes a name, a YAML path or a mapping, "
-                          f"got {type(name_or_config).__name__}")
+        raise ConfigError(
+            f"create_model_and_transforms takes a name, a YAML path or a mapping, got {type(name_or_config).__name__}"
+        )
     layers = []
     for key, value in overrides.items():
         if "." in key:
@@ -115,8 +119,10 @@ def resolve_config(name_or_config: str | os.PathLike | Mapping[str, Any], option
         elif key in SECTIONS and isinstance(value, (Mapping, DictConfig)):
             layers.append({key: value})
         else:
-            raise ConfigError(f"override {key}={value!r}: use a dotted key (model.llm_block.kind) or a section "
-                              f"{SECTIONS} given as a mapping")
+            raise ConfigError(
+                f"override {key}={value!r}: use a dotted key (model.llm_block.kind) or a section "
+                f"{SECTIONS} given as a mapping"
+            )
     for option in options:
         if not isinstance(option, str) or "=" not in option:
             raise ConfigError(f"option {option!r} must look like section.key=value")
@@ -127,7 +133,9 @@ def resolve_config(name_or_config: str | os.PathLike | Mapping[str, Any], option
     unknown = [str(k) for k in cfg if k not in SECTIONS]
     missing = [s for s in SECTIONS if s not in cfg]
     if unknown or missing:
-        raise ConfigError(f"{where}: a task config has the sections {SECTIONS} (unknown: {unknown}, missing: {missing})")
+        raise ConfigError(
+            f"{where}: a task config has the sections {SECTIONS} (unknown: {unknown}, missing: {missing})"
+        )
     if entry is not None:
         cfg.run.task = entry.name  # the task asked for by name, even from a config shared by several
     return cfg

@@ -1,4 +1,5 @@
 """JSON in one place: reads whose errors name the file, writes that are atomic (temp file + rename)."""
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ This is the LLM *depth* the block comes from (the paper's Fig. 2 varies it). It 
 paper's head/middle/tail ablation (its Table D), which is *where in the visual encoder* the
 block is inserted: that is the host model's choice, not this module's.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -3,6 +3,7 @@
 Rows come from any task (VQA accuracy, retrieval recall, ...): every ``test_*`` metric
 becomes a column, so one table compares runs with and without the frozen LLM block.
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,10 +28,14 @@ def _block_label(block: Any) -> str:
     if block.get("kind") == "mlp":
         return "mlp (control)"
     label = f"{block.get('source', '?')}[{block.get('layers', 'last')}]"
-    controls = {"llm_block_finetuned": " fine-tuned", "random_trained": " random-init trained",
-                "random_frozen": " random-init frozen"}
-    return label + controls.get(block.get("kind", "llm_block"), "" if block.get("kind", "llm_block") == "llm_block"
-                                else f" ({block['kind']})")
+    controls = {
+        "llm_block_finetuned": " fine-tuned",
+        "random_trained": " random-init trained",
+        "random_frozen": " random-init frozen",
+    }
+    return label + controls.get(
+        block.get("kind", "llm_block"), "" if block.get("kind", "llm_block") == "llm_block" else f" ({block['kind']})"
+    )
 
 
 def _read_summary(path: Path) -> dict[str, Any]:
@@ -45,8 +50,9 @@ def _read_summary(path: Path) -> dict[str, Any]:
     if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
         raise DataError(f"steps is {steps!r}: a run that took no training step is not a result")
     for key, value in data.items():
-        if key.startswith("test_") and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                        or not math.isfinite(value)):
+        if key.startswith("test_") and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        ):
             raise DataError(f"{key} is {value!r}, not a finite number")
     if data.get("llm_block") is not None and not isinstance(data["llm_block"], dict):
         raise DataError(f"llm_block is {data['llm_block']!r}, expected an object")
@@ -76,20 +82,30 @@ def collect(runs_dir: str | Path) -> list[dict[str, Any]]:
         except DataError as exc:
             log.warning("leaderboard: skipping %s: %s", summary, exc)
             continue
-        metrics = {k[len("test_"):]: v for k, v in data.items() if k.startswith("test_")}
+        metrics = {k[len("test_") :]: v for k, v in data.items() if k.startswith("test_")}
         metrics = dict(sorted(metrics.items(), key=lambda kv: (kv[0] not in HEADLINE, kv[0])))
-        rows.append({"run": summary.parent.relative_to(runs_dir).as_posix(), "task": data.get("task", "?"), "llm_block": _block_label(data.get("llm_block")),
-                     "steps": data.get("steps"), **metrics})
+        rows.append(
+            {
+                "run": summary.parent.relative_to(runs_dir).as_posix(),
+                "task": data.get("task", "?"),
+                "llm_block": _block_label(data.get("llm_block")),
+                "steps": data.get("steps"),
+                **metrics,
+            }
+        )
         # what seed statistics group on (not table columns): the variant a sweep names, else the block
         sweep = _read_sweep_label(summary.parent / "sweep.json")
-        rows[-1]["_meta"] = {"seed": data.get("seed"),
-                             "variant": sweep.get("variant") or data.get("variant") or rows[-1]["llm_block"],
-                             "max_eval_samples": data.get("max_eval_samples"),
-                             "trainable_params": data.get("trainable_params"),
-                             "seconds_per_step": data.get("seconds_per_step")}
+        rows[-1]["_meta"] = {
+            "seed": data.get("seed"),
+            "variant": sweep.get("variant") or data.get("variant") or rows[-1]["llm_block"],
+            "max_eval_samples": data.get("max_eval_samples"),
+            "trainable_params": data.get("trainable_params"),
+            "seconds_per_step": data.get("seconds_per_step"),
+        }
     if summaries and not rows:
-        log.warning("leaderboard: all %d summary.json file(s) under %s were skipped, no run to list",
-                    len(summaries), runs_dir)
+        log.warning(
+            "leaderboard: all %d summary.json file(s) under %s were skipped, no run to list", len(summaries), runs_dir
+        )
     return rows
 
 
@@ -123,8 +139,11 @@ def write(rows: list[dict[str, Any]], out_dir: str | Path, plot_metric: str | No
     if not rows:
         raise DataError("no run to write a leaderboard for")
     if plot_metric and not any(plot_metric in r for r in rows):
-        log.warning("leaderboard: no run has the metric %r, no plot written (metrics: %s)", plot_metric,
-                    sorted({k for r in rows for k in r} - {"run", "task", "llm_block", "steps"}))
+        log.warning(
+            "leaderboard: no run has the metric %r, no plot written (metrics: %s)",
+            plot_metric,
+            sorted({k for r in rows for k in r} - {"run", "task", "llm_block", "steps"}),
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = [{k: v for k, v in r.items() if k != "_meta"} for r in rows]
@@ -190,8 +209,9 @@ def _budget(row: dict[str, Any]) -> tuple[Any, Any]:
     return row["steps"], row.get("_meta", {}).get("max_eval_samples")
 
 
-def aggregate(rows: list[dict[str, Any]], mix_steps: bool = False,
-              references: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def aggregate(
+    rows: list[dict[str, Any]], mix_steps: bool = False, references: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     """One row per task × variant: mean ± sample std of the task's main metric over seeds, and the paired
     difference to the task's reference variant with a 95% t interval (:mod:`mmllm.stats`). The reference is
     the no-block variant unless ``references`` names another for the task: a task whose every arm holds an
@@ -216,27 +236,50 @@ def aggregate(rows: list[dict[str, Any]], mix_steps: bool = False,
             continue
         budgets = {_budget(r) for r in members}
         if len(budgets) > 1 and not mix_steps:
-            raise DataError(f"{task} / {variant}: runs of different (steps, max_eval_samples) {sorted(budgets, key=str)} "
-                            f"({', '.join(r['run'] for r in members)}); pass --mix-steps to average them anyway")
+            raise DataError(
+                f"{task} / {variant}: runs of different (steps, max_eval_samples) {sorted(budgets, key=str)} "
+                f"({', '.join(r['run'] for r in members)}); pass --mix-steps to average them anyway"
+            )
         seeds: dict[int, float] = {}
         for r in members:
             seed = r.get("_meta", {}).get("seed")
             if seed in seeds:
-                raise DataError(f"{task} / {variant}: two runs with seed {seed} (one is {r['run']}): a duplicate, "
-                                "not a second sample")
+                raise DataError(
+                    f"{task} / {variant}: two runs with seed {seed} (one is {r['run']}): a duplicate, "
+                    "not a second sample"
+                )
             seeds[seed] = r[metric]
         by_seed[(task, variant)] = seeds
         mean, sd, n = mean_std(list(seeds.values()))
-        params = sorted({r["_meta"]["trainable_params"] for r in members
-                         if isinstance(r.get("_meta", {}).get("trainable_params"), int)})
-        timed = [r["_meta"]["seconds_per_step"] for r in members
-                 if isinstance(r.get("_meta", {}).get("seconds_per_step"), (int, float))]
-        out.append({"task": task, "variant": variant, "metric": metric, "higher_is_better": higher, "n": n,
-                    "mean": mean, "std": sd, "seeds": sorted(seeds, key=str),
-                    "trainable_params": params[0] if len(params) == 1 else (params or None),
-                    "seconds_per_step": sum(timed) / len(timed) if timed else None,
-                    "steps": sorted({r["steps"] for r in members}),
-                    "max_eval_samples": sorted({_budget(r)[1] for r in members}, key=str), "_budgets": budgets})
+        params = sorted(
+            {
+                r["_meta"]["trainable_params"]
+                for r in members
+                if isinstance(r.get("_meta", {}).get("trainable_params"), int)
+            }
+        )
+        timed = [
+            r["_meta"]["seconds_per_step"]
+            for r in members
+            if isinstance(r.get("_meta", {}).get("seconds_per_step"), (int, float))
+        ]
+        out.append(
+            {
+                "task": task,
+                "variant": variant,
+                "metric": metric,
+                "higher_is_better": higher,
+                "n": n,
+                "mean": mean,
+                "std": sd,
+                "seeds": sorted(seeds, key=str),
+                "trainable_params": params[0] if len(params) == 1 else (params or None),
+                "seconds_per_step": sum(timed) / len(timed) if timed else None,
+                "steps": sorted({r["steps"] for r in members}),
+                "max_eval_samples": sorted({_budget(r)[1] for r in members}, key=str),
+                "_budgets": budgets,
+            }
+        )
     ref_of = {r["task"]: (references or {}).get(r["task"], BASELINE) for r in out}
     out.sort(key=lambda r: (r["task"], r["variant"] != ref_of[r["task"]]))  # stable: the reference first in each task
     baselines = {r["task"]: r for r in out if r["variant"] == ref_of[r["task"]]}
@@ -248,12 +291,17 @@ def aggregate(rows: list[dict[str, Any]], mix_steps: bool = False,
         if row["variant"] == ref:
             continue
         if base is None:
-            row["verdict"] = ("no no-block runs to compare with" if ref == BASELINE
-                              else f"no runs of the reference {label} to compare with")
+            row["verdict"] = (
+                "no no-block runs to compare with"
+                if ref == BASELINE
+                else f"no runs of the reference {label} to compare with"
+            )
             continue
         if row["_budgets"] != baselines[row["task"]]["_budgets"] and not mix_steps:
-            row["verdict"] = (f"not compared: budget {sorted(row['_budgets'], key=str)} differs from {label}'s "
-                              f"{sorted(baselines[row['task']]['_budgets'], key=str)} (--mix-steps to compare)")
+            row["verdict"] = (
+                f"not compared: budget {sorted(row['_budgets'], key=str)} differs from {label}'s "
+                f"{sorted(baselines[row['task']]['_budgets'], key=str)} (--mix-steps to compare)"
+            )
             continue
         shared = {k: v for k, v in by_seed[(row["task"], row["variant"])].items() if k in base}
         if not shared:
@@ -272,10 +320,12 @@ def aggregate(rows: list[dict[str, Any]], mix_steps: bool = False,
     return out
 
 
-METHOD_NOTE = ("mean ± sample std (n − 1) over seeds; Δ = variant − no block, paired by seed (the seeds both arms "
-               "ran), with a 95% Student-t interval on the per-seed differences: mean ± t(0.975, n−1)·sd/√n "
-               "(t from scipy.stats.t, or a table when scipy is absent); 'better'/'worse' only when the interval "
-               "excludes 0, in the metric's direction (↑ higher / ↓ lower is better)")
+METHOD_NOTE = (
+    "mean ± sample std (n − 1) over seeds; Δ = variant − no block, paired by seed (the seeds both arms "
+    "ran), with a 95% Student-t interval on the per-seed differences: mean ± t(0.975, n−1)·sd/√n "
+    "(t from scipy.stats.t, or a table when scipy is absent); 'better'/'worse' only when the interval "
+    "excludes 0, in the metric's direction (↑ higher / ↓ lower is better)"
+)
 
 
 def aggregate_markdown(rows: list[dict[str, Any]], heading: str = "###") -> str:
@@ -283,16 +333,26 @@ def aggregate_markdown(rows: list[dict[str, Any]], heading: str = "###") -> str:
     fmt = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
     arrow = "↑" if rows[0]["higher_is_better"] else "↓"
     versus = reference_label(rows[0].get("reference", BASELINE))
-    lines = [f"{heading} {rows[0]['task']} — test {rows[0]['metric']} {arrow}", "",
-             f"| variant | n | mean ± std | Δ vs {versus} [95% CI] | verdict | steps | trainable params | s/step |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"{heading} {rows[0]['task']} — test {rows[0]['metric']} {arrow}",
+        "",
+        f"| variant | n | mean ± std | Δ vs {versus} [95% CI] | verdict | steps | trainable params | s/step |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         spread = f"{fmt(r['mean'])} ± {fmt(r['std'])}" if r["std"] is not None else fmt(r["mean"])
-        delta = "" if r["diff"] is None else (f"{r['diff']:+.2f} [{fmt(r['low'])}, {fmt(r['high'])}]"
-                                              if r["low"] is not None else f"{r['diff']:+.2f}")
+        delta = (
+            ""
+            if r["diff"] is None
+            else (
+                f"{r['diff']:+.2f} [{fmt(r['low'])}, {fmt(r['high'])}]" if r["low"] is not None else f"{r['diff']:+.2f}"
+            )
+        )
         seconds = "" if r.get("seconds_per_step") is None else f"{r['seconds_per_step']:.2f}"
-        lines.append(f"| {r['variant']} | {r['n']} | {spread} | {delta} | {r['verdict']} | "
-                     f"{', '.join(map(str, r['steps']))} | {_params(r.get('trainable_params'))} | {seconds} |")
+        lines.append(
+            f"| {r['variant']} | {r['n']} | {spread} | {delta} | {r['verdict']} | "
+            f"{', '.join(map(str, r['steps']))} | {_params(r.get('trainable_params'))} | {seconds} |"
+        )
     return "\n".join(lines)
 
 
@@ -324,10 +384,19 @@ def summary_markdown(stats: list[dict[str, Any]], command: str, arm: str, note: 
             lines.append(f"| {task} | {first['metric']} {arrow} | {ref_cell} | not run |  |  | no `{arm}` runs |")
             continue
         seeds = str(row["n"]) if ref is None or ref["n"] == row["n"] else f"{ref['n']} / {row['n']}"
-        delta = "" if row["diff"] is None else (f"{row['diff']:+.2f} [{fmt(row['low'])}, {fmt(row['high'])}]"
-                                                if row["low"] is not None else f"{row['diff']:+.2f}")
-        lines.append(f"| {task} | {first['metric']} {arrow} | {ref_cell} | {spread(row)} | {seeds} | {delta} | "
-                     f"{row['verdict']} |")
+        delta = (
+            ""
+            if row["diff"] is None
+            else (
+                f"{row['diff']:+.2f} [{fmt(row['low'])}, {fmt(row['high'])}]"
+                if row["low"] is not None
+                else f"{row['diff']:+.2f}"
+            )
+        )
+        lines.append(
+            f"| {task} | {first['metric']} {arrow} | {ref_cell} | {spread(row)} | {seeds} | {delta} | "
+            f"{row['verdict']} |"
+        )
     return "\n".join(lines)
 
 
@@ -356,8 +425,26 @@ def write_aggregate(stats: list[dict[str, Any]], out_dir: str | Path) -> dict[st
     for task in tasks:
         lines += [aggregate_markdown([r for r in stats if r["task"] == task]), "", METHOD_NOTE, ""]
     atomic_write_text(out / "leaderboard_mean.md", "\n".join(lines))
-    keys = ["task", "variant", "metric", "higher_is_better", "n", "mean", "std", "reference", "diff", "low", "high",
-            "n_paired", "verdict", "seeds", "steps", "max_eval_samples", "trainable_params", "seconds_per_step"]
+    keys = [
+        "task",
+        "variant",
+        "metric",
+        "higher_is_better",
+        "n",
+        "mean",
+        "std",
+        "reference",
+        "diff",
+        "low",
+        "high",
+        "n_paired",
+        "verdict",
+        "seeds",
+        "steps",
+        "max_eval_samples",
+        "trainable_params",
+        "seconds_per_step",
+    ]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
     writer.writeheader()
@@ -365,8 +452,9 @@ def write_aggregate(stats: list[dict[str, Any]], out_dir: str | Path) -> dict[st
     atomic_write_text(out / "leaderboard_mean.csv", buffer.getvalue())
     paths = {"mean_markdown": out / "leaderboard_mean.md", "mean_csv": out / "leaderboard_mean.csv"}
     for task in tasks:
-        paths[f"mean_plot_{task}"] = _plot_task(task, [r for r in stats if r["task"] == task],
-                                                out / f"leaderboard_mean_{_safe_name(task)}.png")
+        paths[f"mean_plot_{task}"] = _plot_task(
+            task, [r for r in stats if r["task"] == task], out / f"leaderboard_mean_{_safe_name(task)}.png"
+        )
     return paths
 
 
@@ -381,8 +469,13 @@ def _plot_task(task: str, rows: list[dict[str, Any]], path: Path) -> Path:
     versus = reference_label(ref).strip("`")
     better = "higher" if rows[0]["higher_is_better"] else "lower"
     fig, (left, right) = plt.subplots(1, 2, figsize=(max(6.0, 1.3 * len(rows) + 3), 4.0))
-    left.bar(range(len(rows)), [r["mean"] for r in rows], yerr=[r["std"] or 0.0 for r in rows], capsize=3,
-             color=["#999999" if r["variant"] == ref else "#4c72b0" for r in rows])
+    left.bar(
+        range(len(rows)),
+        [r["mean"] for r in rows],
+        yerr=[r["std"] or 0.0 for r in rows],
+        capsize=3,
+        color=["#999999" if r["variant"] == ref else "#4c72b0" for r in rows],
+    )
     left.set_xticks(range(len(rows)), names, fontsize=6, rotation=25)
     left.set_ylabel(f"test {rows[0]['metric']} ({better} is better)\nmean ± sample std over seeds", fontsize=7)
     left.set_title(task, fontsize=9)
@@ -390,11 +483,13 @@ def _plot_task(task: str, rows: list[dict[str, Any]], path: Path) -> Path:
     colours = {"better": "#2ca02c", "worse": "#d62728"}
     for i, r in enumerate(compared):
         err = None if r["low"] is None else [[r["diff"] - r["low"]], [r["high"] - r["diff"]]]
-        right.errorbar([i], [r["diff"]], yerr=err, fmt="o", capsize=4,
-                       color=colours.get(r["verdict"].split(" ")[0], "#4c72b0"))
+        right.errorbar(
+            [i], [r["diff"]], yerr=err, fmt="o", capsize=4, color=colours.get(r["verdict"].split(" ")[0], "#4c72b0")
+        )
     right.axhline(0.0, color="#999999", linewidth=1)
-    right.set_xticks(range(len(compared)), [f"{r['variant']}\n(n={r['n_paired']})" for r in compared], fontsize=6,
-                     rotation=25)
+    right.set_xticks(
+        range(len(compared)), [f"{r['variant']}\n(n={r['n_paired']})" for r in compared], fontsize=6, rotation=25
+    )
     right.set_xlim(-0.7, max(len(compared), 1) - 0.3)
     right.set_ylabel(f"Δ vs {versus}, paired by seed\n95% t interval", fontsize=7)
     right.set_title(f"{task}: difference to {versus}", fontsize=9)
@@ -412,8 +507,13 @@ def _train_losses(log_file: Path) -> tuple[list[int], list[float]]:
         except json.JSONDecodeError:
             continue
         loss = rec.get("loss")
-        if (isinstance(rec, dict) and rec.get("split") == "train" and isinstance(loss, (int, float))
-                and math.isfinite(loss) and isinstance(rec.get("step"), int)):
+        if (
+            isinstance(rec, dict)
+            and rec.get("split") == "train"
+            and isinstance(loss, (int, float))
+            and math.isfinite(loss)
+            and isinstance(rec.get("step"), int)
+        ):
             steps.append(rec["step"])
             losses.append(float(loss))
     return steps, losses
@@ -443,8 +543,14 @@ def plot_loss_curves(rows: list[dict[str, Any]], runs_dir: str | Path, path: str
         for i, (variant, lines) in enumerate(variants.items()):
             colour = plt.get_cmap("tab10")(i % 10)
             for j, (steps, losses) in enumerate(lines):
-                ax.plot(steps, losses, color=colour, linewidth=0.9, alpha=0.8,
-                        label=f"{variant} ({len(lines)} run{'s' if len(lines) > 1 else ''})" if j == 0 else None)
+                ax.plot(
+                    steps,
+                    losses,
+                    color=colour,
+                    linewidth=0.9,
+                    alpha=0.8,
+                    label=f"{variant} ({len(lines)} run{'s' if len(lines) > 1 else ''})" if j == 0 else None,
+                )
         ax.set_title(task, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel("training loss", fontsize=8)
@@ -455,8 +561,9 @@ def plot_loss_curves(rows: list[dict[str, Any]], runs_dir: str | Path, path: str
     return Path(path)
 
 
-def make(runs_dir: str | Path, out_dir: str | Path | None = None, plot_metric: str | None = None,
-         mix_steps: bool = False) -> dict[str, Path]:
+def make(
+    runs_dir: str | Path, out_dir: str | Path | None = None, plot_metric: str | None = None, mix_steps: bool = False
+) -> dict[str, Path]:
     """The leaderboard of the finished runs under ``runs_dir``, written to ``out_dir`` (default: ``runs_dir``):
     the per-run table (markdown, CSV, bar plot), the seed statistics and the loss curves; the paths by name
     (``markdown``, ``mean_markdown``, ...). What ``mmllm leaderboard`` and ``mmllm main`` call.

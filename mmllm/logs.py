@@ -7,6 +7,7 @@ is shown. Results that scripts print (JSON on stdout) stay ``print``: they are o
 Rank awareness: under a multi-process launcher only rank 0 shows INFO; the other ranks show
 warnings and errors, so a 2-process run does not print every line twice.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,8 +18,19 @@ import warnings
 LEVELS = ("debug", "info", "warning", "error")
 ROOT_LOGGER = "mmllm"
 # loggers of libraries whose INFO chatter (load reports, launcher banners) hides our own lines
-NOISY = ("transformers", "deepspeed", "DeepSpeed", "datasets", "torch.distributed", "torch.utils.cpp_extension",
-         "huggingface_hub", "timm", "urllib3", "PIL", "matplotlib")
+NOISY = (
+    "transformers",
+    "deepspeed",
+    "DeepSpeed",
+    "datasets",
+    "torch.distributed",
+    "torch.utils.cpp_extension",
+    "huggingface_hub",
+    "timm",
+    "urllib3",
+    "PIL",
+    "matplotlib",
+)
 _HANDLER_NAME = "mmllm-stderr"
 
 
@@ -105,6 +117,10 @@ def add_log_level_flag(parser, default: str | None = "info") -> None:
     """``--log-level`` on an argparse parser (the same flag on every mmllm command); on sub-commands
     pass ``default=argparse.SUPPRESS`` so ``mmllm --log-level debug train`` and
     ``mmllm train --log-level debug`` both work."""
-    parser.add_argument("--log-level", default=default, choices=LEVELS,
-                        help="what mmllm logs on stderr (rank 0; other ranks show warnings only); "
-                             "debug also lets third-party libraries speak")
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        choices=LEVELS,
+        help="what mmllm logs on stderr (rank 0; other ranks show warnings only); "
+        "debug also lets third-party libraries speak",
+    )

@@ -1,4 +1,5 @@
 """Model state dicts and final-model files that leave out frozen LLM weights (reloaded from their source)."""
+
 from __future__ import annotations
 
 import pickle
@@ -60,8 +61,9 @@ def load_model_state_dict(
         )
 
 
-def save_model_file(path: str | Path, state: dict[str, torch.Tensor], fingerprints: dict[str, str | None],
-                    config: dict[str, Any]) -> None:
+def save_model_file(
+    path: str | Path, state: dict[str, torch.Tensor], fingerprints: dict[str, str | None], config: dict[str, Any]
+) -> None:
     """A final-model file: trainable weights, the frozen blocks' fingerprints and the run's config,
     written atomically (a full disk leaves no partial file and says so)."""
     path = Path(path)
@@ -121,7 +123,11 @@ def describe_write_error(exc: BaseException, path: str | Path) -> str:
         free = shutil.disk_usage(folder if folder.exists() else Path.cwd()).free
     except OSError:
         free = None
-    if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc) or (free is not None and free < 64 << 20):
+    if (
+        getattr(exc, "errno", None) == errno.ENOSPC
+        or "No space left" in str(exc)
+        or (free is not None and free < 64 << 20)
+    ):
         room = f"{free / 2**20:.0f} MB free" if free is not None else "no space left"
         return f"disk full ({room} on the device of {folder}); the partial file was removed"
     return f"{type(exc).__name__}: {exc}"

@@ -4,6 +4,7 @@ METER trains its fusion layers and heads with a higher LR than the encoders; the
 frozen-LLM paper uses a larger LR for the adapters. Both are a mapping from a
 parameter-name prefix to an LR multiplier, the longest matching prefix winning.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping

@@ -10,6 +10,7 @@ and then fp32 wins (measured on a 2-core Xeon: bf16 237 ms vs fp32 140 ms for th
 SmolLM2 block). The result is cached per machine in ``$MMLLM_CACHE/precision.json``, keyed
 by the CPU model name and the torch version, written atomically.
 """
+
 from __future__ import annotations
 
 import json
@@ -121,8 +122,9 @@ def benchmark_cpu_dtypes(repeats: int = 3, budget_s: float = 2.0) -> dict[str, f
 
     from .architectures import identity_rotation
 
-    config = LlamaConfig(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
-                         num_hidden_layers=1)
+    config = LlamaConfig(
+        hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3, num_hidden_layers=1
+    )
     config._attn_implementation = "sdpa"
     generator = torch.Generator().manual_seed(0)
     results: dict[str, float] = {}
@@ -187,8 +189,14 @@ def store_cpu_choice(timings: dict[str, float]) -> torch.dtype:
     """Cache the choice that ``timings`` (ms per dtype name) imply for this machine, and return it."""
     choice = "bfloat16" if timings["bfloat16"] < timings["float32"] else "float32"
     measured = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return _store({"choice": choice, "ms": {k: round(v, 2) for k, v in timings.items()},
-                   "threads": torch.get_num_threads(), "measured": measured})
+    return _store(
+        {
+            "choice": choice,
+            "ms": {k: round(v, 2) for k, v in timings.items()},
+            "threads": torch.get_num_threads(),
+            "measured": measured,
+        }
+    )
 
 
 def _store(entry: dict[str, Any]) -> torch.dtype:

@@ -8,6 +8,7 @@ numbers, plus the globals a caller allow-lists explicitly; anything else raises
 saying a pickle was refused (not that the file is "corrupt"); :func:`load_weights_only` is
 the loader used for DeepSpeed checkpoint states (see :mod:`mmllm.engine.checkpoint`).
 """
+
 from __future__ import annotations
 
 import pickle
@@ -36,8 +37,10 @@ def refusal(path: str | Path, exc: BaseException) -> str:
         detail = _DETAIL.search(text)
         found = next((g for g in detail.groups() if g), "") if detail else text.splitlines()[-1:] or [""]
         what = f"the file holds pickled objects that are not tensors ({''.join(found).strip()[:200]})"
-    return (f"{path}: refused to unpickle: {what}. mmllm loads checkpoints with weights_only=True, so nothing "
-            "in the file was run; a file that needs more than tensors is not one mmllm wrote (or was tampered with)")
+    return (
+        f"{path}: refused to unpickle: {what}. mmllm loads checkpoints with weights_only=True, so nothing "
+        "in the file was run; a file that needs more than tensors is not one mmllm wrote (or was tampered with)"
+    )
 
 
 def deepspeed_safe_globals() -> list[Any]:
@@ -53,8 +56,16 @@ def deepspeed_safe_globals() -> list[Any]:
     from deepspeed.utils.tensor_fragment import fragment_address
 
     reconstruct = np.zeros(1).__reduce__()[0]  # numpy.core/_core.multiarray._reconstruct, whichever NumPy has
-    return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address,
-            reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    return [
+        ZeroStageEnum,
+        LossScaler,
+        DynamicLossScaler,
+        fragment_address,
+        reconstruct,
+        np.ndarray,
+        np.dtype,
+        type(np.dtype(np.uint32)),
+    ]
 
 
 def load_weights_only(path: str | Path, map_location: Any = "cpu", allow: list[Any] | None = None) -> Any:

@@ -4,6 +4,7 @@ A config section (``run``, ``model``, ``datasets.<name>``) is parsed into a pyda
 that forbids unknown keys, so ``run.max_stpes`` is an error that suggests ``max_steps``
 instead of passing silently, and ``run.max_steps=abc`` names the key and the type it wants.
 """
+
 from __future__ import annotations
 
 import difflib

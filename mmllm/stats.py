@@ -5,6 +5,7 @@ Why paired: runs of two variants with the same seed share data order and initial
 parts, so the per-seed differences vary less than either arm; the interval is the one-sample t-interval
 of those differences, mean ± t(1 − α/2, n − 1) · sd / √n, over the seeds present in both arms.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,9 +14,38 @@ from collections.abc import Mapping, Sequence
 from .errors import DataError
 
 # two-sided 95% Student-t quantiles t(0.975, df), df = 1..30 (used when scipy is absent)
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def t_quantile(df: int, confidence: float = 0.95) -> float:
@@ -42,8 +72,9 @@ def mean_std(values: Sequence[float]) -> tuple[float, float | None, int]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)), n
 
 
-def paired_difference(arm: Mapping[int, float], baseline: Mapping[int, float], confidence: float = 0.95
-                      ) -> dict[str, float | int | None]:
+def paired_difference(
+    arm: Mapping[int, float], baseline: Mapping[int, float], confidence: float = 0.95
+) -> dict[str, float | int | None]:
     """Mean of ``arm[seed] − baseline[seed]`` over the shared seeds and its t interval (None below 2 seeds)."""
     seeds = sorted(set(arm) & set(baseline))
     if not seeds:

@@ -31,6 +31,7 @@ compared with what its folder holds (:mod:`mmllm.engine.rundir`): a finished run
 config is skipped, an unfinished one is resumed by the engine, a folder holding a different run is refused.
 Each run folder gets a ``sweep.json`` (task, variant, LLM, seed, seconds) that the leaderboard groups on.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -167,8 +168,7 @@ def _llms(spec: dict[str, Any]) -> dict[str, str]:
     return names
 
 
-def expand(spec: dict[str, Any], runs_dir: str | Path | None = None,
-           notes: list[str] | None = None) -> list[SweepRun]:
+def expand(spec: dict[str, Any], runs_dir: str | Path | None = None, notes: list[str] | None = None) -> list[SweepRun]:
     """Every run of the sweep, in order task → seed → variant → LLM (so an interrupted sweep has whole seeds).
     Variants a task cannot take are left out and described in ``notes``."""
     from omegaconf import OmegaConf
@@ -202,12 +202,16 @@ def expand(spec: dict[str, Any], runs_dir: str | Path | None = None,
             wanted = [str(v) for v in _list(item["variants"], f"tasks[{entry.name}].variants")]
             stray = [v for v in wanted if v not in names]
             if stray:
-                raise ConfigError(f"tasks[{entry.name}].variants: {stray} are not among the sweep's variants {list(names)}")
+                raise ConfigError(
+                    f"tasks[{entry.name}].variants: {stray} are not among the sweep's variants {list(names)}"
+                )
             chosen = {v: names[v] for v in wanted}
         variants, skipped = task_variants(entry, base_cfg, chosen)
         if chosen is not names and skipped:
-            raise ConfigError(f"tasks[{entry.name}].variants: {entry.name} cannot run "
-                              + "; ".join(f"{k} ({why})" for k, why in skipped.items()))
+            raise ConfigError(
+                f"tasks[{entry.name}].variants: {entry.name} cannot run "
+                + "; ".join(f"{k} ({why})" for k, why in skipped.items())
+            )
         unknown_everywhere &= {k for k, why in skipped.items() if why == "unknown"}
         reasons: dict[str, list[str]] = {}
         for name, why in skipped.items():
@@ -223,20 +227,34 @@ def expand(spec: dict[str, Any], runs_dir: str | Path | None = None,
                     out = root / entry.name / name / f"seed{seed}"
                     source = [] if llm is None else [f"model.llm_block.source={llms[llm]}"]
                     options = (f"run.output_dir={out}", f"run.seed={seed}", *common, *task_options, *source, *overrides)
-                    runs.append(SweepRun(entry.name, variant, llm, seed, str(config), options, out,
-                                         None if llm is None else llms[llm]))
+                    runs.append(
+                        SweepRun(
+                            entry.name,
+                            variant,
+                            llm,
+                            seed,
+                            str(config),
+                            options,
+                            out,
+                            None if llm is None else llms[llm],
+                        )
+                    )
         reference = item.get("reference")
         labels = list(dict.fromkeys(r.label for r in runs if r.task == entry.name))
         if reference is not None and str(reference) not in labels:
-            raise ConfigError(f"tasks[{entry.name}].reference: {reference!r} is not one of the arms this task runs "
-                              f"({', '.join(labels)})")
+            raise ConfigError(
+                f"tasks[{entry.name}].reference: {reference!r} is not one of the arms this task runs "
+                f"({', '.join(labels)})"
+            )
     if unknown_everywhere:
         from .schema import suggest
 
         name = sorted(unknown_everywhere)[0]
         known = sorted({*STANDARD_VARIANTS, *(f"depth_{d}" for d in DEPTHS)})
-        raise ConfigError(f"variant {name!r} is neither a standard variant{suggest(name, known)} nor one a task "
-                          f"registers; give its overrides (variants: {{{name}: [key=value, ...]}}). Standard: {known}")
+        raise ConfigError(
+            f"variant {name!r} is neither a standard variant{suggest(name, known)} nor one a task "
+            f"registers; give its overrides (variants: {{{name}: [key=value, ...]}}). Standard: {known}"
+        )
     return runs
 
 
@@ -245,8 +263,11 @@ def references(spec: dict[str, Any]) -> dict[str, str]:
     otherwise the leaderboard's no-block variant)."""
     from .engine.registry import get_task
 
-    return {get_task(item["task"]).name: str(item["reference"])
-            for item in _task_items(spec) if item.get("reference") is not None}
+    return {
+        get_task(item["task"]).name: str(item["reference"])
+        for item in _task_items(spec)
+        if item.get("reference") is not None
+    }
 
 
 def run_state(run: SweepRun) -> tuple[str, list[str]]:
@@ -271,7 +292,8 @@ def run_state(run: SweepRun) -> tuple[str, list[str]]:
     except MMLLMError as exc:
         return "different", [f"its {CONFIG_FILE} no longer parses: {exc}"]
     differences = stored_differences(  # against its resolved_config.json where the run stored one
-        run.out_dir, task.resolved_config(), lambda raw: task.entry.build(DictConfig(raw)).resolved_config())
+        run.out_dir, task.resolved_config(), lambda raw: task.entry.build(DictConfig(raw)).resolved_config()
+    )
     if differences:
         return "different", differences
     summary = run.out_dir / "summary.json"
@@ -331,8 +353,10 @@ def check_llm_sources(runs: list[SweepRun]) -> tuple[dict[str, tuple[str, list[S
             continue
         asset = assets.ASSETS.get(source) if fmt == "asset" else None
         if asset is not None and asset.integrity() is None and not asset.installed():
-            notes.append(f"LLM asset {source} is neither prepared nor installed here ({len(users)} run(s) read it); "
-                         f"install it with: {asset.pip}")
+            notes.append(
+                f"LLM asset {source} is neither prepared nor installed here ({len(users)} run(s) read it); "
+                f"install it with: {asset.pip}"
+            )
     return problems, notes
 
 
@@ -340,8 +364,15 @@ def _root(spec: dict[str, Any], runs_dir: str | Path | None) -> Path:
     return Path(runs_dir or spec.get("runs_dir") or f"runs/sweep_{spec.get('name', 'unnamed')}")
 
 
-def run_sweep(path: str | Path, runs_dir: str | None = None, dry_run: bool = False, keep_going: bool = False,
-              mix_steps: bool = False, jobs: int = 1, readme: str | Path | None = None) -> Path:
+def run_sweep(
+    path: str | Path,
+    runs_dir: str | None = None,
+    dry_run: bool = False,
+    keep_going: bool = False,
+    mix_steps: bool = False,
+    jobs: int = 1,
+    readme: str | Path | None = None,
+) -> Path:
     """Train every unfinished run of the sweep, then write the leaderboard and the report (RESULTS.md)."""
     from tqdm import tqdm
 
@@ -349,12 +380,17 @@ def run_sweep(path: str | Path, runs_dir: str | None = None, dry_run: bool = Fal
     notes: list[str] = []
     runs = expand(spec, runs_dir, notes)
     root = _root(spec, runs_dir)
-    states = {r: run_state(r) for r in tqdm(runs, desc="checking run folders", unit="run", leave=False,
-                                            disable=len(runs) < 20)}
+    states = {
+        r: run_state(r)
+        for r in tqdm(runs, desc="checking run folders", unit="run", leave=False, disable=len(runs) < 20)
+    }
     bad_sources, source_notes = check_llm_sources(runs)  # before anything trains: every run's LLM is there
     count = {s: sum(1 for st, _ in states.values() if st == s) for s in STATES}
-    print(f"sweep {spec.get('name', path)}: {len(runs)} runs -> {root}: " + ", ".join(f"{n} {s}" for s, n in count.items()),
-          flush=True)
+    print(
+        f"sweep {spec.get('name', path)}: {len(runs)} runs -> {root}: "
+        + ", ".join(f"{n} {s}" for s, n in count.items()),
+        flush=True,
+    )
     for note in [*notes, *source_notes]:
         print(f"note: {note}")
     different = [(r, diff) for r, (st, diff) in states.items() if st == "different"]
@@ -368,21 +404,29 @@ def run_sweep(path: str | Path, runs_dir: str | None = None, dry_run: bool = Fal
             if r in unreadable:
                 print(f"    error: LLM source {unreadable[r]!r} cannot be read (below)")
     if bad_sources:
-        listed = "\n".join(f"  {source!r} ({len(users)} run(s), e.g. {users[0].task} {users[0].label}): {why}"
-                           for source, (why, users) in bad_sources.items())
-        raise ConfigError(f"{len(bad_sources)} LLM source(s) of this sweep cannot be read (nothing was trained):\n"
-                          f"{listed}\nfix llms (or the variants' model.llm_block.source) in {path}")
+        listed = "\n".join(
+            f"  {source!r} ({len(users)} run(s), e.g. {users[0].task} {users[0].label}): {why}"
+            for source, (why, users) in bad_sources.items()
+        )
+        raise ConfigError(
+            f"{len(bad_sources)} LLM source(s) of this sweep cannot be read (nothing was trained):\n"
+            f"{listed}\nfix llms (or the variants' model.llm_block.source) in {path}"
+        )
     if dry_run:
         return root
     if different:
         listed = "\n".join(f"  {r.out_dir}: {'; '.join(diff[:4])}" for r, diff in different[:10])
-        raise ConfigError(f"{len(different)} run folder(s) hold a different run (nothing was trained):\n{listed}\n"
-                          "delete those folders, or give the sweep another runs_dir (--runs)")
+        raise ConfigError(
+            f"{len(different)} run folder(s) hold a different run (nothing was trained):\n{listed}\n"
+            "delete those folders, or give the sweep another runs_dir (--runs)"
+        )
     for r in runs:  # a corrupt summary.json is kept aside, so the engine trains (or evaluates) the run again
         if states[r][0] == "broken":
             os.replace(r.out_dir / "summary.json", r.out_dir / "summary.json.broken")
-            print(f"note: {r.out_dir / 'summary.json'} is no result ({'; '.join(states[r][1])}): moved to "
-                  "summary.json.broken, the run is re-run")
+            print(
+                f"note: {r.out_dir / 'summary.json'} is no result ({'; '.join(states[r][1])}): moved to "
+                "summary.json.broken, the run is re-run"
+            )
     todo = [r for r in runs if states[r][0] in ("todo", "resume", "broken")]
     failed = _train_all(todo, spec, path, jobs, keep_going)
     report(path, runs_dir, mix_steps=mix_steps, readme=readme)
@@ -414,7 +458,9 @@ def _train_all(todo: list[SweepRun], spec: dict[str, Any], path: str | Path, job
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
     queue = list(todo)
-    running: list[tuple[SweepRun, subprocess.Popen, float, dict[str, Any], Any]] = []  # (run, process, start, label, log)
+    running: list[
+        tuple[SweepRun, subprocess.Popen, float, dict[str, Any], Any]
+    ] = []  # (run, process, start, label, log)
     failed: list[str] = []
     env = job_environment(jobs)
     bar = tqdm(total=len(todo), desc="sweep", unit="run")  # tqdm's ETA: mean time per finished run × those left
@@ -422,10 +468,19 @@ def _train_all(todo: list[SweepRun], spec: dict[str, Any], path: str | Path, job
         while queue and len(running) < jobs and (keep_going or not failed):
             r = queue.pop(0)
             r.out_dir.mkdir(parents=True, exist_ok=True)
-            label = {"task": r.task, "variant": r.label, "variant_name": r.variant, "llm": r.llm,
-                     "llm_source": r.llm_source, "seed": r.seed, "sweep": spec.get("name"), "sweep_file": str(path),
-                     "command": r.shown(), "jobs": jobs,
-                     "omp_num_threads": env.get("OMP_NUM_THREADS")}
+            label = {
+                "task": r.task,
+                "variant": r.label,
+                "variant_name": r.variant,
+                "llm": r.llm,
+                "llm_source": r.llm_source,
+                "seed": r.seed,
+                "sweep": spec.get("name"),
+                "sweep_file": str(path),
+                "command": r.shown(),
+                "jobs": jobs,
+                "omp_num_threads": env.get("OMP_NUM_THREADS"),
+            }
             write_json(r.out_dir / "sweep.json", label)
             log = open(r.out_dir / "train.log", "w") if jobs > 1 else None  # noqa: SIM115 - closed below
             process = start_run(r.command(), log, env)
@@ -443,7 +498,9 @@ def _train_all(todo: list[SweepRun], spec: dict[str, Any], path: str | Path, job
             bar.update(1)
             if process.returncode != 0:
                 failed.append(f"{r.out_dir} (exit {process.returncode} after {seconds:.0f} s; command: {r.shown()})")
-                bar.write(f"FAILED {r.out_dir} after {seconds:.0f} s" + (f" (log: {r.out_dir / 'train.log'})" if log else ""))
+                bar.write(
+                    f"FAILED {r.out_dir} after {seconds:.0f} s" + (f" (log: {r.out_dir / 'train.log'})" if log else "")
+                )
                 continue
             write_json(r.out_dir / "sweep.json", {**label, "process_seconds": seconds})
             bar.write(f"finished {r.out_dir} in {seconds:.0f} s")
@@ -474,13 +531,19 @@ def render(path: str | Path, runs_dir: str | None = None, mix_steps: bool = Fals
     for row in rows:  # the group is the sweep's own label of the folder, whatever sweep.json says
         row["_meta"]["variant"] = labels[row["run"]]
     finished_runs = {row["run"] for row in rows}
-    broken = {r.out_dir.relative_to(root).as_posix(): problem for r in runs
-              if r.out_dir.relative_to(root).as_posix() not in finished_runs and (r.out_dir / "summary.json").is_file()
-              and (problem := summary_problem(r.out_dir / "summary.json")) is not None}
+    broken = {
+        r.out_dir.relative_to(root).as_posix(): problem
+        for r in runs
+        if r.out_dir.relative_to(root).as_posix() not in finished_runs
+        and (r.out_dir / "summary.json").is_file()
+        and (problem := summary_problem(r.out_dir / "summary.json")) is not None
+    }
     said = "; ".join(f"{root / k / 'summary.json'}: {why}" for k, why in list(broken.items())[:5])
     if not rows and broken:
-        raise ConfigError(f"no usable run of this sweep under {root}: {len(broken)} run(s) have a broken summary.json "
-                          f"({said}); re-run them with `mmllm sweep {path}`")
+        raise ConfigError(
+            f"no usable run of this sweep under {root}: {len(broken)} run(s) have a broken summary.json "
+            f"({said}); re-run them with `mmllm sweep {path}`"
+        )
     if not rows:
         raise ConfigError(f"no finished run (summary.json) of this sweep under {root}: run `mmllm sweep {path}` first")
     refs = references(spec)
@@ -491,19 +554,29 @@ def render(path: str | Path, runs_dir: str | None = None, mix_steps: bool = Fals
     devices = sorted({str(s["device"]) for s in summaries if s.get("device")}) or ["not recorded"]
     precisions = sorted({str(s["precision"]) for s in summaries if s.get("precision")}) or ["not recorded"]
     train_seconds = sum(float(s.get("train_seconds") or 0) for s in summaries)
-    process = [read_json(root / r["run"] / "sweep.json", "label").get("process_seconds")
-               for r in rows if (root / r["run"] / "sweep.json").is_file()]
+    process = [
+        read_json(root / r["run"] / "sweep.json", "label").get("process_seconds")
+        for r in rows
+        if (root / r["run"] / "sweep.json").is_file()
+    ]
     process_total = sum(p for p in process if isinstance(p, (int, float)))
     llms = _llms(spec)
-    lines = [f"<!-- generated by `mmllm sweep {path} --report` from {root}/**/summary.json; do not edit by hand -->",
-             "",
-             f"**Sweep `{spec.get('name', Path(path).stem)}`** (`{path}`): {len(rows)} runs of {len(runs)}; seeds "
-             f"{', '.join(map(str, spec['seeds']))}; LLMs: "
-             + (", ".join(f"{k} = `{v}`" for k, v in llms.items()) or "the configs' own")
-             + f"; device: {', '.join(devices)}; precision: {', '.join(precisions)}; training time "
-             f"{_fmt_seconds(train_seconds)}" + (f", {_fmt_seconds(process_total)} with start-up and evaluation "
-                                                  f"({len(process)} runs timed)" if process else "") + ".",
-             ""]
+    lines = [
+        f"<!-- generated by `mmllm sweep {path} --report` from {root}/**/summary.json; do not edit by hand -->",
+        "",
+        f"**Sweep `{spec.get('name', Path(path).stem)}`** (`{path}`): {len(rows)} runs of {len(runs)}; seeds "
+        f"{', '.join(map(str, spec['seeds']))}; LLMs: "
+        + (", ".join(f"{k} = `{v}`" for k, v in llms.items()) or "the configs' own")
+        + f"; device: {', '.join(devices)}; precision: {', '.join(precisions)}; training time "
+        f"{_fmt_seconds(train_seconds)}"
+        + (
+            f", {_fmt_seconds(process_total)} with start-up and evaluation ({len(process)} runs timed)"
+            if process
+            else ""
+        )
+        + ".",
+        "",
+    ]
     if spec.get("description"):
         lines += [str(spec["description"]).strip(), ""]
     for task in dict.fromkeys(r["task"] for r in stats):
@@ -512,18 +585,31 @@ def render(path: str | Path, runs_dir: str | None = None, mix_steps: bool = Fals
     lines += [leaderboard.METHOD_NOTE + ".", ""]
     shown_refs = {t: v for t, v in refs.items() if any(r["task"] == t for r in stats)}
     if shown_refs:
-        lines += ["Where a task names its reference arm in the sweep file, Δ is the variant − that arm instead of no "
-                  "block: " + "; ".join(f"`{v}` in {t}" for t, v in shown_refs.items()) + ".", ""]
+        lines += [
+            "Where a task names its reference arm in the sweep file, Δ is the variant − that arm instead of no "
+            "block: " + "; ".join(f"`{v}` in {t}" for t, v in shown_refs.items()) + ".",
+            "",
+        ]
     if missing:
-        lines += [f"Not (yet) in this table: {len(missing)} run(s) of the sweep without a summary, e.g. "
-                  + ", ".join(f"`{m.out_dir.relative_to(root).as_posix()}`" for m in missing[:5]) + ".", ""]
+        lines += [
+            f"Not (yet) in this table: {len(missing)} run(s) of the sweep without a summary, e.g. "
+            + ", ".join(f"`{m.out_dir.relative_to(root).as_posix()}`" for m in missing[:5])
+            + ".",
+            "",
+        ]
     if broken:
-        lines += [f"Broken: {len(broken)} run(s) whose summary.json is no result, left out (`mmllm sweep {path}` "
-                  "re-runs them): " + "; ".join(f"`{k}` ({why})" for k, why in list(broken.items())[:5]) + ".", ""]
+        lines += [
+            f"Broken: {len(broken)} run(s) whose summary.json is no result, left out (`mmllm sweep {path}` "
+            "re-runs them): " + "; ".join(f"`{k}` ({why})" for k, why in list(broken.items())[:5]) + ".",
+            "",
+        ]
     if others:
         lines += [f"{others} other run(s) under `{root}` that this sweep file does not name were left out.", ""]
-    lines += [f"Regenerate: `mmllm sweep {path} --report` (from the committed summaries); re-run: "
-              f"`mmllm sweep {path}` (finished runs are skipped).", ""]
+    lines += [
+        f"Regenerate: `mmllm sweep {path} --report` (from the committed summaries); re-run: "
+        f"`mmllm sweep {path}` (finished runs are skipped).",
+        "",
+    ]
     return "\n".join(lines), rows, stats
 
 
@@ -552,9 +638,11 @@ def summary_arm(path: str | Path) -> tuple[str, str]:
     arm = "frozen" if key is None else f"frozen [{key}]"
     which = "" if key is None else f" with `{llms[key]}`, the sweep's first LLM"
     versus = "the task's reference arm" if references(spec) else "no block"
-    return arm, (f"One row per task: mean ± std over seeds of the test metric, {versus} vs `{arm}` (the pretrained "
-                 f"LLM block, frozen{which}; the default, not the best arm), Δ paired by seed with its 95% Student-t "
-                 "interval. Every variant (other LLMs, the paper's controls) is in docs/results.md.")
+    return arm, (
+        f"One row per task: mean ± std over seeds of the test metric, {versus} vs `{arm}` (the pretrained "
+        f"LLM block, frozen{which}; the default, not the best arm), Δ paired by seed with its 95% Student-t "
+        "interval. Every variant (other LLMs, the paper's controls) is in docs/results.md."
+    )
 
 
 def _summary(stats: list[dict[str, Any]], path: str | Path) -> str:
@@ -574,9 +662,10 @@ def update_readme(readme: str | Path, path: str | Path, text: str, kind: str = "
     start = content.find(begin)
     stop = content.find(end, start + len(begin)) if start >= 0 else -1
     if start < 0 or stop < 0:
-        raise ConfigError(f"{readme} has no block for this sweep: put the two lines\n{begin}\n{end}\nwhere its "
-                          "results belong")
-    atomic_write_text(readme, content[:start + len(begin)] + "\n" + text.rstrip("\n") + "\n" + content[stop:])
+        raise ConfigError(
+            f"{readme} has no block for this sweep: put the two lines\n{begin}\n{end}\nwhere its results belong"
+        )
+    atomic_write_text(readme, content[: start + len(begin)] + "\n" + text.rstrip("\n") + "\n" + content[stop:])
 
 
 def readme_text(readme: str | Path, path: str | Path, kind: str = "results") -> str | None:
@@ -585,11 +674,16 @@ def readme_text(readme: str | Path, path: str | Path, kind: str = "results") -> 
     begin, end = readme_block(path, kind)
     start = content.find(begin)
     stop = content.find(end, start + len(begin)) if start >= 0 else -1
-    return None if start < 0 or stop < 0 else content[start + len(begin):stop].strip("\n")
+    return None if start < 0 or stop < 0 else content[start + len(begin) : stop].strip("\n")
 
 
-def report(path: str | Path, runs_dir: str | None = None, mix_steps: bool = False,
-           readme: str | Path | None = None, summary: str | Path | None = None) -> Path:
+def report(
+    path: str | Path,
+    runs_dir: str | None = None,
+    mix_steps: bool = False,
+    readme: str | Path | None = None,
+    summary: str | Path | None = None,
+) -> Path:
     """Leaderboard files (tables, CSV, bar plots, loss curves) and ``RESULTS.md`` from the summaries under the
     sweep's folder (no training: committed ``summary.json`` files regenerate the tables in docs/results.md); with
     ``readme``, the sweep's block in that file too; with ``summary``, its one-table summary block there."""
@@ -618,19 +712,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("file", help="sweep YAML (configs/sweeps/*.yaml)")
     parser.add_argument("--runs", default=None, help="override runs_dir")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state, train nothing")
-    parser.add_argument("--report", action="store_true",
-                        help="train nothing: regenerate the leaderboard and RESULTS.md from the summaries")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="train nothing: regenerate the leaderboard and RESULTS.md from the summaries",
+    )
     parser.add_argument("--keep-going", action="store_true", help="run the others when a run fails")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs at a time, each its own process (unless OMP_NUM_THREADS is set, each gets cores // jobs "
-                             "threads)")
-    parser.add_argument("--mix-steps", action="store_true",
-                        help="average runs of different step counts / max_eval_samples anyway")
-    parser.add_argument("--readme", default=None,
-                        help="also write the results into this file, between the sweep's markers (docs/results.md)")
-    parser.add_argument("--summary", default=None,
-                        help="with --report: also write a one-table summary into this file, between the sweep's "
-                        "summary markers (README.md)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at a time, each its own process (unless OMP_NUM_THREADS is set, each gets cores // jobs threads)",
+    )
+    parser.add_argument(
+        "--mix-steps", action="store_true", help="average runs of different step counts / max_eval_samples anyway"
+    )
+    parser.add_argument(
+        "--readme",
+        default=None,
+        help="also write the results into this file, between the sweep's markers (docs/results.md)",
+    )
+    parser.add_argument(
+        "--summary",
+        default=None,
+        help="with --report: also write a one-table summary into this file, between the sweep's "
+        "summary markers (README.md)",
+    )
 
     def _main(args: argparse.Namespace) -> int:
         if args.report:

@@ -1,6 +1,7 @@
 """Plain-torch reference maths for one decoder layer of each family, written from the
 papers/model cards, independent of transformers and of mmllm: no positions, no causal
 mask, padded keys dropped. Weights use Hugging Face checkpoint names."""
+
 import math
 
 import torch
@@ -29,7 +30,7 @@ def attention(x, W, cfg, pad, arch):
     if arch == "gemma3":
         q = rms_norm(q, W["self_attn.q_norm.weight"], cfg.rms_norm_eps, gemma=True)
         k = rms_norm(k, W["self_attn.k_norm.weight"], cfg.rms_norm_eps, gemma=True)
-        scale = cfg.query_pre_attn_scalar ** -0.5
+        scale = cfg.query_pre_attn_scalar**-0.5
     else:
         scale = 1.0 / math.sqrt(hd)
     k = k.repeat_interleave(H // KV, dim=1)
@@ -47,7 +48,10 @@ def layer_forward(x, W, cfg, arch, pad=None):
     if arch in ("llama", "qwen2"):
         h = x + attention(rms_norm(x, W["input_layernorm.weight"], cfg.rms_norm_eps), W, cfg, pad, arch)
         n = rms_norm(h, W["post_attention_layernorm.weight"], cfg.rms_norm_eps)
-        mlp = _linear(F.silu(_linear(n, W["mlp.gate_proj.weight"])) * _linear(n, W["mlp.up_proj.weight"]), W["mlp.down_proj.weight"])
+        mlp = _linear(
+            F.silu(_linear(n, W["mlp.gate_proj.weight"])) * _linear(n, W["mlp.up_proj.weight"]),
+            W["mlp.down_proj.weight"],
+        )
         return h + mlp
     if arch == "gemma3":
         eps = cfg.rms_norm_eps
@@ -58,7 +62,9 @@ def layer_forward(x, W, cfg, arch, pad=None):
         m = _linear(g * _linear(n, W["mlp.up_proj.weight"]), W["mlp.down_proj.weight"])
         return h + rms_norm(m, W["post_feedforward_layernorm.weight"], eps, True)
     if arch == "opt":  # pre-LayerNorm variant (all OPT sizes but 350m)
-        ln1 = F.layer_norm(x, (x.shape[-1],), W["self_attn_layer_norm.weight"].float(), W["self_attn_layer_norm.bias"].float())
+        ln1 = F.layer_norm(
+            x, (x.shape[-1],), W["self_attn_layer_norm.weight"].float(), W["self_attn_layer_norm.bias"].float()
+        )
         h = x + attention(ln1, W, cfg, pad, arch)
         ln2 = F.layer_norm(h, (h.shape[-1],), W["final_layer_norm.weight"].float(), W["final_layer_norm.bias"].float())
         return h + _linear(F.relu(_linear(ln2, W["fc1.weight"], W["fc1.bias"])), W["fc2.weight"], W["fc2.bias"])

@@ -1,4 +1,5 @@
 """Tiny random checkpoints of each supported family, saved by transformers' own model classes."""
+
 from pathlib import Path
 
 import torch
@@ -23,7 +24,14 @@ def tiny_config(arch: str, **overrides):
         return Qwen2Config(**{**COMMON, "num_key_value_heads": 2, **overrides})
     if arch == "gemma3":
         return Gemma3TextConfig(
-            **{**COMMON, "num_key_value_heads": 2, "head_dim": 16, "query_pre_attn_scalar": 20, "sliding_window": 3, **overrides}
+            **{
+                **COMMON,
+                "num_key_value_heads": 2,
+                "head_dim": 16,
+                "query_pre_attn_scalar": 20,
+                "sliding_window": 3,
+                **overrides,
+            }
         )
     if arch == "opt":
         kw = {k: v for k, v in COMMON.items() if k != "intermediate_size"}
@@ -31,7 +39,12 @@ def tiny_config(arch: str, **overrides):
     raise ValueError(arch)
 
 
-MODEL_CLASSES = {"llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM, "gemma3": Gemma3ForCausalLM, "opt": OPTForCausalLM}
+MODEL_CLASSES = {
+    "llama": LlamaForCausalLM,
+    "qwen2": Qwen2ForCausalLM,
+    "gemma3": Gemma3ForCausalLM,
+    "opt": OPTForCausalLM,
+}
 ARCHS = tuple(MODEL_CLASSES)
 
 
@@ -56,9 +69,9 @@ def save_tiny(arch: str, folder: Path, seed: int = 0, **save_kwargs):
 
 def layer_state(model, arch: str, index: int) -> dict:
     prefix = f"model.decoder.layers.{index}." if arch == "opt" else f"model.layers.{index}."
-    return {k[len(prefix):]: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in model.state_dict().items() if k.startswith(prefix)}
 
 
 def final_norm_state(model, arch: str) -> dict:
     prefix = "model.decoder.final_layer_norm." if arch == "opt" else "model.norm."
-    return {k[len(prefix):]: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in model.state_dict().items() if k.startswith(prefix)}

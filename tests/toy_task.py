@@ -3,6 +3,7 @@
 Tokens are random vectors; the class is which of 3 directions the mean token points to most.
 Importing this module registers ``toy_tokens`` (``mmllm train --import toy_task``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -71,5 +72,13 @@ class ToyTask(Task):
         return {"accuracy": round(100 * sum(hits) / len(hits), 2)}
 
 
-ENTRY = register_task(TaskEntry(name="toy_tokens", task=ToyTask, dataset="toy_tokens", model_arch="toy_token_cls",
-                                metric="accuracy", description="toy task of the registry tests"))
+ENTRY = register_task(
+    TaskEntry(
+        name="toy_tokens",
+        task=ToyTask,
+        dataset="toy_tokens",
+        model_arch="toy_token_cls",
+        metric="accuracy",
+        description="toy task of the registry tests",
+    )
+)

@@ -6,6 +6,7 @@ of its [CLS] token over the patch tokens in the last self-attention block. Neith
 So a forward pre-hook captures the module's own input and the weights are recomputed from the module's own
 projections: softmax(q kᵀ · scale + mask), averaged over heads. Nothing in the module's forward changes.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -35,8 +36,9 @@ def _causal(scores: torch.Tensor) -> torch.Tensor:
     return scores.masked_fill(~keep, float("-inf"))
 
 
-def _timm_weights(module: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                  is_causal: bool = False) -> torch.Tensor:
+def _timm_weights(
+    module: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+) -> torch.Tensor:
     """timm's ``Attention``: one fused ``qkv`` Linear, per-head ``q_norm``/``k_norm``, ``scale``; a boolean
     ``attn_mask`` follows SDPA (True = attend)."""
     B, N, _ = x.shape
@@ -49,14 +51,21 @@ def _timm_weights(module: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | 
     return _causal(scores) if is_causal else scores
 
 
-def _mha_weights(module: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor,
-                 key_padding_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
-                 is_causal: bool = False) -> torch.Tensor:
+def _mha_weights(
+    module: nn.MultiheadAttention,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+    attn_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+) -> torch.Tensor:
     """``nn.MultiheadAttention`` from its packed ``in_proj`` weights; a boolean mask follows torch's MHA
     (True = masked out); ``attn_mask`` is [L, S] or [B·H, L, S]."""
     if not module._qkv_same_embed_dim or module.bias_k is not None or module.add_zero_attn:
-        raise ConfigError("CLS attention: nn.MultiheadAttention with separate q/k/v projections, bias_k or "
-                          "add_zero_attn is not supported")
+        raise ConfigError(
+            "CLS attention: nn.MultiheadAttention with separate q/k/v projections, bias_k or "
+            "add_zero_attn is not supported"
+        )
     unbatched = query.dim() == 2
     if unbatched:
         query, key = query.unsqueeze(1 - int(module.batch_first)), key.unsqueeze(1 - int(module.batch_first))
@@ -78,14 +87,20 @@ def _mha_weights(module: nn.MultiheadAttention, query: torch.Tensor, key: torch.
 
 
 def _is_timm_attention(module: nn.Module) -> bool:
-    return isinstance(getattr(module, "qkv", None), nn.Linear) and hasattr(module, "num_heads") and hasattr(module, "scale")
+    return (
+        isinstance(getattr(module, "qkv", None), nn.Linear)
+        and hasattr(module, "num_heads")
+        and hasattr(module, "scale")
+    )
 
 
 def check_supported(module: nn.Module) -> None:
     """Refuse, before any forward pass, an attention module whose weights cannot be recomputed."""
     if not (isinstance(module, nn.MultiheadAttention) or _is_timm_attention(module)):
-        raise ConfigError(f"CLS attention: {type(module).__name__} is neither nn.MultiheadAttention nor a timm-style "
-                          "Attention (a qkv Linear, num_heads, scale)")
+        raise ConfigError(
+            f"CLS attention: {type(module).__name__} is neither nn.MultiheadAttention nor a timm-style "
+            "Attention (a qkv Linear, num_heads, scale)"
+        )
 
 
 def attention_weights(module: nn.Module, *args, **kwargs) -> torch.Tensor:
@@ -94,13 +109,21 @@ def attention_weights(module: nn.Module, *args, **kwargs) -> torch.Tensor:
     check_supported(module)
     bound = inspect.signature(module.forward).bind(*args, **kwargs).arguments
     if isinstance(module, nn.MultiheadAttention):
-        scores = _mha_weights(module, bound["query"], bound["key"], bound.get("key_padding_mask"),
-                              bound.get("attn_mask"), bool(bound.get("is_causal", False)))
+        scores = _mha_weights(
+            module,
+            bound["query"],
+            bound["key"],
+            bound.get("key_padding_mask"),
+            bound.get("attn_mask"),
+            bool(bound.get("is_causal", False)),
+        )
     else:
         unknown = {k for k, v in bound.items() if k not in ("x", "attn_mask", "is_causal") and v is not None}
         if unknown:
-            raise ConfigError(f"CLS attention: {type(module).__name__} was called with {sorted(unknown)}, "
-                              "which the recomputation does not know")
+            raise ConfigError(
+                f"CLS attention: {type(module).__name__} was called with {sorted(unknown)}, "
+                "which the recomputation does not know"
+            )
         scores = _timm_weights(module, bound["x"], bound.get("attn_mask"), bool(bound.get("is_causal", False)))
     return scores.softmax(dim=-1).mean(dim=1)
 
@@ -119,7 +142,7 @@ class CLSAttentionRecorder:
 
     def _record(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         with torch.no_grad():
-            self.rows.append(attention_weights(module, *args, **kwargs)[:, 0, self.prefix:].cpu())
+            self.rows.append(attention_weights(module, *args, **kwargs)[:, 0, self.prefix :].cpu())
 
     def __enter__(self) -> CLSAttentionRecorder:
         self._handle = self.module.register_forward_pre_hook(self._record, with_kwargs=True)

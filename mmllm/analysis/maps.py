@@ -7,6 +7,7 @@ phase) — before and after the frozen block, beside the [CLS] token's attention
 block (:mod:`.attention`), and score the maps as pseudo-masks against ground-truth
 foregrounds (best IoU over thresholds, averaged over images).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -64,27 +65,44 @@ def iou(pred: torch.Tensor, target: torch.Tensor) -> float:
     return 1.0 if union == 0 else (pred & target).sum().item() / union
 
 
-def best_iou(token_map: torch.Tensor, target: torch.Tensor, thresholds: Sequence[float] = THRESHOLDS,
-             mode: str = "nearest") -> tuple[float, float]:
+def best_iou(
+    token_map: torch.Tensor, target: torch.Tensor, thresholds: Sequence[float] = THRESHOLDS, mode: str = "nearest"
+) -> tuple[float, float]:
     """(best IoU, its threshold): the [h, w] token map upsampled to the [H, W] mask (``nearest`` keeps each
     patch's value on its pixels; ``bilinear`` smooths across patches), thresholded at each value."""
     if token_map.dim() != 2 or target.dim() != 2:
-        raise DataError(f"expected a [h, w] map and an [H, W] mask, got {tuple(token_map.shape)}, {tuple(target.shape)}")
-    up = F.interpolate(token_map[None, None].float(), size=tuple(target.shape), mode=mode,
-                       **({} if mode == "nearest" else {"align_corners": False}))[0, 0]
+        raise DataError(
+            f"expected a [h, w] map and an [H, W] mask, got {tuple(token_map.shape)}, {tuple(target.shape)}"
+        )
+    up = F.interpolate(
+        token_map[None, None].float(),
+        size=tuple(target.shape),
+        mode=mode,
+        **({} if mode == "nearest" else {"align_corners": False}),
+    )[0, 0]
     scores = [(iou(up >= t, target), t) for t in thresholds]
     return max(scores, key=lambda s: (s[0], -s[1]))
 
 
 def _upsample(token_map: torch.Tensor, target: torch.Tensor, mode: str) -> torch.Tensor:
     if token_map.dim() != 2 or target.dim() != 2:
-        raise DataError(f"expected a [h, w] map and an [H, W] mask, got {tuple(token_map.shape)}, {tuple(target.shape)}")
-    return F.interpolate(token_map[None, None].float(), size=tuple(target.shape), mode=mode,
-                         **({} if mode == "nearest" else {"align_corners": False}))[0, 0]
+        raise DataError(
+            f"expected a [h, w] map and an [H, W] mask, got {tuple(token_map.shape)}, {tuple(target.shape)}"
+        )
+    return F.interpolate(
+        token_map[None, None].float(),
+        size=tuple(target.shape),
+        mode=mode,
+        **({} if mode == "nearest" else {"align_corners": False}),
+    )[0, 0]
 
 
-def held_out_threshold(maps: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
-                       thresholds: Sequence[float] = THRESHOLDS, mode: str = "nearest") -> tuple[float, float]:
+def held_out_threshold(
+    maps: Sequence[torch.Tensor],
+    masks: Sequence[torch.Tensor],
+    thresholds: Sequence[float] = THRESHOLDS,
+    mode: str = "nearest",
+) -> tuple[float, float]:
     """(threshold, its mIoU on these images): the ONE threshold whose mean IoU over the held-out images is
     highest (ties: the lowest threshold), to be applied unchanged to the evaluated images
     (:func:`fixed_threshold_miou`). Unlike each image's own best threshold (:func:`best_iou`), this does not
@@ -97,8 +115,9 @@ def held_out_threshold(maps: Sequence[torch.Tensor], masks: Sequence[torch.Tenso
     return threshold, score
 
 
-def fixed_threshold_miou(maps: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], threshold: float,
-                         mode: str = "nearest") -> float:
+def fixed_threshold_miou(
+    maps: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], threshold: float, mode: str = "nearest"
+) -> float:
     """mIoU of the maps' pseudo-masks at one given threshold (chosen elsewhere, e.g. on held-out images)."""
     if len(maps) != len(masks):
         raise DataError(f"{len(maps)} maps for {len(masks)} masks")

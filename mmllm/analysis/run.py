@@ -7,6 +7,7 @@ patch grid and, optionally, which module is the host encoder's last self-attenti
 the model's ``llm_block`` module and observed with forward hooks, whatever its kind; the attention with a
 forward pre-hook (:mod:`.attention`). Maps and scores follow Pang et al. (ICLR 2024, §6).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,9 @@ def find_block(model: nn.Module) -> nn.Module:
     for name, module in model.named_modules():
         if name.split(".")[-1] == "llm_block":
             return module
-    raise ConfigError("the model has no `llm_block` module to analyse (a run trained with llm_block.kind=none "
-                      "has nothing to analyse)")
+    raise ConfigError(
+        "the model has no `llm_block` module to analyse (a run trained with llm_block.kind=none has nothing to analyse)"
+    )
 
 
 def _module_name(model: nn.Module, module: nn.Module) -> str:
@@ -69,8 +71,10 @@ def _call_hook(fn: Callable, task, model: nn.Module, dataset, num: int, backgrou
     if "background" in inspect.signature(fn).parameters:
         return fn(task, model, dataset, num, background=background)
     if background != "plain":
-        raise ConfigError(f"task {task.entry.name}'s analysis hook has no background option: "
-                          f"--background {background} is not available for it")
+        raise ConfigError(
+            f"task {task.entry.name}'s analysis hook has no background option: "
+            f"--background {background} is not available for it"
+        )
     return fn(task, model, dataset, num)
 
 
@@ -100,11 +104,15 @@ def _check_layout(tokens: torch.Tensor, inputs: AnalysisInputs, rows: torch.Tens
     h, w = inputs.grid
     n = inputs.masks.shape[0]
     if tokens.shape[:2] != (n, inputs.prefix + h * w):
-        raise ConfigError(f"the block saw tokens {tuple(tokens.shape)}; the analysis hook promised {n} images of "
-                          f"{inputs.prefix} prefix + {h}x{w} patch tokens")
+        raise ConfigError(
+            f"the block saw tokens {tuple(tokens.shape)}; the analysis hook promised {n} images of "
+            f"{inputs.prefix} prefix + {h}x{w} patch tokens"
+        )
     if rows is not None and tuple(rows.shape) != (n, h * w):
-        raise ConfigError(f"the attention's CLS rows have shape {tuple(rows.shape)}, expected ({n}, {h * w}): "
-                          "the attention module's tokens are not laid out as the block's")
+        raise ConfigError(
+            f"the attention's CLS rows have shape {tuple(rows.shape)}, expected ({n}, {h * w}): "
+            "the attention module's tokens are not laid out as the block's"
+        )
 
 
 def _score(grids: list[torch.Tensor], masks: torch.Tensor) -> float:
@@ -130,8 +138,15 @@ def _run_seed(run_dir: Path) -> int | None:
     return None if seed is None else int(seed)
 
 
-def analyse(run_dir: str | Path, split: str = "test", num: int = 16, out: str | Path | None = None,
-            figures: int = 4, background: str = "plain", holdout: int = 4) -> dict:
+def analyse(
+    run_dir: str | Path,
+    split: str = "test",
+    num: int = 16,
+    out: str | Path | None = None,
+    figures: int = 4,
+    background: str = "plain",
+    holdout: int = 4,
+) -> dict:
     """Maps, mIoU (in ``analysis.json``) and overlays (``maps_XXX.png``) of a finished run under ``out``.
 
     The split's first ``holdout`` images choose one threshold per map (the one maximising their mIoU); the
@@ -156,7 +171,9 @@ def analyse(run_dir: str | Path, split: str = "test", num: int = 16, out: str | 
     hook = getattr(task.entry, "analysis", None) if task.entry is not None else None
     if not hook:
         having = sorted(n for n, e in all_tasks().items() if getattr(e, "analysis", None))
-        raise ConfigError(f"task {task.entry.name if task.entry else '?'} has no analysis hook; tasks with one: {having}")
+        raise ConfigError(
+            f"task {task.entry.name if task.entry else '?'} has no analysis hook; tasks with one: {having}"
+        )
     block = find_block(model)
     kind = str(getattr(block, "kind", block.__class__.__name__))
     if split not in datasets:
@@ -169,16 +186,24 @@ def analyse(run_dir: str | Path, split: str = "test", num: int = 16, out: str | 
     if total <= holdout:
         raise ConfigError(f"split {split!r} gave {total} images: not enough for {holdout} held-out + evaluated ones")
     h, w = inputs.grid
-    report: dict = {"run": str(run_dir), "split": split, "block": kind, "seed": _run_seed(run_dir),
-                    "images": total - holdout, "held_out_images": holdout, "background": inputs.background,
-                    "upsampling": "nearest", "thresholds": "0.1..0.9",
-                    "scoring": "one threshold per map, chosen on the held-out images (miou_*); each image's own "
-                               "best threshold (miou_*_per_image_best)",
-                    "cls_attention": attention_name}
+    report: dict = {
+        "run": str(run_dir),
+        "split": split,
+        "block": kind,
+        "seed": _run_seed(run_dir),
+        "images": total - holdout,
+        "held_out_images": holdout,
+        "background": inputs.background,
+        "upsampling": "nearest",
+        "thresholds": "0.1..0.9",
+        "scoring": "one threshold per map, chosen on the held-out images (miou_*); each image's own "
+        "best threshold (miou_*_per_image_best)",
+        "cls_attention": attention_name,
+    }
     maps: dict[str, list[torch.Tensor]] = {}
     for stage, tokens in (("before", before), ("after", after)):
         for map_kind, fn in (("magnitude", magnitude_map), ("frequency", frequency_map)):
-            maps[f"{map_kind}_{stage}"] = [fn(t).reshape(h, w) for t in tokens[:, inputs.prefix:]]
+            maps[f"{map_kind}_{stage}"] = [fn(t).reshape(h, w) for t in tokens[:, inputs.prefix :]]
     if rows is not None:
         maps["cls_attention"] = [attention_map(r).reshape(h, w) for r in rows]
     # the level a map that knows nothing reaches: uniform random maps, scored the same way
@@ -243,7 +268,9 @@ def _by_seed(reports: list[dict], arm: str) -> dict[int, dict]:
         if seed is None:
             raise ConfigError(f"{r['run']} ({arm}) has no seed in its summary.json: runs are paired by seed")
         if seed in out:
-            raise ConfigError(f"{arm}: two runs with seed {seed} ({out[seed]['run']}, {r['run']}): pair one run per seed")
+            raise ConfigError(
+                f"{arm}: two runs with seed {seed} ({out[seed]['run']}, {r['run']}): pair one run per seed"
+            )
         out[seed] = r
     return out
 
@@ -265,19 +292,29 @@ def compare(with_block: list[dict], without_block: list[dict], confidence: float
     seeds = sorted(set(arms["with"]) & set(arms["without"]))
     rows = []
     for key in keys:
-        row: dict = {"map": key[len("miou_"):]}
+        row: dict = {"map": key[len("miou_") :]}
         for arm, runs in arms.items():
             mean, sd, n = mean_std([float(r[key]) for r in runs.values()])
             row[arm] = {"mean": mean, "std": sd, "n": n}
         if seeds:
-            row.update(paired_difference({s: float(arms["with"][s][key]) for s in seeds},
-                                         {s: float(arms["without"][s][key]) for s in seeds}, confidence))
+            row.update(
+                paired_difference(
+                    {s: float(arms["with"][s][key]) for s in seeds},
+                    {s: float(arms["without"][s][key]) for s in seeds},
+                    confidence,
+                )
+            )
         else:
             row.update({"diff": None, "low": None, "high": None, "n_paired": 0})
         rows.append(row)
-    return {"with_block": [r["run"] for r in with_block], "without_block": [r["run"] for r in without_block],
-            "blocks": sorted({str(r.get("block")) for r in with_block}), "paired_seeds": seeds,
-            "confidence": confidence, "rows": rows}
+    return {
+        "with_block": [r["run"] for r in with_block],
+        "without_block": [r["run"] for r in without_block],
+        "blocks": sorted({str(r.get("block")) for r in with_block}),
+        "paired_seeds": seeds,
+        "confidence": confidence,
+        "rows": rows,
+    }
 
 
 def _fmt(value: float | None, sd: float | None = None) -> str:
@@ -289,39 +326,62 @@ def _fmt(value: float | None, sd: float | None = None) -> str:
 def compare_markdown(result: dict) -> str:
     """The comparison as a markdown table: one row per map, both arms, Δ (with − without) and its interval."""
     pct = round(100 * result["confidence"])
-    lines = [f"| map | with block (mean ± std, n) | without block (mean ± std, n) | Δ with − without | {pct}% t interval "
-             "| paired seeds |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"| map | with block (mean ± std, n) | without block (mean ± std, n) | Δ with − without | {pct}% t interval "
+        "| paired seeds |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in result["rows"]:
         w, o = row["with"], row["without"]
         interval = "–" if row["low"] is None else f"[{row['low']:.2f}, {row['high']:.2f}]"
-        lines.append(f"| {row['map']} | {_fmt(w['mean'], w['std'])} ({w['n']}) | {_fmt(o['mean'], o['std'])} "
-                     f"({o['n']}) | {_fmt(row['diff'])} | {interval} | {row['n_paired']} |")
-    note = ("mIoU (%) of each map's pseudo-masks; miou_<map>: one threshold chosen on held-out images; "
-            "<map>_per_image_best: each image's own best threshold (secondary). Δ paired by seed, Student-t interval. "
-            "Without the block, `after` and `before` are the same final tokens (where the block's output would be).")
+        lines.append(
+            f"| {row['map']} | {_fmt(w['mean'], w['std'])} ({w['n']}) | {_fmt(o['mean'], o['std'])} "
+            f"({o['n']}) | {_fmt(row['diff'])} | {interval} | {row['n_paired']} |"
+        )
+    note = (
+        "mIoU (%) of each map's pseudo-masks; miou_<map>: one threshold chosen on held-out images; "
+        "<map>_per_image_best: each image's own best threshold (secondary). Δ paired by seed, Student-t interval. "
+        "Without the block, `after` and `before` are the same final tokens (where the block's output would be)."
+    )
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("analyze", help="activation maps before/after the block of a trained run, and mIoU")
-    parser.add_argument("--run", required=True, nargs="+",
-                        help="finished run folder(s) (each holds model_final.pt); several: each analysed, then "
-                             "mean ± std over them")
+    parser.add_argument(
+        "--run",
+        required=True,
+        nargs="+",
+        help="finished run folder(s) (each holds model_final.pt); several: each analysed, then mean ± std over them",
+    )
     parser.add_argument("--split", default="test")
     parser.add_argument("--num", type=int, default=16, help="images to analyse")
     parser.add_argument("--out", default=None, help="one run: where to write (default: <run>/<--out-name>)")
     parser.add_argument("--out-name", default="analysis", help="the folder inside each run (default: analysis)")
     parser.add_argument("--summary", default=None, help="several runs: also write their mean ± std (JSON) here")
     parser.add_argument("--figures", type=int, default=4, help="overlay PNGs to write")
-    parser.add_argument("--background", default="plain",
-                        help="plain (the images as they are) or, where the task's hook offers it, textured")
-    parser.add_argument("--holdout", type=int, default=4,
-                        help="the split's first images that choose each map's one threshold (scored: the --num after them)")
-    parser.add_argument("--without", nargs="+", default=None,
-                        help="runs trained without the block (kind none): compare --run (with it) against them, "
-                             "paired by seed")
-    parser.add_argument("--compare-out", default="analysis_compare",
-                        help="with --without: where compare.json and compare.md go (default: ./analysis_compare)")
+    parser.add_argument(
+        "--background",
+        default="plain",
+        help="plain (the images as they are) or, where the task's hook offers it, textured",
+    )
+    parser.add_argument(
+        "--holdout",
+        type=int,
+        default=4,
+        help="the split's first images that choose each map's one threshold (scored: the --num after them)",
+    )
+    parser.add_argument(
+        "--without",
+        nargs="+",
+        default=None,
+        help="runs trained without the block (kind none): compare --run (with it) against them, paired by seed",
+    )
+    parser.add_argument(
+        "--compare-out",
+        default="analysis_compare",
+        help="with --without: where compare.json and compare.md go (default: ./analysis_compare)",
+    )
 
     def run(args: argparse.Namespace) -> int:
         import json
@@ -332,8 +392,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             raise ConfigError("--out names one folder: with --without use --out-name (a folder inside each run)")
 
         def each(runs: list[str]) -> list[dict]:
-            return [analyse(r, args.split, args.num, args.out or Path(r) / args.out_name, args.figures,
-                            args.background, args.holdout) for r in runs]
+            return [
+                analyse(
+                    r,
+                    args.split,
+                    args.num,
+                    args.out or Path(r) / args.out_name,
+                    args.figures,
+                    args.background,
+                    args.holdout,
+                )
+                for r in runs
+            ]
 
         reports = each(args.run)
         if args.without:

@@ -28,6 +28,7 @@ config class (subclass :class:`BlockConfig`) and a builder registered with
 ``@register_block("name", NameConfig)`` in a module of this package (found on first use)
 or of a package advertising it in the ``mmllm.blocks`` entry-point group.
 """
+
 from .controls import AdapterMLP, MLPBlockConfig, NoBlock, NoBlockConfig
 from .llm_block import (
     FinetunedBlockConfig,

@@ -1,4 +1,5 @@
 """The paper's controls without an LLM block: ``mlp`` (equal trainable size) and ``none`` (identity)."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -18,6 +18,7 @@ kind                     layer weights           trained?
 ``random_frozen``        random (LLM's init)     no (control: a fixed random block)
 =======================  ======================  ==========================================
 """
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,9 @@ def architecture_of(source: str | None, llm_config: dict[str, Any] | None) -> Pr
 
 def check_one_architecture(source: str | None, llm_config: dict[str, Any] | None) -> None:
     if (source is None) == (llm_config is None):
-        raise ValueError("give the LLM architecture either as source (its config is read) or as llm_config, "
-                         "not both and not neither")
+        raise ValueError(
+            "give the LLM architecture either as source (its config is read) or as llm_config, not both and not neither"
+        )
     if llm_config is not None and "model_type" not in llm_config:
         raise ValueError("llm_config needs a model_type (e.g. llama, qwen2, gemma3_text, opt)")
 
@@ -112,7 +114,9 @@ class LLMBlockConfig(BlockConfig):
     @model_validator(mode="after")
     def _needs_source(self) -> LLMBlockConfig:
         if self.pretrained and self.source is None:
-            raise ValueError("a pretrained block needs a source (an asset name, HF folder, .gguf or params.json folder)")
+            raise ValueError(
+                "a pretrained block needs a source (an asset name, HF folder, .gguf or params.json folder)"
+            )
         return self
 
     def architecture(self) -> PretrainedConfig:
@@ -147,8 +151,10 @@ class RandomFrozenBlockConfig(LLMBlockConfig):
     @model_validator(mode="after")
     def _one_architecture(self) -> RandomFrozenBlockConfig:
         if self.final_norm == "pretrained":
-            raise ValueError("final_norm='pretrained' loads the LLM's norm weight; a random-init block has "
-                             "none: use 'unit' or 'none'")
+            raise ValueError(
+                "final_norm='pretrained' loads the LLM's norm weight; a random-init block has "
+                "none: use 'unit' or 'none'"
+            )
         check_one_architecture(self.source, self.llm_config)
         return self
 
@@ -233,8 +239,14 @@ class FrozenLLMBlock(nn.Module):
             return nn.ModuleList(layers), norm
         want_pretrained_norm = cfg.final_norm == "pretrained" and norm_wanted
         assert cfg.source is not None  # _needs_source: a pretrained block has one
-        weights = load_layer_weights(cfg.source, self.layer_indices, want_pretrained_norm, config, self.compute_dtype,
-                                     range_requests=cfg.hub_range_requests)
+        weights = load_layer_weights(
+            cfg.source,
+            self.layer_indices,
+            want_pretrained_norm,
+            config,
+            self.compute_dtype,
+            range_requests=cfg.hub_range_requests,
+        )
         with torch.device("meta"):
             layers = [self.spec.build_layer(config, i) for i in self.layer_indices]
         for layer, i in zip(layers, self.layer_indices):
@@ -340,4 +352,3 @@ class FrozenLLMBlock(nn.Module):
             f"kind={self.kind}, arch={self.spec.name}, layers={self.layer_indices}, llm_dim={self.hidden_size}, "
             f"dtype={self.compute_dtype}, final_norm={self.cfg.final_norm}"
         )
-

@@ -16,6 +16,7 @@ and :func:`mmllm.loading.load_layer_weights`): the frozen layers come from ``fro
 is there, else from the recorded source (``source=`` re-points it, e.g. to a moved folder),
 and their SHA-256 must equal the recorded one (a :class:`CheckpointError` otherwise).
 """
+
 from __future__ import annotations
 
 import json
@@ -64,15 +65,19 @@ def from_pretrained(
     try:  # a missing path or an unknown name is said first, before asking for visual_dim
         locate_source(text)
     except CheckpointError as exc:
-        raise CheckpointError(f"from_pretrained({text!r}): not a folder written by save_pretrained, and {exc}") from None
+        raise CheckpointError(
+            f"from_pretrained({text!r}): not a folder written by save_pretrained, and {exc}"
+        ) from None
     if visual_dim is None:
         raise ConfigError(
             f"from_pretrained({text!r}): give visual_dim= (the width of the tokens the block receives); "
             f"only a folder written by save_pretrained (with {CONFIG_NAME}) records it"
         )
     if "source" in options:
-        raise ConfigError(f"from_pretrained({text!r}): source= re-points a saved block's frozen weights; "
-                          f"{text!r} is not a folder written by save_pretrained")
+        raise ConfigError(
+            f"from_pretrained({text!r}): source= re-points a saved block's frozen weights; "
+            f"{text!r} is not a folder written by save_pretrained"
+        )
     block_options: dict[str, Any] = {"kind": kind or "llm_block", "source": text, **options}
     if layers is not None:
         block_options["layers"] = layers
@@ -83,8 +88,10 @@ def from_pretrained(
 
 def _build(block_options: dict[str, Any], visual_dim: int):
     if block_options.get("kind") not in FROZEN_KINDS:
-        raise ConfigError(f"from_pretrained builds the LLM block kinds {list(FROZEN_KINDS)}, "
-                          f"not {block_options.get('kind')!r}; use build_block for the others")
+        raise ConfigError(
+            f"from_pretrained builds the LLM block kinds {list(FROZEN_KINDS)}, "
+            f"not {block_options.get('kind')!r}; use build_block for the others"
+        )
     return build_block(block_options, visual_dim)  # a FROZEN_KINDS kind: a FrozenLLMBlock (llm_block imports us)
 
 
@@ -180,8 +187,9 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
-def _load_saved(folder: Path, layers: Any, visual_dim: int | None, dtype: Any, kind: str | None,
-                options: dict[str, Any]):
+def _load_saved(
+    folder: Path, layers: Any, visual_dim: int | None, dtype: Any, kind: str | None, options: dict[str, Any]
+):
     meta = _read_meta(folder)
     saved = dict(meta["options"])
     where = folder / CONFIG_NAME
@@ -190,12 +198,16 @@ def _load_saved(folder: Path, layers: Any, visual_dim: int | None, dtype: Any, k
     if kind is not None and kind != saved.get("kind"):
         raise ConfigError(f"{where}: the block was saved as kind {saved.get('kind')!r}, not {kind!r}")
     if layers is not None and resolve_layers(layers, meta["num_hidden_layers"]) != meta["layer_indices"]:
-        raise ConfigError(f"{where}: the block was saved with layers {meta['layer_indices']}; layers={layers!r} "
-                          "selects others (its adapters were trained with those)")
+        raise ConfigError(
+            f"{where}: the block was saved with layers {meta['layer_indices']}; layers={layers!r} "
+            "selects others (its adapters were trained with those)"
+        )
     for name, value in options.items():
         if name not in REOPEN_OPTIONS and saved.get(name) != value:
-            raise ConfigError(f"{where}: option {name}={value!r} differs from the saved {saved.get(name)!r}; "
-                              f"a saved block can be re-opened with other {sorted(REOPEN_OPTIONS)} only")
+            raise ConfigError(
+                f"{where}: option {name}={value!r} differs from the saved {saved.get(name)!r}; "
+                f"a saved block can be re-opened with other {sorted(REOPEN_OPTIONS)} only"
+            )
     block_options = {**saved, **options}
     if dtype is not None:
         block_options["dtype"] = dtype

@@ -8,6 +8,7 @@ a list: a module in the ``mmllm.blocks`` package, or a package advertising it th
 ``mmllm.blocks`` entry-point group, is imported the first time an unregistered kind is asked
 for (one at a time: a broken module is reported and skips only itself).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -32,7 +33,7 @@ PositiveInt = Annotated[int, Field(strict=True, gt=0)]
 # options that no longer exist, and what replaced them
 REMOVED_OPTIONS = {
     "init": "the random-init controls are kinds now: kind: random_trained (the paper's control, trained "
-            "end to end) or kind: random_frozen",
+    "end to end) or kind: random_frozen",
     "frozen": "the fine-tuned control is a kind now: kind: llm_block_finetuned",
 }
 
@@ -43,8 +44,9 @@ class BlockConfig(BaseModel):
     ``visual_dim`` (the width of the host's tokens) is filled in by :func:`build_block`.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(),
-                              arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, protected_namespaces=(), arbitrary_types_allowed=True
+    )
     kind: ClassVar[str] = ""  # set by register_block
 
     visual_dim: PositiveInt
@@ -225,8 +227,7 @@ def describe(cls: type[BlockConfig], exc: ValidationError) -> str:
             owners = sorted(k.name for k in _KINDS.values() if name in k.config_class.model_fields)
             where = f"; it is an option of kind(s) {owners}" if owners else ""
             lines.append(
-                f"block kind {kind!r} has no option {name!r}{suggest(name, known)}{where}; "
-                f"options of {kind!r}: {known}"
+                f"block kind {kind!r} has no option {name!r}{suggest(name, known)}{where}; options of {kind!r}: {known}"
             )
         elif err["type"] == "value_error" and not err["loc"]:
             lines.append(f"block kind {kind!r}: {err['ctx']['error']}")

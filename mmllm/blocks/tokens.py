@@ -1,4 +1,5 @@
 """Checks and masks every block kind applies to its input tokens (the contract of the package docstring)."""
+
 from __future__ import annotations
 
 import torch
@@ -18,11 +19,16 @@ def check_tokens(x: torch.Tensor, padding_mask: torch.Tensor | None, visual_dim:
         )
     if padding_mask is None:
         return
-    if not isinstance(padding_mask, torch.Tensor) or padding_mask.dtype != torch.bool or (
-        padding_mask.shape != x.shape[:2]
+    if (
+        not isinstance(padding_mask, torch.Tensor)
+        or padding_mask.dtype != torch.bool
+        or (padding_mask.shape != x.shape[:2])
     ):
-        got = (f"{padding_mask.dtype} {tuple(padding_mask.shape)}" if isinstance(padding_mask, torch.Tensor)
-               else type(padding_mask).__name__)
+        got = (
+            f"{padding_mask.dtype} {tuple(padding_mask.shape)}"
+            if isinstance(padding_mask, torch.Tensor)
+            else type(padding_mask).__name__
+        )
         raise DataError(f"{kind}: padding_mask must be bool [B, N] = {tuple(x.shape[:2])}, got {got}")
 
 

@@ -4,6 +4,7 @@ DeepSpeed's bf16 mode casts the model, not the data: image pixels must follow, b
 coordinates, trajectories and soft-score targets would be silently blurred by bf16 (8 bits of
 mantissa: 0.3 becomes 0.30078, 1234.5 m becomes 1232), so each task names what is cast.
 """
+
 from __future__ import annotations
 
 from collections.abc import Collection

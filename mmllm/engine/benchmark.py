@@ -89,8 +89,10 @@ class BenchmarkModel(Task):
     def predict(self, model: nn.Module, batch: dict[str, Any]) -> Iterable[tuple[Any, Any]]:
         """``(item id, prediction)`` for every item of ``batch``, in the benchmark's prediction form. (A model
         whose benchmark scores something else, retrieval's score matrices, overrides :meth:`evaluate`.)"""
-        raise ConfigError(f"{type(self).__name__} predicts no items: implement predict(model, batch), or "
-                          "evaluate() where the benchmark scores whole splits")
+        raise ConfigError(
+            f"{type(self).__name__} predicts no items: implement predict(model, batch), or "
+            "evaluate() where the benchmark scores whole splits"
+        )
 
     def predictions(self, model: nn.Module, dataset: Dataset, desc: str = "eval") -> PredictionSet:
         """:meth:`predict` over an evaluation split, every item exactly once (the engine's sharding)."""

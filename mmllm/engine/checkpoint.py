@@ -16,6 +16,7 @@ of the engine's checkpoint engine, admitting only the few DeepSpeed classes its 
 is plain data: tensors, ints, tuples. A manifest written before hashes were recorded (sizes
 only) is loaded with a warning that the tag is unverified; weights_only still applies.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,16 +49,30 @@ def rng_state() -> dict[str, Any]:
     state = np.random.get_state()
     assert isinstance(state, tuple)  # legacy=True (the default): the tuple form, not the dict
     name, keys, pos, has_gauss, gauss = state
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    return {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+    }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     numpy = state["numpy"]
     if isinstance(numpy, dict):
-        numpy = (numpy["name"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"], numpy["gauss"])
+        numpy = (
+            numpy["name"],
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["pos"],
+            numpy["has_gauss"],
+            numpy["gauss"],
+        )
     np.random.set_state(numpy)  # a tuple: written by an mmllm before the state was stored pickle-free
     torch.set_rng_state(state["torch"])
 
@@ -73,8 +88,10 @@ def _file_sizes(folder: Path) -> dict[str, int]:
 def _manifest(folder: Path) -> dict[str, Any]:
     """Size and SHA-256 of every file of a finished checkpoint folder."""
     files = _files(folder)
-    return {"files": {str(p.relative_to(folder)): p.stat().st_size for p in files},
-            "sha256": {str(p.relative_to(folder)): file_digest(p) for p in files}}
+    return {
+        "files": {str(p.relative_to(folder)): p.stat().st_size for p in files},
+        "sha256": {str(p.relative_to(folder)): file_digest(p) for p in files},
+    }
 
 
 def guard_loads(engine) -> None:
@@ -160,8 +177,11 @@ class CheckpointStore:
             issue = self.problem(named)
             if issue is None:
                 return named
-            warnings.warn(f"checkpoint {named!r} named by {pointer} cannot be used: {issue}; "
-                          "falling back to the newest intact checkpoint", stacklevel=2)
+            warnings.warn(
+                f"checkpoint {named!r} named by {pointer} cannot be used: {issue}; "
+                "falling back to the newest intact checkpoint",
+                stacklevel=2,
+            )
         for tag in self.tags():
             issue = self.problem(tag)
             if issue is None:
@@ -183,13 +203,17 @@ class CheckpointStore:
         distributed.barrier()
         try:
             engine.save_checkpoint(
-                str(self.folder), tag=tmp_tag, client_state=client_state, save_latest=False,
+                str(self.folder),
+                tag=tmp_tag,
+                client_state=client_state,
+                save_latest=False,
                 exclude_frozen_parameters=not include_frozen,
             )
         except (OSError, RuntimeError) as exc:
             shutil.rmtree(self.folder / tmp_tag, ignore_errors=True)
-            raise CheckpointError(f"could not write checkpoint {self.folder / tag}: "
-                                  f"{describe_write_error(exc, self.folder / tmp_tag)}") from exc
+            raise CheckpointError(
+                f"could not write checkpoint {self.folder / tag}: {describe_write_error(exc, self.folder / tmp_tag)}"
+            ) from exc
         distributed.barrier()
         if rank0:
             atomic_write_text(self.folder / tmp_tag / MANIFEST, json.dumps(_manifest(self.folder / tmp_tag)))
@@ -228,20 +252,27 @@ class CheckpointStore:
         if tag is None:
             return None
         if self.unverified(tag):
-            warnings.warn(f"checkpoint {self.folder / tag}: its {MANIFEST} has sizes but no SHA-256 (written by an "
-                          "older mmllm), so its contents are unverified; it is still read with weights_only=True",
-                          stacklevel=2)
+            warnings.warn(
+                f"checkpoint {self.folder / tag}: its {MANIFEST} has sizes but no SHA-256 (written by an "
+                "older mmllm), so its contents are unverified; it is still read with weights_only=True",
+                stacklevel=2,
+            )
         guard_loads(engine)
         try:
             path, client_state = engine.load_checkpoint(
-                str(self.folder), tag=tag, load_module_strict=False,
-                load_optimizer_states=True, load_lr_scheduler_states=True,
+                str(self.folder),
+                tag=tag,
+                load_module_strict=False,
+                load_optimizer_states=True,
+                load_lr_scheduler_states=True,
             )
         except CheckpointError:  # a refused pickle (mmllm.safeload): already names the file and why
             raise
         except Exception as exc:  # noqa: BLE001 - DeepSpeed/torch raise many types for unreadable files
-            raise CheckpointError(f"checkpoint {self.folder / tag} cannot be read ({type(exc).__name__}: {exc}); "
-                                  "move it away to resume from an older one") from exc
+            raise CheckpointError(
+                f"checkpoint {self.folder / tag} cannot be read ({type(exc).__name__}: {exc}); "
+                "move it away to resume from an older one"
+            ) from exc
         if path is None or client_state is None:
             raise CheckpointError(f"checkpoint {self.folder / tag} could not be loaded by DeepSpeed")
         self.adopt(tag)

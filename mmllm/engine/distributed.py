@@ -1,5 +1,6 @@
 """Process-group set-up so that the same script runs under the DeepSpeed launcher,
 torchrun, or plain ``python`` (one process), on GPU or on CPU (gloo)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -36,9 +37,13 @@ def init_distributed() -> tuple[int, int]:
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     cores = os.cpu_count() or 1
     if rank == 0 and world > 1 and not torch.cuda.is_available() and world >= cores:
-        log.warning("%d CPU processes on %d cores: each process gets at most one core and gloo adds "
-                    "communication, so this is slower than one process (measured on 2 cores: 13.3 vs 1.45 s/step); "
-                    "use one process on CPU unless you are testing the distributed path", world, cores)
+        log.warning(
+            "%d CPU processes on %d cores: each process gets at most one core and gloo adds "
+            "communication, so this is slower than one process (measured on 2 cores: 13.3 vs 1.45 s/step); "
+            "use one process on CPU unless you are testing the distributed path",
+            world,
+            cores,
+        )
     return rank, world
 
 

@@ -2,6 +2,7 @@
 (:func:`predict`), predictions that cover a split's ids exactly once (:class:`PredictionSet`,
 :func:`predict_split`), and a finished run rebuilt and evaluated (:func:`load_trained`,
 :func:`evaluate_run`: ``mmllm evaluate --run DIR``)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence, Sized
@@ -36,8 +37,16 @@ def shard(dataset: Dataset) -> Dataset:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: Dataset, collate: Callable, batch_size: int,
-            step: Callable[[nn.Module, dict[str, Any]], Iterable[Any]], desc: str = "eval", *, task) -> list[Any]:
+def predict(
+    model: nn.Module,
+    dataset: Dataset,
+    collate: Callable,
+    batch_size: int,
+    step: Callable[[nn.Module, dict[str, Any]], Iterable[Any]],
+    desc: str = "eval",
+    *,
+    task,
+) -> list[Any]:
     """Run ``step(model, batch)`` over this rank's shard and gather every rank's outputs.
 
     Batches are moved by ``task.move_batch`` (only the task's compute-dtype inputs are cast)."""
@@ -83,12 +92,15 @@ class PredictionSet(Mapping):
                 twice.append(key)
             got[key] = value
         if twice:
-            raise DataError(f"{what}: {len(twice)} prediction(s) repeat an id, e.g. {_some(twice)}: each id is "
-                            "predicted exactly once")
+            raise DataError(
+                f"{what}: {len(twice)} prediction(s) repeat an id, e.g. {_some(twice)}: each id is "
+                "predicted exactly once"
+            )
         foreign = [k for k in got if k not in expected]
         if foreign:
-            raise DataError(f"{what}: {len(foreign)} prediction(s) for id(s) the split does not hold, "
-                            f"e.g. {_some(foreign)}")
+            raise DataError(
+                f"{what}: {len(foreign)} prediction(s) for id(s) the split does not hold, e.g. {_some(foreign)}"
+            )
         missing = [i for i in ids if i not in got]
         if missing:
             raise DataError(f"{what}: {len(missing)} of the {len(ids)} ids have no prediction, e.g. {_some(missing)}")
@@ -108,9 +120,17 @@ class PredictionSet(Mapping):
         return len(self._by_id)
 
 
-def predict_split(model: nn.Module, dataset: EvalSplit, collate: Callable, batch_size: int,
-                  step: Callable[[nn.Module, dict[str, Any]], Iterable[tuple[Hashable, Any]]], desc: str = "eval",
-                  *, task, ids: Sequence[Hashable] | None = None) -> PredictionSet:
+def predict_split(
+    model: nn.Module,
+    dataset: EvalSplit,
+    collate: Callable,
+    batch_size: int,
+    step: Callable[[nn.Module, dict[str, Any]], Iterable[tuple[Hashable, Any]]],
+    desc: str = "eval",
+    *,
+    task,
+    ids: Sequence[Hashable] | None = None,
+) -> PredictionSet:
     """:func:`predict` over an evaluation split whose ``step`` yields ``(id, prediction)`` pairs: the
     :class:`PredictionSet` of ``dataset.ids`` (or ``ids``: a view's own, e.g. retrieval's captions)."""
     if ids is None:
@@ -121,8 +141,12 @@ def predict_split(model: nn.Module, dataset: EvalSplit, collate: Callable, batch
     return PredictionSet(ids, predict(model, cast(Dataset, dataset), collate, batch_size, step, desc, task=task), desc)
 
 
-def load_trained(checkpoint: str | Path, out_dir: str | Path | None = None, edit: Callable | None = None,
-                 tasks: Sequence[str] | None = None):
+def load_trained(
+    checkpoint: str | Path,
+    out_dir: str | Path | None = None,
+    edit: Callable | None = None,
+    tasks: Sequence[str] | None = None,
+):
     """(task, model, datasets) of a finished run, rebuilt from the config stored in its model file.
 
     ``tasks``: the registry names of the tasks the calling evaluator scores; the model file of a run of
@@ -147,8 +171,10 @@ def load_trained(checkpoint: str | Path, out_dir: str | Path | None = None, edit
         name = run.get("task")
         if name not in tasks:
             what = f"a checkpoint of task {name!r}" if name else "a checkpoint without run.task in its stored config"
-            raise ConfigError(f"{checkpoint} is {what}; this evaluator scores task(s) {', '.join(tasks)}: "
-                              "use the evaluate script of the run's own task")
+            raise ConfigError(
+                f"{checkpoint} is {what}; this evaluator scores task(s) {', '.join(tasks)}: "
+                "use the evaluate script of the run's own task"
+            )
     cfg = OmegaConf.create(blob["config"])
     cfg.run.output_dir = str(out_dir or Path(checkpoint).parent)
     cfg.run.resume = "auto"
@@ -164,9 +190,16 @@ def load_trained(checkpoint: str | Path, out_dir: str | Path | None = None, edit
     return task, model, task.build_datasets()
 
 
-def evaluate_run(run: str | Path, split: str = "test", out_dir: str | Path | None = None, *,
-                 options: Sequence[str] = (), tasks: Sequence[str] | None = None, edit: Callable | None = None,
-                 score: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
+def evaluate_run(
+    run: str | Path,
+    split: str = "test",
+    out_dir: str | Path | None = None,
+    *,
+    options: Sequence[str] = (),
+    tasks: Sequence[str] | None = None,
+    edit: Callable | None = None,
+    score: Callable[..., dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Evaluate ``split`` of a finished run (its folder or its ``model_final.pt``), rebuilt from the config
     stored in the model file (:func:`load_trained`): ``mmllm evaluate --run DIR`` and every task's
     ``evaluate.py --checkpoint``.
@@ -199,8 +232,10 @@ def evaluate_run(run: str | Path, split: str = "test", out_dir: str | Path | Non
 
     task, model, datasets = load_trained(checkpoint, out_dir, edit=edits, tasks=tasks)
     if split not in datasets:
-        raise ConfigError(f"split {split!r} is not among the splits of {checkpoint}'s config "
-                          f"(datasets.{task.dataset_key}: {sorted(datasets)})")
+        raise ConfigError(
+            f"split {split!r} is not among the splits of {checkpoint}'s config "
+            f"(datasets.{task.dataset_key}: {sorted(datasets)})"
+        )
     dataset = eval_split(datasets[split], f"split {split!r} of task {task.name!r}")
     out = Path(task.run.output_dir)
     if score is None:

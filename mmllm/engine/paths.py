@@ -3,6 +3,7 @@
 Configs name files such as ``configs/deepspeed/zero0.json``; a run started from another
 folder should still find the file that ships with mmllm instead of failing on a relative path.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -8,6 +8,7 @@
 processors call its transforms; nothing reads a task's attributes by name. The task keeps it
 (``task.preprocess``), so a task's ``build_datasets``/``collate`` use the very transforms handed out.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

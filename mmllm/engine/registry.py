@@ -18,6 +18,7 @@ entries through the ``mmllm.tasks`` entry-point group. Modules and entry points 
 one: a broken one is reported with its name and skips only itself (LAVIS's package ``__init__``
 imports its whole model zoo, so one broken model breaks all).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -78,8 +79,10 @@ class InsertionDepths:
             raise ConfigError("InsertionDepths needs `fixed` positions, or both `key` and `depth_key`")
         depth = OmegaConf.select(cfg, self.depth_key, default=None)
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-            raise ConfigError(f"{self.depth_key} is {depth!r}: the insertion-depth variants need the host's number "
-                              "of blocks there (set it in the config)")
+            raise ConfigError(
+                f"{self.depth_key} is {depth!r}: the insertion-depth variants need the host's number "
+                "of blocks there (set it in the config)"
+            )
         blocks = {"head": 1, "middle": max(1, depth // 2), "tail": depth}
         return {name: (f"{self.key}={n + self.offset}",) for name, n in blocks.items()}
 
@@ -187,13 +190,17 @@ def registered_benchmark(name: str, *, metric: str, **options: Any) -> Callable[
     known = [f.name for f in fields(BenchmarkEntry) if f.name not in ("name", "benchmark", "metric")]
     for key in options:
         if key not in known:
-            raise ConfigError(f"registered_benchmark({name!r}): no option {key!r}{suggest(key, known)}; options: {known}")
+            raise ConfigError(
+                f"registered_benchmark({name!r}): no option {key!r}{suggest(key, known)}; options: {known}"
+            )
 
     def decorate(cls: type) -> type:
         entry = BenchmarkEntry(name=name, benchmark=cls, metric=metric, **options)
         old = _BENCHMARKS.get(name)
-        same = old is not None and (old.benchmark.__module__, old.benchmark.__qualname__) == (cls.__module__,
-                                                                                              cls.__qualname__)
+        same = old is not None and (old.benchmark.__module__, old.benchmark.__qualname__) == (
+            cls.__module__,
+            cls.__qualname__,
+        )
         if old is not None and not same:  # (the same class imported anew, e.g. a module reloaded, replaces it)
             raise ConfigError(f"benchmark {name!r} is registered twice ({old.benchmark} and {cls})")
         _BENCHMARKS[name] = entry
@@ -208,8 +215,17 @@ def registered_model(name: str, *, task: str | None = None, **options: Any) -> C
     its class's ``benchmark``: the pair is the task ``task`` (default ``<benchmark>_<name>``) with the
     benchmark's data section, metric and preparers. ``options``: :class:`TaskEntry`'s other fields
     (``model_arch``, the LAVIS arch, defaults to ``mmllm_<name>``)."""
-    fixed = ("name", "task", "dataset", "metric", "higher_is_better", "preparers", "benchmark", "model",
-             "dataset_aliases")
+    fixed = (
+        "name",
+        "task",
+        "dataset",
+        "metric",
+        "higher_is_better",
+        "preparers",
+        "benchmark",
+        "model",
+        "dataset_aliases",
+    )
     known = [f.name for f in fields(TaskEntry) if f.name not in fixed]
     for key in options:
         if key not in known:
@@ -219,12 +235,24 @@ def registered_model(name: str, *, task: str | None = None, **options: Any) -> C
         bench = getattr(cls, "benchmark", None)
         entry = getattr(bench, "__dict__", {}).get("benchmark_entry")
         if entry is None:
-            raise ConfigError(f"registered_model({name!r}): {cls.__name__}.benchmark must be a Benchmark class "
-                              "registered with @registered_benchmark")
-        register_task(TaskEntry(
-            name=task or f"{entry.name}_{name}", task=cls, dataset=entry.name, metric=entry.metric,
-            higher_is_better=entry.higher_is_better, preparers=entry.preparers, benchmark=entry.name, model=name,
-            dataset_aliases=entry.dataset_aliases, **{"model_arch": f"mmllm_{name}", **options}))
+            raise ConfigError(
+                f"registered_model({name!r}): {cls.__name__}.benchmark must be a Benchmark class "
+                "registered with @registered_benchmark"
+            )
+        register_task(
+            TaskEntry(
+                name=task or f"{entry.name}_{name}",
+                task=cls,
+                dataset=entry.name,
+                metric=entry.metric,
+                higher_is_better=entry.higher_is_better,
+                preparers=entry.preparers,
+                benchmark=entry.name,
+                model=name,
+                dataset_aliases=entry.dataset_aliases,
+                **{"model_arch": f"mmllm_{name}", **options},
+            )
+        )
         return cls
 
     return decorate
@@ -254,7 +282,9 @@ def check_dataset_sections(cfg: DictConfig, own: str) -> None:
     known = {key for e in all_tasks().values() for key in (e.dataset, *e.dataset_aliases)} | {own}
     stray = [k for k in datasets if k not in known]
     if stray:
-        raise ConfigError(f"datasets.{stray[0]}: no registered task reads this section{suggest(stray[0], sorted(known))}")
+        raise ConfigError(
+            f"datasets.{stray[0]}: no registered task reads this section{suggest(stray[0], sorted(known))}"
+        )
 
 
 def task_packages() -> list[str]:
@@ -263,10 +293,15 @@ def task_packages() -> list[str]:
     packages: list[str] = []
     vision = importlib.util.find_spec("vision")
     if vision is not None and vision.submodule_search_locations:
-        packages += [f"vision.{m.name}" for m in pkgutil.iter_modules(vision.submodule_search_locations)
-                     if m.ispkg and not m.name.startswith("_")]
+        packages += [
+            f"vision.{m.name}"
+            for m in pkgutil.iter_modules(vision.submodule_search_locations)
+            if m.ispkg and not m.name.startswith("_")
+        ]
     projects = {m.name for m in pkgutil.iter_modules() if m.ispkg and m.name.startswith("mmllm_")}
-    projects |= {p.parent.name for p in (Path(__file__).resolve().parents[2] / "projects").glob("*/mmllm_*/__init__.py")}
+    projects |= {
+        p.parent.name for p in (Path(__file__).resolve().parents[2] / "projects").glob("*/mmllm_*/__init__.py")
+    }
     return packages + sorted(projects)
 
 
@@ -274,8 +309,10 @@ def task_modules(package: str) -> list[str]:
     """A task package's task modules: ``benchmark``, ``task`` and ``*_task``."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"task package {package!r} is not importable (a new top-level package is "
-                          "importable once the project is installed: pip install -e .)")
+        raise ImportError(
+            f"task package {package!r} is not importable (a new top-level package is "
+            "importable once the project is installed: pip install -e .)"
+        )
     names = [m.name for m in pkgutil.iter_modules(spec.submodule_search_locations) if not m.name.startswith("_")]
     names = [n for n in names if n in ("benchmark", "task") or n.endswith("_task")]
     return [f"{package}.{n}" for n in sorted(names)]
@@ -350,8 +387,10 @@ def pair_for(entry: TaskEntry, arch: str | None) -> TaskEntry:
             pairs.setdefault(other.model_arch, other)
             pairs.setdefault(other.model_name, other)
     if arch not in pairs:
-        raise ConfigError(f"model.arch {arch!r} is not a model of benchmark {entry.benchmark_name!r} (run.task "
-                          f"{entry.name!r}){suggest(arch, list(pairs))}; its models: {sorted(pairs)}")
+        raise ConfigError(
+            f"model.arch {arch!r} is not a model of benchmark {entry.benchmark_name!r} (run.task "
+            f"{entry.name!r}){suggest(arch, list(pairs))}; its models: {sorted(pairs)}"
+        )
     return pairs[arch]
 
 

@@ -3,6 +3,7 @@
 Tasks with run options of their own subclass :class:`RunConfig` (e.g. retrieval's ``k_test``).
 LAVIS's own run keys are declared too, so one file drives both LAVIS's runner and ours.
 """
+
 from __future__ import annotations
 
 from typing import ClassVar, Literal
@@ -52,7 +53,8 @@ class RunConfig(Section):
     overwrite: bool = Field(False, description="delete an existing run in output_dir and start anew")
     evaluate_val: bool = Field(True, description="evaluate the validation split(s) after each epoch")
     max_eval_samples: PositiveInt | None = Field(
-        None, description="evaluate only the first N samples of each evaluation split (smoke runs; in summary.json)")
+        None, description="evaluate only the first N samples of each evaluation split (smoke runs; in summary.json)"
+    )
     tensorboard: bool = Field(True, description="also write the curves as TensorBoard events (when installed)")
     log_every: PositiveInt = 10
     # --- stage transfer
@@ -61,15 +63,18 @@ class RunConfig(Section):
     # --- LAVIS's run keys: LAVIS's runner_base reads them, and so does our trainer (runner_deepspeed,
     # mmllm train), or it refuses them with a ConfigError; none is ignored
     runner: str | None = None
-    amp: bool | None = Field(None, description="true: bf16 mixed precision (LAVIS: fp16 autocast); false: fp32; "
-                             "unset: run.precision decides")
+    amp: bool | None = Field(
+        None, description="true: bf16 mixed precision (LAVIS: fp16 autocast); false: fp32; unset: run.precision decides"
+    )
     evaluate: bool = Field(False, description="evaluate test_splits only, no training (weights: resume_ckpt_path)")
     train_splits: list[str] = Field(default_factory=lambda: ["train"], description="splits trained on (concatenated)")
     valid_splits: list[str] | None = Field(None, description="splits evaluated after each epoch; unset: val if built")
     test_splits: list[str] | None = Field(None, description="splits evaluated at the end; unset: test if built")
     resume_ckpt_path: str | None = Field(
-        None, description="training: a checkpoint of this run (output_dir/checkpoints[/stepN]) to resume from; "
-        "evaluate: a model_final.pt to evaluate")
+        None,
+        description="training: a checkpoint of this run (output_dir/checkpoints[/stepN]) to resume from; "
+        "evaluate: a model_final.pt to evaluate",
+    )
     device: str | None = None
     world_size: int | None = None
     dist_url: str | None = None
@@ -98,7 +103,29 @@ class RunConfig(Section):
         return self
 
     # keys whose change does not make a stored run a different run (resume checks ignore them)
-    HARMLESS: ClassVar[frozenset[str]] = frozenset({"num_workers", "log_every", "batch_size_eval", "evaluate_val", "resume", "overwrite",
-                          "keep_checkpoints", "runner", "device", "world_size", "dist_url", "distributed", "rank",
-                          "gpu", "dist_backend", "output_dir", "max_eval_samples", "tensorboard",
-                          "valid_splits", "test_splits", "resume_ckpt_path", "evaluate"})
+    HARMLESS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "num_workers",
+            "log_every",
+            "batch_size_eval",
+            "evaluate_val",
+            "resume",
+            "overwrite",
+            "keep_checkpoints",
+            "runner",
+            "device",
+            "world_size",
+            "dist_url",
+            "distributed",
+            "rank",
+            "gpu",
+            "dist_backend",
+            "output_dir",
+            "max_eval_samples",
+            "tensorboard",
+            "valid_splits",
+            "test_splits",
+            "resume_ckpt_path",
+            "evaluate",
+        }
+    )

@@ -5,6 +5,7 @@ folder used to resume the old run under the old schedule while recording the new
 then overwrite its results; now it is refused unless ``run.resume=always`` (continue the old
 run under the new settings) or ``run.overwrite=true`` (delete the old run) says what to do.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -21,8 +22,16 @@ CONFIG_FILE = "config.json"
 # version compares against it, so a changed default shows as a difference and an added key does not
 RESOLVED_FILE = "resolved_config.json"
 REEVALUATION_FILE = "reevaluation.json"  # a finished run evaluated again under other evaluation settings
-RUN_FILES = ("checkpoints", "model_final.pt", "summary.json", REEVALUATION_FILE, "metrics.jsonl", "tensorboard",
-             CONFIG_FILE, RESOLVED_FILE)
+RUN_FILES = (
+    "checkpoints",
+    "model_final.pt",
+    "summary.json",
+    REEVALUATION_FILE,
+    "metrics.jsonl",
+    "tensorboard",
+    CONFIG_FILE,
+    RESOLVED_FILE,
+)
 CONFIG_ONLY = {CONFIG_FILE, RESOLVED_FILE}
 
 
@@ -35,8 +44,9 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: data}
 
 
-def config_differences(old: dict[str, Any], new: dict[str, Any], harmless_too: bool = False,
-                       added_ok: bool = False) -> list[str]:
+def config_differences(
+    old: dict[str, Any], new: dict[str, Any], harmless_too: bool = False, added_ok: bool = False
+) -> list[str]:
     """``key: old -> new`` for every setting that makes the runs different (harmless run keys ignored unless
     ``harmless_too``). ``added_ok``: ``old`` is a resolved config stored by an earlier version, so a key only
     ``new`` has was added since (its default is what that version did) and is no difference."""
@@ -81,9 +91,11 @@ def check_output_dir(out_dir: Path) -> None:
         probe = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-")
         probe.close()
     except OSError as exc:
-        raise ConfigError(f"run.output_dir {out_dir} cannot be created or written: "
-                          f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}; "
-                          "choose another run.output_dir") from None
+        raise ConfigError(
+            f"run.output_dir {out_dir} cannot be created or written: "
+            f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}; "
+            "choose another run.output_dir"
+        ) from None
 
 
 def prepare_output_dir(out_dir: Path, task, resolve) -> str:
@@ -114,6 +126,8 @@ def prepare_output_dir(out_dir: Path, task, resolve) -> str:
     differences = stored_differences(out_dir, task.resolved_config(), resolve)
     if differences and run.resume != "always":
         listed = "; ".join(differences[:8]) + (f" (+{len(differences) - 8} more)" if len(differences) > 8 else "")
-        raise ConfigError(f"{what} with different settings: {listed}. Pass --resume (run.resume=always) to "
-                          f"continue that run under the new settings, or {how}")
+        raise ConfigError(
+            f"{what} with different settings: {listed}. Pass --resume (run.resume=always) to "
+            f"continue that run under the new settings, or {how}"
+        )
     return "resume"

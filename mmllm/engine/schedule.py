@@ -14,6 +14,7 @@ of the peak, the transformers convention (the first step at ``warmup_lr``).
   :func:`transformers.get_polynomial_decay_schedule_with_warmup` at power 1 (linear to the floor).
 * ``constant``: :func:`transformers.get_constant_schedule_with_warmup`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -39,8 +40,9 @@ def _linear(optimizer, warmup: int, total: int, min_ratio: float) -> LambdaLR:
         return _constant(optimizer, warmup, total, min_ratio)
     # power-1 polynomial decay from the optimizer's default LR to lr_end; as a multiplier that is
     # linear from 1 to lr_end / lr for every group, so the floor is min_ratio of each group's peak
-    return get_polynomial_decay_schedule_with_warmup(optimizer, warmup, total,
-                                                     lr_end=min_ratio * optimizer.defaults["lr"], power=1.0)
+    return get_polynomial_decay_schedule_with_warmup(
+        optimizer, warmup, total, lr_end=min_ratio * optimizer.defaults["lr"], power=1.0
+    )
 
 
 def _constant(optimizer, warmup: int, total: int, min_ratio: float) -> LambdaLR:
@@ -50,13 +52,24 @@ def _constant(optimizer, warmup: int, total: int, min_ratio: float) -> LambdaLR:
 
 
 Builder = Callable[[torch.optim.Optimizer, int, int, float], LambdaLR]
-SCHEDULES: dict[str, Builder] = {"cosine": _cosine, "linear": _linear, "constant": _constant,
-                                 # LAVIS's scheduler names, so one task config runs under LAVIS's runner and ours
-                                 "linear_warmup_cosine_lr": _cosine, "constant_lr": _constant}
+SCHEDULES: dict[str, Builder] = {
+    "cosine": _cosine,
+    "linear": _linear,
+    "constant": _constant,
+    # LAVIS's scheduler names, so one task config runs under LAVIS's runner and ours
+    "linear_warmup_cosine_lr": _cosine,
+    "constant_lr": _constant,
+}
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: int, warmup_steps: int,
-                    min_ratio: float = 0.0, warmup_start: float = 0.0) -> LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    name: str,
+    total_steps: int,
+    warmup_steps: int,
+    min_ratio: float = 0.0,
+    warmup_start: float = 0.0,
+) -> LambdaLR:
     """The ``name`` schedule over ``total_steps`` optimizer steps; ``warmup_start`` is the warm-up's
     first multiplier (LAVIS's ``warmup_lr / init_lr``)."""
     if name not in SCHEDULES:

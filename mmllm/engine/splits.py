@@ -10,6 +10,7 @@ An evaluation split is a dataset with
   ``first n`` means (retrieval: the first ``n`` images with all their captions);
 * ``len()``: the number of items (``len(split) == len(split.ids)``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
@@ -41,6 +42,8 @@ def eval_split(dataset: object, what: str) -> EvalSplit:
     """``dataset`` itself when it is an :class:`EvalSplit`, else a ConfigError naming what it lacks."""
     lacking = missing_members(dataset)
     if lacking:
-        raise ConfigError(f"{what} ({type(dataset).__name__}) is not an evaluation split: it has no "
-                          f"{', '.join('head(n)' if m == 'head' else 'len()' if m == '__len__' else m for m in lacking)}")
+        raise ConfigError(
+            f"{what} ({type(dataset).__name__}) is not an evaluation split: it has no "
+            f"{', '.join('head(n)' if m == 'head' else 'len()' if m == '__len__' else m for m in lacking)}"
+        )
     return dataset  # type: ignore[return-value]

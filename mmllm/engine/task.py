@@ -6,6 +6,7 @@ misspelled key is an error wherever it is. Preprocessing (transforms, tokenizer)
 the config alone, so datasets never wait for the model and a model built elsewhere (LAVIS's
 ``build_model``) can be handed to the trainer with them.
 """
+
 from __future__ import annotations
 
 import functools
@@ -86,8 +87,9 @@ class Task(ABC):
         """The one entry registered on this very class (a subclass does not inherit its parent's)."""
         mine = cls.__dict__.get("task_entries", ())
         if len(mine) != 1:
-            raise ConfigError(f"{cls.__name__} has {len(mine)} registry entries: build it with its entry, "
-                              "get_task(name).build(cfg)")
+            raise ConfigError(
+                f"{cls.__name__} has {len(mine)} registry entries: build it with its entry, get_task(name).build(cfg)"
+            )
         return mine[0]
 
     @property
@@ -105,8 +107,10 @@ class Task(ABC):
         key = self.dataset_key
         older = [k for k in getattr(self.entry, "dataset_aliases", ()) if k in datasets]
         if key in datasets and older:  # an override under the old name would silently go nowhere
-            raise ConfigError(f"datasets.{older[0]} is the older name of datasets.{key} (task {self.name!r}): "
-                              f"give the keys under datasets.{key} only")
+            raise ConfigError(
+                f"datasets.{older[0]} is the older name of datasets.{key} (task {self.name!r}): "
+                f"give the keys under datasets.{key} only"
+            )
         if key in datasets:
             return datasets[key]
         if len(older) > 1:
@@ -151,9 +155,11 @@ class Task(ABC):
     def preprocess(self) -> Preprocess:
         """What :meth:`build_preprocess` returned; a clear error before it ran (the one call-order guard)."""
         if self._preprocess is None:
-            raise ConfigError(f"task {self.name!r}: its preprocessing is not built; call task.build_preprocess() "
-                              "before building its model or datasets (mmllm train, load_trained, LAVIS and "
-                              "create_model_and_transforms do)")
+            raise ConfigError(
+                f"task {self.name!r}: its preprocessing is not built; call task.build_preprocess() "
+                "before building its model or datasets (mmllm train, load_trained, LAVIS and "
+                "create_model_and_transforms do)"
+            )
         return self._preprocess
 
     @abstractmethod
@@ -190,8 +196,10 @@ def _keeping_preprocess(build):
     def build_preprocess(self, *args, **kwargs):
         made = build(self, *args, **kwargs)
         if not isinstance(made, Preprocess):
-            raise TypeError(f"{type(self).__name__}.build_preprocess() returned {type(made).__name__}: it must return "
-                            "mmllm.engine.preprocess.Preprocess(train=..., eval=..., tokenizer=...)")
+            raise TypeError(
+                f"{type(self).__name__}.build_preprocess() returned {type(made).__name__}: it must return "
+                "mmllm.engine.preprocess.Preprocess(train=..., eval=..., tokenizer=...)"
+            )
         self._preprocess = made
         return made
 

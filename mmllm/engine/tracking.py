@@ -6,6 +6,7 @@ Both receive the same records (rank 0 only): one JSON object per line in
 (``tensorboard --logdir runs`` shows every run). TensorBoard is optional
 (``pip install mmllm[tb]``); without it the JSONL is the only tracker.
 """
+
 from __future__ import annotations
 
 import json

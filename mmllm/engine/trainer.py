@@ -6,6 +6,7 @@ on CPU it uses gloo and DeepSpeed's CPU accelerator. LAVIS's run keys (``train_s
 ``valid_splits``, ``test_splits``, ``evaluate``, ``resume_ckpt_path``, ``amp``, ``warmup_lr``,
 ``init_lr``, ``min_lr``) are honoured here, so ``runner_deepspeed`` and ``mmllm train`` read them alike.
 """
+
 from __future__ import annotations
 
 import json
@@ -74,8 +75,10 @@ def compute_precision(task: Task) -> str:
         return resolve_precision(run.precision)
     wanted = "bf16" if run.amp else "fp32"
     if run.precision != "auto" and resolve_precision(run.precision) != wanted:
-        raise ConfigError(f"run.amp={str(run.amp).lower()} asks for {wanted} but run.precision={run.precision!r}; "
-                          "set one of them (or make them agree)")
+        raise ConfigError(
+            f"run.amp={str(run.amp).lower()} asks for {wanted} but run.precision={run.precision!r}; "
+            "set one of them (or make them agree)"
+        )
     return wanted
 
 
@@ -148,7 +151,7 @@ def worker_error(exc: MMLLMError) -> MMLLMError:
     starts = [i for i, line in enumerate(lines) if line.startswith(qualified)]
     if not starts:
         return exc
-    message = "\n".join([lines[starts[-1]][len(qualified):], *lines[starts[-1] + 1:]]).strip()
+    message = "\n".join([lines[starts[-1]][len(qualified) :], *lines[starts[-1] + 1 :]]).strip()
     try:
         return type(exc)(message)
     except Exception:  # noqa: BLE001 - an error class that takes other arguments keeps its long message
@@ -160,8 +163,10 @@ def _in_loader_code(frame) -> bool:
     where a KeyboardInterrupt is dropped by Python or leaves a half-built iterator."""
     while frame is not None:
         code = frame.f_code
-        if code.co_name in ("__del__", "_shutdown_workers") or (code.co_name == "__init__" and any(
-                part in code.co_filename.replace("\\", "/") for part in ("/torch/utils/data/", "/torchdata/"))):
+        if code.co_name in ("__del__", "_shutdown_workers") or (
+            code.co_name == "__init__"
+            and any(part in code.co_filename.replace("\\", "/") for part in ("/torch/utils/data/", "/torchdata/"))
+        ):
             return True
         frame = frame.f_back
     return False
@@ -185,8 +190,14 @@ def _unwrap_worker_errors(batches):
 class Trainer:
     """Trains ``task``; ``model``/``datasets`` already built elsewhere (LAVIS's runner) are used as they are."""
 
-    def __init__(self, cfg: DictConfig, task: Task, model: nn.Module | None = None,
-                 datasets: dict[str, Dataset] | None = None, eval_limit_optional: bool = False):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        task: Task,
+        model: nn.Module | None = None,
+        datasets: dict[str, Dataset] | None = None,
+        eval_limit_optional: bool = False,
+    ):
         self.cfg = cfg
         self.task = task
         self.run = task.run
@@ -244,8 +255,12 @@ class Trainer:
             if isinstance(summary, dict) and (self.out_dir / FINAL_MODEL).is_file() and self._same_run(summary):
                 splits = self.run.test_splits if self.run.test_splits is not None else ["test"]
                 results = {k: v for k, v in summary.items() if any(k.startswith(f"{split}_") for split in splits)}
-                log.info("%s already finished (%s steps): %s kept as it is; pass --overwrite to train it anew",
-                         self.out_dir, summary.get("steps"), summary_path)
+                log.info(
+                    "%s already finished (%s steps): %s kept as it is; pass --overwrite to train it anew",
+                    self.out_dir,
+                    summary.get("steps"),
+                    summary_path,
+                )
         return distributed.all_gather_objects(results)[0]
 
     def _same_run(self, summary: dict[str, Any]) -> bool:
@@ -254,8 +269,9 @@ class Trainer:
         versions have only the summary's hash, which must match (there a changed default cannot be told from
         an added key, so the run is evaluated again rather than reported as finished)."""
         if (self.out_dir / RESOLVED_FILE).is_file():
-            return not stored_differences(self.out_dir, self.task.resolved_config(), self._resolve_stored,
-                                          harmless_too=True)
+            return not stored_differences(
+                self.out_dir, self.task.resolved_config(), self._resolve_stored, harmless_too=True
+            )
         return summary.get("config_sha256") == config_hash(self.task)
 
     def _resolve_stored(self, raw: dict[str, Any]) -> dict[str, Any]:
@@ -282,24 +298,36 @@ class Trainer:
         assert self.datasets is not None  # built before the splits are resolved
         self.train_splits = self._splits("train_splits", ["train"])
         if not self.train_splits and not run.evaluate:
-            raise ConfigError(f"the task built no 'train' split (splits: {sorted(self.datasets)}); set run.train_splits")
+            raise ConfigError(
+                f"the task built no 'train' split (splits: {sorted(self.datasets)}); set run.train_splits"
+            )
         self.valid_splits = self._splits("valid_splits", ["val"]) if run.evaluate_val else []
         self.test_splits = self._splits("test_splits", ["test"])
         self.eval_splits_logged = tuple(dict.fromkeys(self.valid_splits + self.test_splits))
         n = self.eval_cut
         # a split that is not an EvalSplit (ids, head(n), len) cannot be cut, unless it is sized and no longer than n
-        uncut = [s for s in self.eval_splits_logged if n is not None and not isinstance(self.datasets[s], EvalSplit)
-                 and ("__len__" in missing_members(self.datasets[s]) or len(cast(Sized, self.datasets[s])) > n)]
+        uncut = [
+            s
+            for s in self.eval_splits_logged
+            if n is not None
+            and not isinstance(self.datasets[s], EvalSplit)
+            and ("__len__" in missing_members(self.datasets[s]) or len(cast(Sized, self.datasets[s])) > n)
+        ]
         if uncut and self.eval_limit_optional:
-            log.warning("task %s cannot evaluate part of split(s) %s (no head(n)): evaluating them in full",
-                        self.task.name, uncut)
+            log.warning(
+                "task %s cannot evaluate part of split(s) %s (no head(n)): evaluating them in full",
+                self.task.name,
+                uncut,
+            )
             self.eval_cut = None
         elif uncut:  # refused before training, not after it
             missing = sorted(missing_members(self.datasets[uncut[0]]), key=("head", "ids", "__len__").index)
             lacking = ", ".join({"head": "head(n)", "__len__": "len()"}.get(m, m) for m in missing)
-            raise ConfigError(f"run.max_eval_samples: the {uncut[0]!r} dataset of task {self.task.name!r} "
-                              f"({type(self.datasets[uncut[0]]).__name__}) has no {lacking} to evaluate a part of it "
-                              "(an evaluation split has ids, head(n) and len()); unset the key")
+            raise ConfigError(
+                f"run.max_eval_samples: the {uncut[0]!r} dataset of task {self.task.name!r} "
+                f"({type(self.datasets[uncut[0]]).__name__}) has no {lacking} to evaluate a part of it "
+                "(an evaluation split has ids, head(n) and len()); unset the key"
+            )
 
     def _build(self):
         import deepspeed
@@ -317,14 +345,20 @@ class Trainer:
         # continues with the very next batch (torchdata's StatefulDataLoader fast-forwards the sampler)
         self.sampler = DistributedSampler(train_set, shuffle=True, seed=run.seed, drop_last=True)
         self.loader = StatefulDataLoader(
-            train_set, batch_size=run.batch_size_train, sampler=self.sampler,
-            collate_fn=self.task.collate, num_workers=run.num_workers, drop_last=True,
+            train_set,
+            batch_size=run.batch_size_train,
+            sampler=self.sampler,
+            collate_fn=self.task.collate,
+            num_workers=run.num_workers,
+            drop_last=True,
         )
         self.accum = run.accum_grad_iters
         self.steps_per_epoch = len(self.sampler) // run.batch_size_train // self.accum
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"train split(s) {self.train_splits} ({len(train_set)} samples) too small for batch "
-                              f"{run.batch_size_train} x accumulation {self.accum} x {self.world} ranks")
+            raise ConfigError(
+                f"train split(s) {self.train_splits} ({len(train_set)} samples) too small for batch "
+                f"{run.batch_size_train} x accumulation {self.accum} x {self.world} ranks"
+            )
         self.total_steps = self.steps_per_epoch * run.max_epoch
         if run.max_steps:
             self.total_steps = min(self.total_steps, run.max_steps)
@@ -334,22 +368,33 @@ class Trainer:
         for g in groups:
             g.pop("names")
         optimizer = torch.optim.AdamW(groups, lr=run.init_lr, betas=run.betas)
-        scheduler = build_scheduler(optimizer, run.lr_sched, self.total_steps, *schedule_settings(run, self.total_steps))
+        scheduler = build_scheduler(
+            optimizer, run.lr_sched, self.total_steps, *schedule_settings(run, self.total_steps)
+        )
         self.trainable_params, self.total_params = count_parameters(model)
         self.precision = compute_precision(self.task)
         ds_config = deepspeed_config(self.task, self.world, self.precision)
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+        )
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         self.device = self.engine.device
         self.store = CheckpointStore(self.out_dir / "checkpoints", run.keep_checkpoints)
 
     def _state(self, epoch: int, step_in_epoch: int) -> dict[str, Any]:
-        return {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self.engine.global_steps,
-                "rng": rng_state(), "fingerprints": block_fingerprints(self.engine.module),
-                "loader": self.loader.state_dict() if step_in_epoch else None}  # None: the next epoch starts afresh
+        return {
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "global_step": self.engine.global_steps,
+            "rng": rng_state(),
+            "fingerprints": block_fingerprints(self.engine.module),
+            "loader": self.loader.state_dict() if step_in_epoch else None,
+        }  # None: the next epoch starts afresh
 
     def _save(self, epoch: int, step_in_epoch: int) -> None:
-        self.store.save(self.engine, self.engine.global_steps, self._state(epoch, step_in_epoch), self.run.checkpoint_frozen)
+        self.store.save(
+            self.engine, self.engine.global_steps, self._state(epoch, step_in_epoch), self.run.checkpoint_frozen
+        )
 
     def _eval_dataset(self, split: str) -> Dataset:
         """The ``split`` dataset, cut to its first ``run.max_eval_samples`` when that is set."""
@@ -380,8 +425,10 @@ class Trainer:
             return None
         if target.parent == folder and target.is_dir():
             return target.name
-        raise ConfigError(f"run.resume_ckpt_path {path}: runner_deepspeed resumes only a checkpoint of its own run "
-                          f"({folder}[/stepN]); to start from another run's weights use run.init_from (a model_final.pt)")
+        raise ConfigError(
+            f"run.resume_ckpt_path {path}: runner_deepspeed resumes only a checkpoint of its own run "
+            f"({folder}[/stepN]); to start from another run's weights use run.init_from (a model_final.pt)"
+        )
 
     # ------------------------------------------------------------------ loop
     def train(self) -> dict[str, float]:
@@ -407,8 +454,10 @@ class Trainer:
         loader iterator being shut down (its ``__del__``) is swallowed by Python, and the run went on;
         one in an iterator being built leaves it half-made. There Ctrl-C is noted and raised by the loop
         at the next batch."""
-        if (threading.current_thread() is not threading.main_thread()
-                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        if (
+            threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        ):
             return None  # a handler of someone else's (or Ctrl-C ignored, as under some launchers): left alone
 
         owner = os.getpid()
@@ -445,7 +494,9 @@ class Trainer:
         epoch, step_in_epoch = 0, 0
         pending_rng = pending_loader = None
         if self.run.resume_ckpt_path and self.mode != "resume":
-            raise ConfigError(f"run.resume_ckpt_path {self.run.resume_ckpt_path}: {self.out_dir} holds no run to resume")
+            raise ConfigError(
+                f"run.resume_ckpt_path {self.run.resume_ckpt_path}: {self.out_dir} holds no run to resume"
+            )
         if self.mode == "resume":
             state = self.store.load(self.engine, self._resume_tag())
             if state is not None:
@@ -455,23 +506,43 @@ class Trainer:
                 epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
                 pending_rng, pending_loader = state["rng"], state.get("loader")
                 if step_in_epoch and pending_loader is None:
-                    raise CheckpointError(f"{self.store.folder}: a mid-epoch checkpoint without the data loader's "
-                                          "position (written by an older mmllm); resume from an epoch-end one "
-                                          "or start anew (--overwrite)")
+                    raise CheckpointError(
+                        f"{self.store.folder}: a mid-epoch checkpoint without the data loader's "
+                        "position (written by an older mmllm); resume from an epoch-end one "
+                        "or start anew (--overwrite)"
+                    )
                 self._log({"event": "resumed", "epoch": epoch, "step": self.engine.global_steps})
                 log.info("resumed %s at step %d (epoch %d)", self.out_dir, self.engine.global_steps, epoch)
-        self.tracker = RunTracker(self.out_dir, enabled=self.is_main, tensorboard=self.run.tensorboard,
-                                  resume_step=self.engine.global_steps + 1 if self.mode == "resume" else None)
-        log.info("training %s: %d steps (%d per epoch), %s, %d/%d parameters trainable, output %s", self.task.name,
-                 self.total_steps, self.steps_per_epoch, self.precision, self.trainable_params, self.total_params,
-                 self.out_dir)
+        self.tracker = RunTracker(
+            self.out_dir,
+            enabled=self.is_main,
+            tensorboard=self.run.tensorboard,
+            resume_step=self.engine.global_steps + 1 if self.mode == "resume" else None,
+        )
+        log.info(
+            "training %s: %d steps (%d per epoch), %s, %d/%d parameters trainable, output %s",
+            self.task.name,
+            self.total_steps,
+            self.steps_per_epoch,
+            self.precision,
+            self.trainable_params,
+            self.total_params,
+            self.out_dir,
+        )
         run = self.run
         start_step, step_seconds = self.engine.global_steps, 0.0
         every = run.checkpoint_every or self.steps_per_epoch
         started = time.perf_counter()
         done = self.engine.global_steps >= self.total_steps
-        bar = tqdm(total=self.total_steps, initial=self.engine.global_steps, desc="train", disable=not self.is_main,
-                   mininterval=2.0, file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.engine.global_steps,
+            desc="train",
+            disable=not self.is_main,
+            mininterval=2.0,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
         while epoch < run.max_epoch and not done:
             self.sampler.set_epoch(epoch)
             if pending_loader is not None:
@@ -491,8 +562,10 @@ class Trainer:
                 batch = self.task.move_batch(batch, self.device, self.dtype)
                 loss, logs = self.task.training_loss(self.engine, batch)
                 if not torch.isfinite(loss.detach()).item():
-                    raise TrainingError(f"training loss is {loss.item()} at step {self.engine.global_steps + 1}: "
-                                      "lower run.init_lr or check the inputs (refusing to train on)")
+                    raise TrainingError(
+                        f"training loss is {loss.item()} at step {self.engine.global_steps + 1}: "
+                        "lower run.init_lr or check the inputs (refusing to train on)"
+                    )
                 self.engine.backward(loss)
                 lr = self.engine.get_lr()[0]  # the LR this step runs at (the scheduler steps inside engine.step)
                 self.engine.step()
@@ -505,8 +578,14 @@ class Trainer:
                 step_seconds, step_t0 = step_seconds + now - step_t0, now
                 bar.update(1)
                 if step % run.log_every == 0 or step_in_epoch == self.steps_per_epoch or step >= self.total_steps:
-                    record = {"split": "train", "epoch": epoch, "step": step, "loss": running / count,
-                              "lr": lr, "sec_per_step": (now - t0) * self.accum / count}
+                    record = {
+                        "split": "train",
+                        "epoch": epoch,
+                        "step": step,
+                        "loss": running / count,
+                        "lr": lr,
+                        "sec_per_step": (now - t0) * self.accum / count,
+                    }
                     grad_norm = self.engine.get_global_grad_norm()
                     if grad_norm is not None:
                         record["grad_norm"] = float(grad_norm)
@@ -532,7 +611,8 @@ class Trainer:
         # nothing trained now (a finished run re-run with other evaluation settings): its summary.json and
         # model file are the record of the training and stay as they are; this evaluation goes beside them
         reevaluation = distributed.all_gather_objects(
-            steps_run == 0 and (self.out_dir / "summary.json").is_file() and (self.out_dir / FINAL_MODEL).is_file())[0]
+            steps_run == 0 and (self.out_dir / "summary.json").is_file() and (self.out_dir / FINAL_MODEL).is_file()
+        )[0]
         if not reevaluation:
             trained = OmegaConf.create(to_dict(self.cfg))
             trained.run.precision = self.precision  # evaluation must run in the precision the run trained in
@@ -540,23 +620,51 @@ class Trainer:
         distributed.barrier()
         results = self._test(self.engine.module)
         if self.is_main and reevaluation:
-            write_json(self.out_dir / REEVALUATION_FILE, {
-                "task": self.task.name, "steps": self.engine.global_steps, "max_eval_samples": self.eval_cut,
-                "config_sha256": config_hash(self.task), "git_commit": git_commit(), **results})
-            log.info("%s had already finished (%d steps): summary.json kept, this evaluation written to %s",
-                     self.out_dir, self.engine.global_steps, self.out_dir / REEVALUATION_FILE)
+            write_json(
+                self.out_dir / REEVALUATION_FILE,
+                {
+                    "task": self.task.name,
+                    "steps": self.engine.global_steps,
+                    "max_eval_samples": self.eval_cut,
+                    "config_sha256": config_hash(self.task),
+                    "git_commit": git_commit(),
+                    **results,
+                },
+            )
+            log.info(
+                "%s had already finished (%d steps): summary.json kept, this evaluation written to %s",
+                self.out_dir,
+                self.engine.global_steps,
+                self.out_dir / REEVALUATION_FILE,
+            )
         elif self.is_main:
-            summary = {"task": self.task.name, "output_dir": str(self.out_dir), "steps": self.engine.global_steps,
-                       "world_size": self.world, "seed": run.seed, "precision": self.precision,
-                       "train_seconds": round(train_seconds, 1), "wall_seconds": round(time.perf_counter() - wall, 1),
-                       "seconds_per_step": round(step_seconds / steps_run, 4) if steps_run else None,
-                       "trainable_params": self.trainable_params, "total_params": self.total_params,
-                       "max_eval_samples": self.eval_cut, "device": describe_device(self.device),
-                       "git_commit": git_commit(), "config_sha256": config_hash(self.task),
-                       "llm_block": _block_options(self.cfg), **results}
+            summary = {
+                "task": self.task.name,
+                "output_dir": str(self.out_dir),
+                "steps": self.engine.global_steps,
+                "world_size": self.world,
+                "seed": run.seed,
+                "precision": self.precision,
+                "train_seconds": round(train_seconds, 1),
+                "wall_seconds": round(time.perf_counter() - wall, 1),
+                "seconds_per_step": round(step_seconds / steps_run, 4) if steps_run else None,
+                "trainable_params": self.trainable_params,
+                "total_params": self.total_params,
+                "max_eval_samples": self.eval_cut,
+                "device": describe_device(self.device),
+                "git_commit": git_commit(),
+                "config_sha256": config_hash(self.task),
+                "llm_block": _block_options(self.cfg),
+                **results,
+            }
             write_json(self.out_dir / "summary.json", summary)
-            log.info("finished %s: %d steps in %.1f s; summary %s", self.task.name, self.engine.global_steps,
-                     train_seconds, self.out_dir / "summary.json")
+            log.info(
+                "finished %s: %d steps in %.1f s; summary %s",
+                self.task.name,
+                self.engine.global_steps,
+                train_seconds,
+                self.out_dir / "summary.json",
+            )
         self.tracker.close()
         return results
 
@@ -580,15 +688,19 @@ class Trainer:
         if run.resume_ckpt_path:
             path = Path(run.resume_ckpt_path)
             if path.is_dir():
-                raise ConfigError(f"run.resume_ckpt_path {path}: with run.evaluate give a model file "
-                                  f"({FINAL_MODEL}), not a checkpoint folder")
+                raise ConfigError(
+                    f"run.resume_ckpt_path {path}: with run.evaluate give a model file "
+                    f"({FINAL_MODEL}), not a checkpoint folder"
+                )
             read_model_file(path)  # a clear error for a file that is not ours
             load_model_file(model, path)
         if self.datasets is None:
             self.datasets = self.task.build_datasets()
         self._resolve_splits()
         if not self.test_splits:
-            raise ConfigError(f"run.evaluate: no split to evaluate; set run.test_splits (built: {sorted(self.datasets)})")
+            raise ConfigError(
+                f"run.evaluate: no split to evaluate; set run.test_splits (built: {sorted(self.datasets)})"
+            )
         self.precision = compute_precision(self.task)
         model.to(distributed.device())
         if self.precision == "bf16":
@@ -623,8 +735,13 @@ def git_commit() -> str | None:
 
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if sha.returncode != 0:

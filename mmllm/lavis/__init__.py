@@ -15,6 +15,7 @@ One import makes LAVIS's own API work with our models::
 (LAVIS's ``lavis/__init__.py`` imports its whole model zoo, which fails on transformers 5: import
 ``mmllm.lavis`` instead of ``lavis`` first; see :mod:`mmllm.lavis.compat`.)
 """
+
 from .adapters import register_all
 
 register_all()

@@ -16,6 +16,7 @@ as ``<arch>_image_train``, ``<arch>_image_eval`` (the task's own image transform
 job, as in LAVIS). A task with an ``answer_questions(model, images, questions)`` method gives
 its LAVIS model ``predict_answers(samples)``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -80,9 +81,14 @@ WEIGHT_KEYS = ("finetuned", "pretrained", "load_finetuned", "load_pretrained")  
 def default_preprocess(arch: str, model_type: str = "default") -> dict[str, Any]:
     """The ``preprocess`` section naming an arch's registered processors (LAVIS's layout); the image
     processors follow the config of ``model_type`` (its image size and normalisation)."""
-    image = {"train": {"name": f"{arch}_image_train", "model_type": model_type},
-             "eval": {"name": f"{arch}_image_eval", "model_type": model_type}}
-    return {"vis_processor": image, "text_processor": {"train": {"name": f"{arch}_text"}, "eval": {"name": f"{arch}_text"}}}
+    image = {
+        "train": {"name": f"{arch}_image_train", "model_type": model_type},
+        "eval": {"name": f"{arch}_image_eval", "model_type": model_type},
+    }
+    return {
+        "vis_processor": image,
+        "text_processor": {"train": {"name": f"{arch}_text"}, "eval": {"name": f"{arch}_text"}},
+    }
 
 
 def _default_section(entry: TaskEntry, key: str, name: str, minimal: dict) -> Path:
@@ -96,8 +102,11 @@ def _default_section(entry: TaskEntry, key: str, name: str, minimal: dict) -> Pa
             log.warning("LAVIS: %s of task %r cannot be read (%s)", entry.default_config, entry.name, exc)
             section = None
         if section is not None:
-            minimal = OmegaConf.to_container(section) if key == "model" else {entry.dataset: OmegaConf.to_container(
-                section.get(entry.dataset, {"data_type": "images"}))}
+            minimal = (
+                OmegaConf.to_container(section)
+                if key == "model"
+                else {entry.dataset: OmegaConf.to_container(section.get(entry.dataset, {"data_type": "images"}))}
+            )
     return _minimal_default(name, {key: minimal})
 
 
@@ -107,8 +116,12 @@ def _with_preprocess(entry: TaskEntry, path: Path) -> Path:
     try:
         raw = OmegaConf.load(path)
     except Exception as exc:  # noqa: BLE001 - one task's missing/broken file must not stop the others registering
-        log.warning("LAVIS: %s of task %r cannot be read (%s); its model is registered without processors",
-                    path, entry.name, exc)
+        log.warning(
+            "LAVIS: %s of task %r cannot be read (%s); its model is registered without processors",
+            path,
+            entry.name,
+            exc,
+        )
         return Path(path)
     if "preprocess" in raw:
         return Path(path)
@@ -133,8 +146,10 @@ def task_config(entry: TaskEntry, model_config: str | Path) -> DictConfig:
     elif entry.default_config is not None:
         base = load_config(entry.default_config)
     else:
-        raise ConfigError(f"{model_config}: model {entry.model_arch!r} needs a full task config (model, datasets, "
-                          f"run) or model.finetuned, because task {entry.name!r} registers no default config")
+        raise ConfigError(
+            f"{model_config}: model {entry.model_arch!r} needs a full task config (model, datasets, "
+            f"run) or model.finetuned, because task {entry.name!r} registers no default config"
+        )
     section = {k: v for k, v in OmegaConf.to_container(model).items() if k not in WEIGHT_KEYS}
     cfg = OmegaConf.merge(base, {"model": section})
     cfg.run.task = entry.name
@@ -190,8 +205,11 @@ def _register_processors(entry: TaskEntry, registry) -> None:
                 raise ConfigError(f"{entry.model_arch}_text takes a string, got {type(text).__name__}")
             return text
 
-    for name, cls in ((f"{entry.model_arch}_image_train", ImageTrain), (f"{entry.model_arch}_image_eval", TaskProcessor),
-                      (f"{entry.model_arch}_text", Text)):
+    for name, cls in (
+        (f"{entry.model_arch}_image_train", ImageTrain),
+        (f"{entry.model_arch}_image_eval", TaskProcessor),
+        (f"{entry.model_arch}_text", Text),
+    ):
         if name not in registry.mapping["processor_name_mapping"]:
             registry.register_processor(name)(cls)
 
@@ -204,12 +222,14 @@ def register(entry: TaskEntry) -> None:
     BaseModel = sys.modules["lavis.models.base_model"].BaseModel
     BaseTask = sys.modules["lavis.tasks.base_task"].BaseTask
     BaseDatasetBuilder = sys.modules["lavis.datasets.builders.base_dataset_builder"].BaseDatasetBuilder
-    model_config = entry.lavis_model_config or _default_section(entry, "model", f"{entry.model_arch}_model.yaml",
-                                                                {"arch": entry.model_arch, "model_type": "default"})
+    model_config = entry.lavis_model_config or _default_section(
+        entry, "model", f"{entry.model_arch}_model.yaml", {"arch": entry.model_arch, "model_type": "default"}
+    )
     model_config = _with_preprocess(entry, model_config)
     _register_processors(entry, registry)
-    dataset_config = entry.lavis_dataset_config or _default_section(entry, "datasets", f"{entry.dataset}_dataset.yaml",
-                                                                    {entry.dataset: {"data_type": "images"}})
+    dataset_config = entry.lavis_dataset_config or _default_section(
+        entry, "datasets", f"{entry.dataset}_dataset.yaml", {entry.dataset: {"data_type": "images"}}
+    )
 
     class Model(BaseModel):
         PRETRAINED_MODEL_CONFIG_DICT = {"default": str(model_config)}
@@ -237,8 +257,10 @@ def register(entry: TaskEntry) -> None:
 
             path = cfg.get("config_path") if hasattr(cfg, "get") else None
             if path is None:
-                raise ConfigError(f"{entry.model_arch} is built by its task {entry.name!r} (run.task) in training, "
-                                  "or by load_model_and_preprocess from its default model config")
+                raise ConfigError(
+                    f"{entry.model_arch} is built by its task {entry.name!r} (run.task) in training, "
+                    "or by load_model_and_preprocess from its default model config"
+                )
             full = task_config(entry, path)
             task = entry.build(full)
             prepare_embedded_data(full)
@@ -263,11 +285,14 @@ def register(entry: TaskEntry) -> None:
             signature; a restricting ``answer_list`` is refused rather than ignored."""
             answer = getattr(self.task, "answer_questions", None)
             if answer is None:
-                raise ConfigError(f"{entry.model_arch}: task {entry.name!r} does not answer questions "
-                                  "(no answer_questions method)")
+                raise ConfigError(
+                    f"{entry.model_arch}: task {entry.name!r} does not answer questions (no answer_questions method)"
+                )
             if answer_list is not None:
-                raise ConfigError(f"{entry.model_arch}.predict_answers: answer_list (LAVIS's rank mode) is not "
-                                  "supported; answers come from the model's own answer vocabulary")
+                raise ConfigError(
+                    f"{entry.model_arch}.predict_answers: answer_list (LAVIS's rank mode) is not "
+                    "supported; answers come from the model's own answer vocabulary"
+                )
             images, questions = samples["image"], samples["text_input"]
             if isinstance(questions, str):
                 questions = [questions]
@@ -339,7 +364,6 @@ def register(entry: TaskEntry) -> None:
     if entry.dataset not in registry.mapping["builder_name_mapping"]:  # one builder per benchmark, for all its models
         registry.register_builder(entry.dataset)(Builder)
     _REGISTERED.add(entry.name)
-
 
 
 def register_all() -> list[TaskEntry]:

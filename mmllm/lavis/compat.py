@@ -31,6 +31,7 @@ things break, and both are handled here at run time (nothing in site-packages is
 
 ``tests/test_lavis.py`` fails if any of these import paths or patched names move.
 """
+
 from __future__ import annotations
 
 import ast
@@ -44,18 +45,36 @@ from pathlib import Path
 from ..errors import MMLLMError
 
 PIP = "pip install --no-deps salesforce-lavis==1.0.2"
-_SUBPACKAGES = ("", ".common", ".models", ".datasets", ".datasets.builders", ".datasets.datasets",
-                ".processors", ".tasks", ".runners")
+_SUBPACKAGES = (
+    "",
+    ".common",
+    ".models",
+    ".datasets",
+    ".datasets.builders",
+    ".datasets.datasets",
+    ".processors",
+    ".tasks",
+    ".runners",
+)
 FRAMEWORK_MODULES = (
-    "lavis.common.registry", "lavis.common.config", "lavis.common.dist_utils", "lavis.common.logger",
-    "lavis.common.optims", "lavis.models.base_model", "lavis.processors.base_processor",
-    "lavis.tasks.base_task", "lavis.datasets.builders.base_dataset_builder",
-    "lavis.datasets.datasets.dataloader_utils", "lavis.runners.runner_base",
+    "lavis.common.registry",
+    "lavis.common.config",
+    "lavis.common.dist_utils",
+    "lavis.common.logger",
+    "lavis.common.optims",
+    "lavis.models.base_model",
+    "lavis.processors.base_processor",
+    "lavis.tasks.base_task",
+    "lavis.datasets.builders.base_dataset_builder",
+    "lavis.datasets.datasets.dataloader_utils",
+    "lavis.runners.runner_base",
 )
 _STATE = {"imported": False, "patched": False}
 # package -> the functions of its (skipped) __init__.py that users import from it
-LOADERS = {"lavis.models": ("load_model", "load_preprocess", "load_model_and_preprocess"),
-           "lavis.processors": ("load_processor",)}
+LOADERS = {
+    "lavis.models": ("load_model", "load_preprocess", "load_model_and_preprocess"),
+    "lavis.processors": ("load_processor",),
+}
 
 
 def _install_loaders(root: Path) -> None:
@@ -76,8 +95,9 @@ def _install_loaders(root: Path) -> None:
         if missing:
             raise MMLLMError(f"{path}: LAVIS functions {sorted(missing)} not found (not LAVIS 1.0.2?); {PIP}")
         namespace = module.__dict__
-        namespace.update(registry=registry, BaseProcessor=base_processor, OmegaConf=OmegaConf, torch=torch,
-                         logging=logging)
+        namespace.update(
+            registry=registry, BaseProcessor=base_processor, OmegaConf=OmegaConf, torch=torch, logging=logging
+        )
         exec(compile(ast.Module(body=defs, type_ignores=[]), str(path), "exec"), namespace)  # noqa: S102
 
 
@@ -113,7 +133,11 @@ def import_lavis() -> types.ModuleType:
     sys.modules["lavis.tasks"].BaseTask = sys.modules["lavis.tasks.base_task"].BaseTask
     registry = sys.modules["lavis.common.registry"].registry
     # what lavis/__init__.py would have registered
-    for key, value in (("library_root", str(root)), ("repo_root", str(root.parent)), ("cache_root", str(Path.cwd() / "cache"))):
+    for key, value in (
+        ("library_root", str(root)),
+        ("repo_root", str(root.parent)),
+        ("cache_root", str(Path.cwd() / "cache")),
+    ):
         if key not in registry.mapping["paths"]:
             registry.register_path(key, value)
     if "MAX_INT" not in registry.mapping["state"]:

@@ -5,6 +5,7 @@ handed to our trainer as they are: nothing is built twice. LAVIS's run keys (``t
 ``valid_splits``, ``test_splits``, ``evaluate``, ``resume_ckpt_path``, ``amp``, ``warmup_lr``,
 ``init_lr``, ``min_lr``) are honoured by :class:`mmllm.engine.trainer.Trainer`, or refused with a
 ConfigError where they cannot be (never ignored); ``train()`` returns the final test metrics."""
+
 from __future__ import annotations
 
 from .compat import import_lavis

@@ -10,6 +10,7 @@
 ``run.runner: runner_base`` through LAVIS's own runner. The final metrics are printed as JSON on
 stdout (logs go to stderr).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,16 +38,24 @@ def check_config(path: str, options, registry):
     mapping = registry.mapping
     arch = raw.model.get("arch")
     if arch not in mapping["model_name_mapping"]:
-        raise ConfigError(f"{path}: model.arch {arch!r} is not registered; registered: {sorted(mapping['model_name_mapping'])}")
+        raise ConfigError(
+            f"{path}: model.arch {arch!r} is not registered; registered: {sorted(mapping['model_name_mapping'])}"
+        )
     task = raw.run.get("task")
     if task not in mapping["task_name_mapping"]:
-        raise ConfigError(f"{path}: run.task {task!r} is not registered; registered: {sorted(mapping['task_name_mapping'])}")
+        raise ConfigError(
+            f"{path}: run.task {task!r} is not registered; registered: {sorted(mapping['task_name_mapping'])}"
+        )
     for name in raw.datasets:
         if name not in mapping["builder_name_mapping"]:
-            raise ConfigError(f"{path}: dataset {name!r} is not registered; registered: {sorted(mapping['builder_name_mapping'])}")
+            raise ConfigError(
+                f"{path}: dataset {name!r} is not registered; registered: {sorted(mapping['builder_name_mapping'])}"
+            )
     runner = raw.run.get("runner", "runner_base")
     if runner not in mapping["runner_name_mapping"]:
-        raise ConfigError(f"{path}: run.runner {runner!r} is not registered; registered: {sorted(mapping['runner_name_mapping'])}")
+        raise ConfigError(
+            f"{path}: run.runner {runner!r} is not registered; registered: {sorted(mapping['runner_name_mapping'])}"
+        )
     return raw
 
 
@@ -111,8 +120,12 @@ def _main(argv=None):
     if isinstance(results, dict):  # runner_deepspeed returns its test metrics
         return results
     # LAVIS's RunnerBase.train() returns nothing; its last evaluate() call holds the test metrics
-    return {f"{split}_{k}": v for split, metrics in (tested[-1] if tested else {}).items()
-            for k, v in (metrics or {}).items() if k != "agg_metrics"}
+    return {
+        f"{split}_{k}": v
+        for split, metrics in (tested[-1] if tested else {}).items()
+        for k, v in (metrics or {}).items()
+        if k != "agg_metrics"
+    }
 
 
 def _lavis_config(Config, args):

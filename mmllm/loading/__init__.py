@@ -8,6 +8,7 @@ Readers hand tensors over one at a time; each is checked, cast to the wanted dty
 copy when it already has it) and its source dropped before the next is read, so loading
 one layer holds that layer once, not twice.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -165,8 +166,14 @@ def load_layer_weights(
         del tensor  # the source (a mapped or dequantized copy) goes before the next tensor is read
     checked = {i: check_tensors(layers[i], expected[i], f"layer {i}", str(path)) for i in layer_indices}
     final_norm = check_tensors(final, norm_expected, "final norm", str(path)) if norm_expected is not None else None
-    return LayerWeights(config=config, layers=checked, final_norm=final_norm, source=str(path),
-                        fingerprint=fingerprint(pieces), sha256=tensor_sha256(digests))
+    return LayerWeights(
+        config=config,
+        layers=checked,
+        final_norm=final_norm,
+        source=str(path),
+        fingerprint=fingerprint(pieces),
+        sha256=tensor_sha256(digests),
+    )
 
 
 def extra_tensor_names(config: PretrainedConfig) -> list[str]:
@@ -211,7 +218,11 @@ def _where(fmt: str, extra: ExtraTensor) -> list[str] | str | None:
 
 
 def _read_extras(
-    fmt: str, path: Path, spec: ArchitectureSpec, config: PretrainedConfig, wanted: dict[str, ExtraTensor],
+    fmt: str,
+    path: Path,
+    spec: ArchitectureSpec,
+    config: PretrainedConfig,
+    wanted: dict[str, ExtraTensor],
     dtype: torch.dtype | None,
 ) -> dict[str, torch.Tensor]:
     if fmt == "hf":
@@ -219,7 +230,8 @@ def _read_extras(
         items = hf_folder.iter_named_tensors(path, {n: e.hf for n, e in wanted.items()})
     elif fmt == "gguf":
         items = gguf_file.iter_named_tensors(
-            path, spec, config, {n: (e.gguf, e.hf[0]) for n, e in wanted.items() if e.gguf is not None})
+            path, spec, config, {n: (e.gguf, e.hf[0]) for n, e in wanted.items() if e.gguf is not None}
+        )
     else:
         items = llama_v1.iter_named_tensors(path, {n: e.llama_v1 for n, e in wanted.items() if e.llama_v1})
     out: dict[str, torch.Tensor] = {}

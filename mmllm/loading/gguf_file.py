@@ -5,6 +5,7 @@ interleaves the rows of LLaMA's q/k projections per head (for its rotary kernel)
 and stores Gemma's RMSNorm weights as (1 + w). We undo both so the tensors match
 the Hugging Face checkpoint the GGUF was converted from.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -6,6 +6,7 @@ it is dropped); ``.bin`` files are memory-mapped with ``weights_only=True``, so 
 code ever runs. Folders written by :mod:`mmllm.assets` carry hashes: each tensor read is
 checked against them.
 """
+
 from __future__ import annotations
 
 import json
@@ -134,7 +135,7 @@ def _pick_prefix(prefixes: tuple[str, ...], keys: dict[str, Path], folder: Path)
     """The first prefix followed by a layer number in some key (any layer: a saved block's
     ``frozen/`` folder holds only the layers it uses)."""
     for prefix in prefixes:
-        if any(k.startswith(prefix) and k[len(prefix):].split(".", 1)[0].isdigit() for k in keys):
+        if any(k.startswith(prefix) and k[len(prefix) :].split(".", 1)[0].isdigit() for k in keys):
             return prefix
     raise CheckpointError(f"{folder}: no tensor named like {[p + '<layer>.' for p in prefixes]}")
 
@@ -148,7 +149,9 @@ def iter_layer_tensors(
     """(layer index or "final_norm", name, tensor) for each requested tensor the folder holds."""
     index = KeyIndex(folder)
     prefix = _pick_prefix(spec.layer_prefixes, index.key_to_file, folder)
-    wanted: dict[str, tuple[int | str, str]] = {f"{prefix}{i}.{n}": (i, n) for i, names in layer_names.items() for n in names}
+    wanted: dict[str, tuple[int | str, str]] = {
+        f"{prefix}{i}.{n}": (i, n) for i, names in layer_names.items() for n in names
+    }
     if final_norm_names is not None:
         norm_prefix = next(
             (p for p in spec.final_norm_prefixes if any(k.startswith(p) for k in index.key_to_file)), None

@@ -6,6 +6,7 @@ through ``huggingface_hub.snapshot_download(..., local_files_only=True)``: offli
 The cache folder is read from the environment at call time (``HF_HUB_CACHE``, else
 ``HF_HOME``/hub, else ``~/.cache/huggingface/hub``), so a changed ``HF_HOME`` is honoured.
 """
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ file sizes (a truncated file is caught before it is parsed) and the hash of each
 it reads, and only those, so reading one layer stays cheap; ``mmllm assets list`` checks
 whole files. A changed or truncated cache is refused with the command that rebuilds it.
 """
+
 from __future__ import annotations
 
 import hashlib

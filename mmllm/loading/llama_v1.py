@@ -7,6 +7,7 @@ replicated. Meta's q/k rows are interleaved per head for its complex-number rota
 we permute them into transformers' half-split layout, as transformers' own
 conversion script does, so both formats give the same tensors.
 """
+
 from __future__ import annotations
 
 import json
@@ -115,8 +116,12 @@ def iter_layer_tensors(
     final_norm_names: list[str] | None,
 ) -> Iterator[tuple[int | str, str, torch.Tensor]]:
     """(layer index or "final_norm", name, tensor) in transformers' names and layout."""
-    wanted: list[tuple[tuple[int | str, str], str, int | None]] = [((i, name), f"layers.{i}.{_META_NAMES[name][0]}", _META_NAMES[name][1])
-              for i, names in layer_names.items() for name in names if name in _META_NAMES]
+    wanted: list[tuple[tuple[int | str, str], str, int | None]] = [
+        ((i, name), f"layers.{i}.{_META_NAMES[name][0]}", _META_NAMES[name][1])
+        for i, names in layer_names.items()
+        for name in names
+        if name in _META_NAMES
+    ]
     if final_norm_names is not None:
         wanted.append((("final_norm", "weight"), "norm.weight", None))
     for (group, name), t in _Shards(folder).iter_merged(wanted):

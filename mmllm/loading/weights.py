@@ -1,5 +1,6 @@
 """The result every checkpoint reader returns, and what is shared by all readers: shape checks,
 the fingerprint of the loaded weights, and tensor-by-tensor casting that never holds a layer twice."""
+
 from __future__ import annotations
 
 import ctypes

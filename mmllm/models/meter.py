@@ -10,6 +10,7 @@ the paper's position ablation, its Table D): ``after_fusion`` (default: on the f
 before the poolers) or ``before_fusion`` (on the projected unimodal tokens, before the first
 co-attention layer: retrieval's contrastive features then pass through it too).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -39,9 +40,11 @@ class METEROptions(ModelSection):
     dropout: float = Field(0.1, ge=0, lt=1)
     llm_block: BlockOptions = Field(None, description="block options (kind, source, layers, ...)")
     llm_block_on: Literal["vision", "text", "both", "none"] = Field(
-        "vision", description="which fused stream the block processes")
+        "vision", description="which fused stream the block processes"
+    )
     llm_block_at: Literal["after_fusion", "before_fusion"] = Field(
-        "after_fusion", description="insertion depth: after the fusion layers, or on the unimodal tokens before them")
+        "after_fusion", description="insertion depth: after the fusion layers, or on the unimodal tokens before them"
+    )
 
 
 class CrossModalLayer(nn.Module):
@@ -61,7 +64,9 @@ class CrossModalLayer(nn.Module):
 
     def forward(self, x, x_pad, other, other_pad):
         x = self.norm1(x + self.dropout(self.self_attn(x, x, x, key_padding_mask=x_pad, need_weights=False)[0]))
-        x = self.norm2(x + self.dropout(self.cross_attn(x, other, other, key_padding_mask=other_pad, need_weights=False)[0]))
+        x = self.norm2(
+            x + self.dropout(self.cross_attn(x, other, other, key_padding_mask=other_pad, need_weights=False)[0])
+        )
         return self.norm3(x + self.dropout(self.ffn(x)))
 
 
@@ -85,8 +90,18 @@ class FusedOutput(NamedTuple):  # a tuple, so DeepSpeed ZeRO-3 sees the tensors 
 
 
 class METERBackbone(nn.Module):
-    def __init__(self, vision, text, hidden: int, fusion_layers: int, heads: int, dropout: float,
-                 llm_block: Mapping[str, Any] | None, llm_block_on: str, llm_block_at: str = "after_fusion"):
+    def __init__(
+        self,
+        vision,
+        text,
+        hidden: int,
+        fusion_layers: int,
+        heads: int,
+        dropout: float,
+        llm_block: Mapping[str, Any] | None,
+        llm_block_on: str,
+        llm_block_at: str = "after_fusion",
+    ):
         super().__init__()
         if llm_block_on not in LLM_BLOCK_PLACES:
             raise ConfigError(f"model.llm_block_on must be one of {LLM_BLOCK_PLACES}, got {llm_block_on!r}")
@@ -147,8 +162,13 @@ class METERBackbone(nn.Module):
 def build_meter_backbone(options: METEROptions) -> METERBackbone:
     """The backbone from the typed ``model`` section of a task config."""
     return METERBackbone(
-        build_vision_encoder(options.vision), build_text_encoder(options.text),
-        hidden=options.hidden_size, fusion_layers=options.fusion_layers, heads=options.num_heads,
-        dropout=options.dropout, llm_block=options.llm_block, llm_block_on=options.llm_block_on,
+        build_vision_encoder(options.vision),
+        build_text_encoder(options.text),
+        hidden=options.hidden_size,
+        fusion_layers=options.fusion_layers,
+        heads=options.num_heads,
+        dropout=options.dropout,
+        llm_block=options.llm_block,
+        llm_block_on=options.llm_block_on,
         llm_block_at=options.llm_block_at,
     )

@@ -1,4 +1,5 @@
 """METER's VL-pretraining objectives: image–text matching (ITM) and masked language modelling (MLM)."""
+
 from __future__ import annotations
 
 import torch
@@ -27,8 +28,13 @@ class MLMHead(nn.Module):
         return self.decoder(self.transform(tokens))
 
 
-def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer, probability: float = 0.15,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_tokens(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    tokenizer,
+    probability: float = 0.15,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking (Devlin et al. 2019): of the chosen 15%, 80% -> [MASK], 10% random, 10% kept.
     Returns (masked ids, labels with -100 where nothing is predicted). At least one token per row is chosen."""
     special = torch.zeros_like(input_ids, dtype=torch.bool)
@@ -71,6 +77,10 @@ class PretrainModel(nn.Module):
         itm_labels = torch.cat([torch.ones_like(neg_label), neg_label])
         itm_loss = F.cross_entropy(itm_logits.float(), itm_labels)
         return {
-            "loss": mlm_loss + itm_loss, "mlm_loss": mlm_loss, "itm_loss": itm_loss,
-            "mlm_logits": mlm_logits, "itm_logits": itm_logits, "itm_labels": itm_labels,
+            "loss": mlm_loss + itm_loss,
+            "mlm_loss": mlm_loss,
+            "itm_loss": itm_loss,
+            "mlm_logits": mlm_logits,
+            "itm_logits": itm_logits,
+            "itm_labels": itm_labels,
         }

@@ -40,6 +40,7 @@ cross-entropy) with those substitutions. The defaults follow the released traini
 the averaged swapped loss at l. 211–217, the text side at l. 493–495, ``0.1 · L_map + L_cap`` at
 l. 527, the Sinkhorn shortcut at l. 584–594); docs/fidelity.md lists each choice.
 """
+
 from __future__ import annotations
 
 import math
@@ -60,8 +61,9 @@ RELEASE_PRIOR_TEMPERATURE = 0.25  # train.py l. 589: (vocab_dist / 2.5e-1).softm
 
 
 # ---------------------------------------------------------------------- the word prior
-def word_frequency_prior(token_lists: Iterable[Sequence[int]], vocab_size: int, smoothing: float = 0.1,
-                         ignore_ids: Sequence[int] = ()) -> torch.Tensor:
+def word_frequency_prior(
+    token_lists: Iterable[Sequence[int]], vocab_size: int, smoothing: float = 0.1, ignore_ids: Sequence[int] = ()
+) -> torch.Tensor:
     """The target marginal over words: token counts over the training texts, add-``smoothing``
     (Lidstone) over the whole vocabulary so no word is impossible, normalised to sum 1.
 
@@ -97,8 +99,9 @@ def fit_prior(prior: torch.Tensor, rows: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------------- optimal transport
 @torch.no_grad()
-def sinkhorn_knopp(scores: torch.Tensor, word_prior: torch.Tensor, epsilon: float = 0.01,
-                   iterations: int = 3) -> torch.Tensor:
+def sinkhorn_knopp(
+    scores: torch.Tensor, word_prior: torch.Tensor, epsilon: float = 0.01, iterations: int = 3
+) -> torch.Tensor:
     """The entropic transport plan P [B, K] between B samples (marginal 1/B each) and K words
     (marginal ``word_prior``), ``P = diag(a) exp(scores/ε) diag(b)``.
 
@@ -120,14 +123,19 @@ def sinkhorn_knopp(scores: torch.Tensor, word_prior: torch.Tensor, epsilon: floa
     log_mu = word_prior.double().to(scores.device).clamp_min(1e-300).log()
     log_row = -math.log(B)
     for _ in range(iterations):
-        log_p = log_p + (log_mu - torch.logsumexp(log_p, dim=0))[None, :]   # columns -> word prior
+        log_p = log_p + (log_mu - torch.logsumexp(log_p, dim=0))[None, :]  # columns -> word prior
         log_p = log_p + (log_row - torch.logsumexp(log_p, dim=1))[:, None]  # rows -> 1/B
     return log_p.exp().float()
 
 
 @torch.no_grad()
-def prior_softmax_codes(scores: torch.Tensor, word_prior: torch.Tensor, epsilon: float = 0.01, iterations: int = 3,
-                        prior_temperature: float = RELEASE_PRIOR_TEMPERATURE) -> torch.Tensor:
+def prior_softmax_codes(
+    scores: torch.Tensor,
+    word_prior: torch.Tensor,
+    epsilon: float = 0.01,
+    iterations: int = 3,
+    prior_temperature: float = RELEASE_PRIOR_TEMPERATURE,
+) -> torch.Tensor:
     """The released code's shortcut for the assignment (``distributed_sinkhorn``, train.py l. 584–594).
 
     Starting from ``exp(scores/ε)``, each iteration multiplies every word's column by
@@ -142,21 +150,28 @@ def prior_softmax_codes(scores: torch.Tensor, word_prior: torch.Tensor, epsilon:
     if word_prior.shape != (K,):
         raise ValueError(f"word_prior has shape {tuple(word_prior.shape)}, scores imply ({K},)")
     if epsilon <= 0 or iterations < 1 or prior_temperature <= 0:
-        raise ConfigError(f"the prior-softmax assignment needs epsilon > 0, iterations >= 1 and prior_temperature > 0 "
-                          f"(got {epsilon}, {iterations}, {prior_temperature})")
+        raise ConfigError(
+            f"the prior-softmax assignment needs epsilon > 0, iterations >= 1 and prior_temperature > 0 "
+            f"(got {epsilon}, {iterations}, {prior_temperature})"
+        )
     if not torch.isfinite(scores).all():
         raise DataError("assignment: non-finite scores")
     log_w = torch.log_softmax(word_prior.double().to(scores.device) / prior_temperature, dim=0)
     log_q = scores.double() / epsilon
     for _ in range(iterations):
-        log_q = log_q + log_w[None, :]                                      # Q *= softmax(prior / 0.25)
-        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)         # each sample sums to 1 over words
+        log_q = log_q + log_w[None, :]  # Q *= softmax(prior / 0.25)
+        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)  # each sample sums to 1 over words
     return log_q.exp().float()
 
 
-def swapped_prediction_loss(visual_scores: torch.Tensor, text_scores: torch.Tensor, visual_codes: torch.Tensor,
-                            text_codes: torch.Tensor, temperature: float,
-                            combine: str = "mean") -> dict[str, torch.Tensor]:
+def swapped_prediction_loss(
+    visual_scores: torch.Tensor,
+    text_scores: torch.Tensor,
+    visual_codes: torch.Tensor,
+    text_codes: torch.Tensor,
+    temperature: float,
+    combine: str = "mean",
+) -> dict[str, torch.Tensor]:
     """SwAV/VLAP swapped prediction: the visual side predicts the text codes and vice versa.
 
     ``*_scores`` [B, K] cosine similarities to the words, ``*_codes`` [B, K] rows summing to 1
@@ -183,9 +198,18 @@ class AssignmentPrediction(nn.Module):
     (``swap_loss``), and the proper Sinkhorn–Knopp (``assignment="sinkhorn"``, the paper's
     description; ``"prior_softmax"``: the release's shortcut, :func:`prior_softmax_codes`)."""
 
-    def __init__(self, word_embeddings: torch.Tensor, word_prior: torch.Tensor, epsilon: float = 0.01,
-                 iterations: int = 3, temperature: float = RELEASE_TEMPERATURE, *, swap_loss: str = "mean",
-                 assignment: str = "sinkhorn", prior_temperature: float = RELEASE_PRIOR_TEMPERATURE):
+    def __init__(
+        self,
+        word_embeddings: torch.Tensor,
+        word_prior: torch.Tensor,
+        epsilon: float = 0.01,
+        iterations: int = 3,
+        temperature: float = RELEASE_TEMPERATURE,
+        *,
+        swap_loss: str = "mean",
+        assignment: str = "sinkhorn",
+        prior_temperature: float = RELEASE_PRIOR_TEMPERATURE,
+    ):
         super().__init__()
         if swap_loss not in SWAP_LOSSES:
             raise ConfigError(f"swap_loss {swap_loss!r} is not one of {SWAP_LOSSES}")
@@ -194,12 +218,16 @@ class AssignmentPrediction(nn.Module):
         if temperature <= 0 or prior_temperature <= 0:
             raise ConfigError(f"temperatures must be > 0 (got {temperature}, {prior_temperature})")
         if word_embeddings.ndim != 2 or word_prior.shape != (word_embeddings.shape[0],):
-            raise ConfigError(f"word embeddings {tuple(word_embeddings.shape)} and prior {tuple(word_prior.shape)} "
-                              "do not match ([K, D] and [K])")
+            raise ConfigError(
+                f"word embeddings {tuple(word_embeddings.shape)} and prior {tuple(word_prior.shape)} "
+                "do not match ([K, D] and [K])"
+            )
         if not torch.isfinite(word_embeddings).all():
             raise DataError("word embeddings contain non-finite values")
         if (word_prior < 0).any() or abs(float(word_prior.sum()) - 1) > 1e-4:
-            raise DataError(f"word prior must be a distribution (>= 0, sums to 1; sums to {float(word_prior.sum()):.6f})")
+            raise DataError(
+                f"word prior must be a distribution (>= 0, sums to 1; sums to {float(word_prior.sum()):.6f})"
+            )
         # frozen and re-derivable from the LLM source: not saved in checkpoints
         self.register_buffer("words", F.normalize(word_embeddings.float(), dim=-1), persistent=False)
         self.register_buffer("raw_words", word_embeddings.float(), persistent=False)
@@ -226,8 +254,9 @@ class AssignmentPrediction(nn.Module):
         if visual.shape != text.shape or visual.shape[-1] != self.dim:
             raise ValueError(f"visual {tuple(visual.shape)} and text {tuple(text.shape)} must both be [B, {self.dim}]")
         sv, st = self.scores(visual), self.scores(text)
-        return swapped_prediction_loss(sv, st, self.codes(sv.detach()), self.codes(st.detach()), self.temperature,
-                                       self.swap_loss)
+        return swapped_prediction_loss(
+            sv, st, self.codes(sv.detach()), self.codes(st.detach()), self.temperature, self.swap_loss
+        )
 
 
 class VLAPProjector(nn.Module):
@@ -252,8 +281,13 @@ def mean_pool(tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.T
     return (tokens * m).sum(1) / count
 
 
-def text_representation(kind: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        word_embeddings: torch.Tensor, lm: nn.Module | None = None) -> torch.Tensor:
+def text_representation(
+    kind: str,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    word_embeddings: torch.Tensor,
+    lm: nn.Module | None = None,
+) -> torch.Tensor:
     """A caption's representation in the word-embedding space [B, D], from frozen weights only.
 
     ``llm_hidden`` (the release's): the mean of the frozen LLM's last hidden states after its final

@@ -8,6 +8,7 @@ From a trained run (writes results_<split>.json in ScanQA's submission layout):
     python projects/3dvqa/evaluate.py --checkpoint runs/x/model_final.pt --split test
 Prints one JSON object (em1, em10, em1_refined, em10_refined, per_type); bad input: one line on stderr, exit 2.
 """
+
 import sys
 
 from mmllm_3dvqa.task import main

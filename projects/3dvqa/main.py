@@ -5,6 +5,7 @@ the block but without the situation text, then the leaderboard (the same as ``mm
 
 Each run trains (DeepSpeed, CPU or GPU) and evaluates EM@1/EM@10 on the test scenes.
 """
+
 import sys
 
 from mmllm.cli import variants_main

@@ -7,6 +7,7 @@ From a trained model:
         [--rerank-score blip|albef|margin_sim] [--full-itm]   (METER's protocol too: every pair by ITM)
 ``scores.npz`` holds ``scores_i2t`` [images x texts] and ``scores_t2i`` [texts x images].
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,9 @@ def from_scores(scores: str, annotation: str) -> dict:
         raise DataError(f"{scores} against {annotation}: {exc}") from exc
 
 
-def from_checkpoint(checkpoint: str, split: str, out_dir: str | None, rerank_score: str | None = None,
-                    full_itm: bool = False) -> dict:
+def from_checkpoint(
+    checkpoint: str, split: str, out_dir: str | None, rerank_score: str | None = None, full_itm: bool = False
+) -> dict:
     """``mmllm evaluate --run`` for retrieval runs; ``--rerank-score``/``--full-itm`` are evaluation-only
     run settings (the weights are the run's), passed as config overrides."""
     from mmllm.engine.evaluation import evaluate_run
@@ -69,17 +71,25 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out-dir")
-    parser.add_argument("--rerank-score", choices=["blip", "albef", "margin_sim"],
-                        help="with --checkpoint: the re-ranking score (default: the run's run.rerank_score)")
-    parser.add_argument("--full-itm", action="store_true",
-                        help="with --checkpoint: also score every pair with ITM (METER's protocol), full_itm_*")
+    parser.add_argument(
+        "--rerank-score",
+        choices=["blip", "albef", "margin_sim"],
+        help="with --checkpoint: the re-ranking score (default: the run's run.rerank_score)",
+    )
+    parser.add_argument(
+        "--full-itm",
+        action="store_true",
+        help="with --checkpoint: also score every pair with ITM (METER's protocol), full_itm_*",
+    )
     args = parser.parse_args(argv)
     if args.checkpoint:
-        return print_report(lambda: from_checkpoint(args.checkpoint, args.split, args.out_dir, args.rerank_score,
-                                                    args.full_itm))
+        return print_report(
+            lambda: from_checkpoint(args.checkpoint, args.split, args.out_dir, args.rerank_score, args.full_itm)
+        )
     if args.scores and args.annotation:
         return print_report(lambda: from_scores(args.scores, args.annotation))
     parser.error("give --scores and --annotation, or --checkpoint")
+
 
 if __name__ == "__main__":
     sys.exit(main())

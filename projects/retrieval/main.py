@@ -3,6 +3,7 @@ leaderboard (the same as ``mmllm main --task mmllm_retrieval``).
 
     python projects/retrieval/main.py [--runs runs] [--options ...]
 """
+
 import sys
 
 from mmllm.cli import variants_main

@@ -6,6 +6,7 @@ From a trained model (writes results_<split>.json, and a leaderboard submission 
     python projects/vqa/evaluate.py --checkpoint runs/x/model_final.pt --split test [--submission NAME]
 Prints JSON: overall, perQuestionType, perAnswerType (percent, 2 decimals).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,12 +44,15 @@ def from_files(questions: str, annotations: str, results: str) -> dict:
     annotated = set(_question_ids(anns, annotations, "annotation"))
     unannotated = sorted(set(qids) - annotated)
     if unannotated:
-        raise DataError(f"{len(unannotated)} question(s) of {questions} have no annotation in {annotations}, "
-                        f"e.g. {unannotated[:5]}")
+        raise DataError(
+            f"{len(unannotated)} question(s) of {questions} have no annotation in {annotations}, e.g. {unannotated[:5]}"
+        )
     extra = sorted(annotated - set(qids))
     if extra:
-        raise DataError(f"{annotations} annotates {len(extra)} question(s) not in {questions}, e.g. {extra[:5]}: "
-                        "the official evaluation scores every annotated question, give matching files")
+        raise DataError(
+            f"{annotations} annotates {len(extra)} question(s) not in {questions}, e.g. {extra[:5]}: "
+            "the official evaluation scores every annotated question, give matching files"
+        )
     return metrics.evaluate(anns, read_results(results, set(qids)), source=annotations)
 
 
@@ -65,10 +69,14 @@ def from_checkpoint(checkpoint: str, split: str, out_dir: str | None, submission
 
     def official_report(task, model, dataset, split, out_dir):
         answers = task.predictions(model, dataset, f"eval {split}")  # any model of the VQA benchmark
-        write_json(out_dir / f"results_{split}.json", [{"question_id": q, "answer": a} for q, a in sorted(answers.items())])
+        write_json(
+            out_dir / f"results_{split}.json", [{"question_id": q, "answer": a} for q, a in sorted(answers.items())]
+        )
         out = {}
         if submission:
-            out["submission"] = str(write_submission(answers, task.data_cfg.splits[split].questions, out_dir, submission))
+            out["submission"] = str(
+                write_submission(answers, task.data_cfg.splits[split].questions, out_dir, submission)
+            )
         if dataset.split.annotations:
             out.update(metrics.evaluate(dataset.split.annotation_list(), answers))
         return out
@@ -94,6 +102,7 @@ def main(argv=None) -> int:
     if args.questions and args.annotations and args.results:
         return print_report(lambda: from_files(args.questions, args.annotations, args.results))
     parser.error("give --questions, --annotations and --results, or --checkpoint")
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,6 +6,7 @@
 Each run trains (DeepSpeed, CPU or GPU) and evaluates on the easy-VQA test split with the
 official VQA accuracy; the leaderboard table is printed at the end.
 """
+
 import sys
 
 from mmllm.cli import variants_main

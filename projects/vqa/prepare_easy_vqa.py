@@ -1,4 +1,5 @@
 """Convert easy-VQA to VQAv2-format files: python projects/vqa/prepare_easy_vqa.py [--out data/easy_vqa]"""
+
 import argparse
 import json
 

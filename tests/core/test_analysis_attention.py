@@ -1,6 +1,7 @@
 """CLS→token attention recomputed from a module's own projections (Pang et al., ICLR 2024, §6), against
 independent references: nn.MultiheadAttention's own returned weights, timm's unfused path (its softmax
 seen by a hook on attn_drop), and an explicit softmax(q kᵀ · scale) written here from the weights."""
+
 import math
 
 import pytest
@@ -67,7 +68,7 @@ def test_timm_attention_against_explicit_softmax():
     q, k = x[0] @ w[:8].T, x[0] @ w[8:16].T
     probs = []
     for h in range(2):
-        qh, kh = q[:, 4 * h: 4 * h + 4], k[:, 4 * h: 4 * h + 4]
+        qh, kh = q[:, 4 * h : 4 * h + 4], k[:, 4 * h : 4 * h + 4]
         probs.append(torch.softmax(qh @ kh.T / math.sqrt(4), dim=-1))
     expected = (probs[0] + probs[1]) / 2
     torch.testing.assert_close(attention_weights(attn, x)[0], expected.detach(), atol=1e-6, rtol=1e-5)

@@ -1,5 +1,6 @@
 """The analysis inputs' exact foregrounds and backgrounds, on hand-drawn images: easy-VQA's shape-on-a-solid-
 colour masks, MNIST digits composited onto a seeded texture (Pang et al., ICLR 2024, §6)."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,5 @@
 """Activation maps and IoU against hand and NumPy computations (Pang et al., ICLR 2024, §6)."""
+
 import numpy as np
 import pytest
 import torch
@@ -59,8 +60,10 @@ def test_summary_over_runs_is_mean_and_sample_std():
     from mmllm.analysis.run import summarise
     from mmllm.errors import ConfigError
 
-    reports = [{"run": f"r{i}", "background": "plain", "miou_magnitude_after": v, "miou_random": 10.0, "images": 4}
-               for i, v in enumerate((10.0, 20.0, 30.0))]
+    reports = [
+        {"run": f"r{i}", "background": "plain", "miou_magnitude_after": v, "miou_random": 10.0, "images": 4}
+        for i, v in enumerate((10.0, 20.0, 30.0))
+    ]
     summary = summarise(reports)
     assert summary["miou_magnitude_after"] == {"mean": 20.0, "std": 10.0, "n": 3}  # sqrt((100 + 0 + 100) / 2)
     assert summary["miou_random"] == {"mean": 10.0, "std": 0.0, "n": 3} and "images" not in summary
@@ -73,6 +76,9 @@ def test_several_runs_take_out_name_not_out(tmp_path):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "mmllm.cli", "analyze", "--run", "a", "b", "--out", str(tmp_path)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "mmllm.cli", "analyze", "--run", "a", "b", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2 and "--out-name" in done.stderr

@@ -1,4 +1,5 @@
 """Every bad input raises a clear mmllm error that says what is wrong."""
+
 import os
 import shutil
 import tempfile
@@ -96,7 +97,9 @@ def test_pth_with_pickled_code_is_refused(tmp_path):
     folder = tmp_path / "meta"
     folder.mkdir()
     (folder / "params.json").write_text('{"dim": 8, "n_layers": 1, "n_heads": 2}')
-    torch.save({"layers.0.feed_forward.w1.weight": torch.zeros(4, 8), "evil": Payload()}, folder / "consolidated.00.pth")
+    torch.save(
+        {"layers.0.feed_forward.w1.weight": torch.zeros(4, 8), "evil": Payload()}, folder / "consolidated.00.pth"
+    )
     with pytest.raises(CheckpointError, match="refused to unpickle: .*weights_only=True"):
         FrozenLLMBlock(LLMBlockConfig(visual_dim=8, source=str(folder)))
 
@@ -129,7 +132,9 @@ def test_unknown_source_says_nothing_is_downloaded():
 def test_folder_without_weights(tmp_path):
     from transformers import LlamaConfig
 
-    LlamaConfig(num_hidden_layers=2, hidden_size=16, num_attention_heads=2, intermediate_size=32).save_pretrained(tmp_path)
+    LlamaConfig(num_hidden_layers=2, hidden_size=16, num_attention_heads=2, intermediate_size=32).save_pretrained(
+        tmp_path
+    )
     with pytest.raises(CheckpointError, match="no weights found"):
         load_layer_weights(tmp_path, [0], False)
 
@@ -139,9 +144,23 @@ def test_mlp_control_switches_on_over_a_block_config():
     nothing for the control and are ignored (a dotlist override cannot delete them)."""
     from mmllm.blocks import AdapterMLP, build_block
 
-    block = build_block({"kind": "mlp", "layers": "last", "dtype": "bfloat16", "final_norm": "unit",
-                         "llm_config": {"model_type": "llama", "hidden_size": 16, "num_attention_heads": 2,
-                                        "num_hidden_layers": 1, "intermediate_size": 32}, "source": None}, 8)
+    block = build_block(
+        {
+            "kind": "mlp",
+            "layers": "last",
+            "dtype": "bfloat16",
+            "final_norm": "unit",
+            "llm_config": {
+                "model_type": "llama",
+                "hidden_size": 16,
+                "num_attention_heads": 2,
+                "num_hidden_layers": 1,
+                "intermediate_size": 32,
+            },
+            "source": None,
+        },
+        8,
+    )
     assert isinstance(block, AdapterMLP) and block.adapter_in.out_features == 16
 
 
@@ -174,7 +193,10 @@ def test_non_int_visual_dim_is_a_config_error(llama_dir, visual_dim):
 @pytest.mark.parametrize(
     "options,message",
     [
-        ({"kind": "mlp", "lyers": "last"}, "kind 'mlp' has no option 'lyers'"),  # mlp ignores llm_block's options, not typos
+        (
+            {"kind": "mlp", "lyers": "last"},
+            "kind 'mlp' has no option 'lyers'",
+        ),  # mlp ignores llm_block's options, not typos
         ({"kind": "llm_block", "llm_config": {"model_type": "llama"}}, "no option 'llm_config'.*random_trained"),
         ({"kind": "random_trained", "final_norm": "pretrained"}, "random-init block has none"),
         ({"kind": "random_frozen", "source": "x", "llm_config": {"model_type": "llama"}}, "not both"),
@@ -252,7 +274,9 @@ def test_changed_cached_layer_is_refused(private_cache):
         handle.seek(start)
         handle.write(b"\xc0\x7f" * 64)
     assert not asset.cached()  # `mmllm assets list` no longer calls it cached
-    with pytest.raises(CheckpointError, match="changed since it was written.*mmllm assets prepare smollm2-135m --force"):
+    with pytest.raises(
+        CheckpointError, match="changed since it was written.*mmllm assets prepare smollm2-135m --force"
+    ):
         asset.verify_cache()
     with pytest.raises(CheckpointError, match="down_proj.weight.*changed.*mmllm assets prepare smollm2-135m --force"):
         FrozenLLMBlock(LLMBlockConfig(visual_dim=8, source="smollm2-135m", dtype="float32"))

@@ -1,4 +1,5 @@
 """FrozenLLMBlock.from_pretrained / save_pretrained (transformers' conventions), on tiny random checkpoints."""
+
 import json
 
 import pytest
@@ -27,8 +28,9 @@ def llama_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("include_frozen", [False, True])
 def test_round_trip_identical_outputs(llama_dir, tmp_path, include_frozen):
-    block = FrozenLLMBlock.from_pretrained(llama_dir, layers="-2:", visual_dim=12, dtype="float32",
-                                           final_norm="pretrained")
+    block = FrozenLLMBlock.from_pretrained(
+        llama_dir, layers="-2:", visual_dim=12, dtype="float32", final_norm="pretrained"
+    )
     _randomise_adapters(block)
     x = torch.randn(2, 7, 12, generator=torch.Generator().manual_seed(0))
     pad = torch.zeros(2, 7, dtype=torch.bool)
@@ -100,10 +102,18 @@ def test_missing_or_changed_tensors_are_errors(llama_dir, tmp_path):
         FrozenLLMBlock.from_pretrained(saved)
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("bf16", torch.bfloat16), ("bfloat16", torch.bfloat16), ("float32", torch.float32), ("fp32", torch.float32),
-    (torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32), ("auto", None),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("bf16", torch.bfloat16),
+        ("bfloat16", torch.bfloat16),
+        ("float32", torch.float32),
+        ("fp32", torch.float32),
+        (torch.bfloat16, torch.bfloat16),
+        (torch.float32, torch.float32),
+        ("auto", None),
+    ],
+)
 def test_dtype_names(llama_dir, name, expected):
     block = FrozenLLMBlock.from_pretrained(llama_dir, visual_dim=8, dtype=name)
     want = resolve_dtype("auto") if expected is None else expected

@@ -1,4 +1,5 @@
 """FrozenLLMBlock output vs an independent plain-torch reference, per architecture."""
+
 import pytest
 import torch
 from llm_reference import final_norm, layer_forward
@@ -35,7 +36,9 @@ def reference(block, model, arch, layers, x, pad, norm):
 def test_matches_reference(checkpoints, arch, attn, norm):
     folder, model = checkpoints[arch]
     block = FrozenLLMBlock(
-        LLMBlockConfig(visual_dim=VISUAL, source=str(folder), dtype="float32", attn_implementation=attn, final_norm=norm)
+        LLMBlockConfig(
+            visual_dim=VISUAL, source=str(folder), dtype="float32", attn_implementation=attn, final_norm=norm
+        )
     )
     assert block.layer_indices == [3]  # default: last layer
     torch.manual_seed(1)
@@ -58,7 +61,9 @@ def test_layer_selection_matches_stacked_reference(checkpoints, arch, layers, ex
     assert block.layer_indices == expected
     x = torch.randn(2, 5, VISUAL)
     with torch.no_grad():
-        torch.testing.assert_close(block(x), reference(block, model, arch, expected, x, None, "unit"), atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            block(x), reference(block, model, arch, expected, x, None, "unit"), atol=2e-5, rtol=1e-4
+        )
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -1,4 +1,5 @@
 """dtype/precision names, and the per-machine cache of the CPU bf16-vs-fp32 measurement."""
+
 import json
 
 import pytest
@@ -25,15 +26,31 @@ def cache(tmp_path, monkeypatch):
     precision.forget_measurements()
 
 
-@pytest.mark.parametrize("name,dtype", [("bfloat16", torch.bfloat16), ("bf16", torch.bfloat16), ("float16", torch.float16),
-                                        ("fp16", torch.float16), ("float32", torch.float32), ("FP32", torch.float32),
-                                        (torch.bfloat16, torch.bfloat16)])
+@pytest.mark.parametrize(
+    "name,dtype",
+    [
+        ("bfloat16", torch.bfloat16),
+        ("bf16", torch.bfloat16),
+        ("float16", torch.float16),
+        ("fp16", torch.float16),
+        ("float32", torch.float32),
+        ("FP32", torch.float32),
+        (torch.bfloat16, torch.bfloat16),
+    ],
+)
 def test_named_dtypes(name, dtype):
     assert precision.resolve_dtype(name) == dtype
 
 
-@pytest.mark.parametrize("name,message", [("float8", "not one of"), ("bfloat61", "did you mean 'bfloat16'"),
-                                          (torch.int8, "not supported"), (16, "not one of")])
+@pytest.mark.parametrize(
+    "name,message",
+    [
+        ("float8", "not one of"),
+        ("bfloat61", "did you mean 'bfloat16'"),
+        (torch.int8, "not supported"),
+        (16, "not one of"),
+    ],
+)
 def test_unknown_dtype_is_a_config_error(name, message):
     with pytest.raises(ConfigError, match=message):
         precision.resolve_dtype(name)

@@ -1,4 +1,5 @@
 """The block seam: a registry of kinds, each with its own config, all keeping one forward contract."""
+
 import importlib.metadata
 import sys
 
@@ -108,8 +109,10 @@ def test_kinds_found_through_entry_points(clean_registry, monkeypatch, tmp_path)
     )
     (tmp_path / "broken_blocks_plugin.py").write_text("raise ImportError('missing dependency xyz')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    points = [importlib.metadata.EntryPoint("half", "my_blocks_plugin", registry.ENTRY_POINT_GROUP),
-              importlib.metadata.EntryPoint("broken", "broken_blocks_plugin", registry.ENTRY_POINT_GROUP)]
+    points = [
+        importlib.metadata.EntryPoint("half", "my_blocks_plugin", registry.ENTRY_POINT_GROUP),
+        importlib.metadata.EntryPoint("broken", "broken_blocks_plugin", registry.ENTRY_POINT_GROUP),
+    ]
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: points if group else [])
     monkeypatch.setattr(registry, "_DISCOVERED", False)
     with pytest.warns(UserWarning, match="broken_blocks_plugin.*missing dependency xyz"):

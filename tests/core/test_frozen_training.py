@@ -1,4 +1,5 @@
 """Frozen means frozen; the paper's controls; checkpoints without the frozen weights."""
+
 import pytest
 import torch
 from tiny_llms import layer_state, save_tiny
@@ -66,7 +67,14 @@ def test_adapter_lr_multiplier_groups(folders):
     model = Toy(FrozenLLMBlock(LLMBlockConfig(visual_dim=VISUAL, source=str(folder))))
     groups = param_groups(model, lr=1e-3, weight_decay=0.05, lr_multipliers={"llm_block.adapter": 10})
     by_name = {n: g for g in groups for n in g["names"]}
-    assert set(by_name) == {"stem.weight", "stem.bias", "llm_block.adapter_in.weight", "llm_block.adapter_out.weight", "head.weight", "head.bias"}
+    assert set(by_name) == {
+        "stem.weight",
+        "stem.bias",
+        "llm_block.adapter_in.weight",
+        "llm_block.adapter_out.weight",
+        "head.weight",
+        "head.bias",
+    }
     assert by_name["llm_block.adapter_in.weight"]["lr"] == pytest.approx(1e-2)
     assert by_name["stem.weight"]["lr"] == pytest.approx(1e-3) and by_name["stem.weight"]["weight_decay"] == 0.05
     assert by_name["stem.bias"]["weight_decay"] == 0.0
@@ -87,8 +95,10 @@ def test_finetune_control_trains_the_block(folders):
     assert frozen_keys(Toy(block)) == {"llm_block.final_norm.weight"}  # the unit norm stays constant
 
 
-@pytest.mark.parametrize("kind,config_class,trains", [("random_frozen", RandomFrozenBlockConfig, False),
-                                                      ("random_trained", RandomTrainedBlockConfig, True)])
+@pytest.mark.parametrize(
+    "kind,config_class,trains",
+    [("random_frozen", RandomFrozenBlockConfig, False), ("random_trained", RandomTrainedBlockConfig, True)],
+)
 def test_random_init_controls(folders, kind, config_class, trains):
     folder, hf = folders["llama"]
     torch.manual_seed(0)
@@ -105,8 +115,14 @@ def test_random_init_controls(folders, kind, config_class, trains):
 
 
 def test_random_control_from_llm_config_without_weights():
-    llm = {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
-           "num_key_value_heads": 2, "num_hidden_layers": 3}
+    llm = {
+        "model_type": "qwen2",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "num_hidden_layers": 3,
+    }
     block = build_block({"kind": "random_trained", "llm_config": llm, "layers": "-2:", "dtype": "float32"}, VISUAL)
     assert block.layer_indices == [1, 2] and block.hidden_size == 32
     assert block.layers[0].self_attn.q_proj.bias is not None  # Qwen2's q/k/v biases

@@ -1,4 +1,5 @@
 """Checkpoint readers load exactly the tensors of the selected layers, and only those."""
+
 import json
 import tempfile
 from pathlib import Path
@@ -54,19 +55,36 @@ def write_llama_v1(model, folder: Path, shards: int):
     """Write a tiny HF LLaMA in Meta's original layout, split model-parallel like LLaMA-13B+."""
     cfg = model.config
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "params.json").write_text(json.dumps({
-        "dim": cfg.hidden_size, "n_layers": cfg.num_hidden_layers, "n_heads": cfg.num_attention_heads,
-        "n_kv_heads": cfg.num_key_value_heads, "norm_eps": cfg.rms_norm_eps, "vocab_size": -1, "multiple_of": 32,
-    }))
+    (folder / "params.json").write_text(
+        json.dumps(
+            {
+                "dim": cfg.hidden_size,
+                "n_layers": cfg.num_hidden_layers,
+                "n_heads": cfg.num_attention_heads,
+                "n_kv_heads": cfg.num_key_value_heads,
+                "norm_eps": cfg.rms_norm_eps,
+                "vocab_size": -1,
+                "multiple_of": 32,
+            }
+        )
+    )
     sd = model.state_dict()
     parts = [{} for _ in range(shards)]
-    names = {"q_proj": ("attention.wq", 0), "k_proj": ("attention.wk", 0), "v_proj": ("attention.wv", 0),
-             "o_proj": ("attention.wo", 1), "gate_proj": ("feed_forward.w1", 0), "down_proj": ("feed_forward.w2", 1),
-             "up_proj": ("feed_forward.w3", 0)}
+    names = {
+        "q_proj": ("attention.wq", 0),
+        "k_proj": ("attention.wk", 0),
+        "v_proj": ("attention.wv", 0),
+        "o_proj": ("attention.wo", 1),
+        "gate_proj": ("feed_forward.w1", 0),
+        "down_proj": ("feed_forward.w2", 1),
+        "up_proj": ("feed_forward.w3", 0),
+    }
     for i in range(cfg.num_hidden_layers):
         p = f"model.layers.{i}."
         for hf, (meta, dim) in names.items():
-            w = sd[p + ("self_attn." if hf.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else "mlp.") + hf + ".weight"]
+            w = sd[
+                p + ("self_attn." if hf.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else "mlp.") + hf + ".weight"
+            ]
             if hf == "q_proj":
                 w = _hf_to_meta_rows(w, cfg.num_attention_heads)
             if hf == "k_proj":
@@ -116,7 +134,7 @@ def _gguf_last_layer_matches_transformers(name, model_type, hidden):
         extras = load_extra_tensors(gguf, ["word_embeddings", "final_norm", "lm_head"], ours.config)
     assert ours.config.model_type == model_type and ours.config.hidden_size == hidden
     prefix = f"model.layers.{last}."
-    want = {k[len(prefix):]: v for k, v in full.state_dict().items() if k.startswith(prefix)}
+    want = {k[len(prefix) :]: v for k, v in full.state_dict().items() if k.startswith(prefix)}
     assert sorted(ours.layers[last]) == sorted(want)
     for key, tensor in want.items():
         assert torch.equal(ours.layers[last][key], tensor), key
@@ -137,7 +155,9 @@ def test_real_smollm2_layer_from_gguf_matches_transformers():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,model_type,hidden", [("gemma3-270m", "gemma3_text", 640), ("qwen2.5-0.5b", "qwen2", 896)])
+@pytest.mark.parametrize(
+    "name,model_type,hidden", [("gemma3-270m", "gemma3_text", 640), ("qwen2.5-0.5b", "qwen2", 896)]
+)
 def test_real_larger_assets_match_transformers(name, model_type, hidden):
     """Gemma's (1 + w) norms and Qwen's q/k/v biases read right from GGUF (assets installed separately)."""
     if not assets.get(name).installed():

@@ -1,4 +1,5 @@
 """A reloaded model must evaluate in the dtypes it trained in: ``cast_parameters`` against DeepSpeed's own bf16 cast."""
+
 import json
 import os
 import socket
@@ -37,10 +38,18 @@ def test_cast_parameters_matches_deepspeed_bf16(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(port), "DS_ACCELERATOR": "cpu"}
-    out = subprocess.run([sys.executable, "-c", SCRIPT, os.path.dirname(__file__)], env=env, capture_output=True,
-                         text=True, timeout=300)
+    env = {
+        **os.environ,
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "DS_ACCELERATOR": "cpu",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, os.path.dirname(__file__)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     deepspeed_dtypes = json.loads(out.stdout.strip().splitlines()[-1])
     ours = cast_parameters(tiny_model(), torch.bfloat16)

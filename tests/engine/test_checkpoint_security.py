@@ -7,6 +7,7 @@ must say a pickle was refused. Each planted file is first shown to be live: Deep
 engine (``weights_only=False``) runs it. Also: the SHA-256 manifest catches a same-size edit, resumes
 stay bit-identical with the pickle-free RNG state (ZeRO 0/2/3), and ``keep_checkpoints`` prunes the
 folders of an earlier process of the same run. Runs go through ``mmllm train`` in this process."""
+
 import hashlib
 import json
 import random
@@ -55,8 +56,11 @@ def assert_live(path: Path, marker: Path) -> None:
 
 def assert_refused(text: str, path: Path, marker: Path) -> None:
     assert not marker.exists(), "the planted pickle ran"
-    assert re.search(rf"{re.escape(str(path))}: refused to unpickle: the file asks to import/run "
-                     r"'test_checkpoint_security\.plant_marker'.*weights_only=True", text), text[-3000:]
+    assert re.search(
+        rf"{re.escape(str(path))}: refused to unpickle: the file asks to import/run "
+        r"'test_checkpoint_security\.plant_marker'.*weights_only=True",
+        text,
+    ), text[-3000:]
 
 
 def train(config, *options):
@@ -136,7 +140,9 @@ def test_same_size_edit_is_caught_by_the_sha256(stopped_run):
     assert json.loads((target.parent / MANIFEST).read_text())["files"][target.name] == len(data)
     with pytest.warns(UserWarning, match=r"step2.*SHA-256 differs.*falling back"):
         assert store.latest_tag() == "step1"
-    with pytest.raises(CheckpointError, match=r"step2 cannot be trusted: .*mp_rank_00_model_states\.pt: SHA-256 differs"):
+    with pytest.raises(
+        CheckpointError, match=r"step2 cannot be trusted: .*mp_rank_00_model_states\.pt: SHA-256 differs"
+    ):
         store.load(None, "step2")
 
 
@@ -176,8 +182,14 @@ def test_rng_state_is_plain_data(tmp_path):
 def test_resume_is_bit_identical(tmp_path, capsys, monkeypatch, stage, precision):
     """Rewound to a mid-epoch tag (loader position, RNG) and re-run, a run ends with the same weights; every
     file of the tag (model states, ZeRO partitions) was read with weights_only=True."""
-    settings = dict(max_steps=4, max_epoch=2, checkpoint_every=1, keep_checkpoints=4, precision=precision,
-                    deepspeed_config=str(ROOT / f"configs/deepspeed/zero{stage}.json"))
+    settings = dict(
+        max_steps=4,
+        max_epoch=2,
+        checkpoint_every=1,
+        keep_checkpoints=4,
+        precision=precision,
+        deepspeed_config=str(ROOT / f"configs/deepspeed/zero{stage}.json"),
+    )
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     straight = toy_config(tmp_path / "a", **settings)
     assert train(straight) == 0
@@ -186,8 +198,11 @@ def test_resume_is_bit_identical(tmp_path, capsys, monkeypatch, stage, precision
     out = tmp_path / "b" / "run"
     stop(out)
     read, real = [], torch.load
-    monkeypatch.setattr(torch, "load", lambda path, *a, **kw: read.append((Path(path).name, kw.get("weights_only")))
-                        or real(path, *a, **kw))
+    monkeypatch.setattr(
+        torch,
+        "load",
+        lambda path, *a, **kw: read.append((Path(path).name, kw.get("weights_only"))) or real(path, *a, **kw),
+    )
     assert train(resumed, f"run.resume_ckpt_path={out / 'checkpoints' / 'step1'}") == 0, capsys.readouterr().err[-3000:]
     monkeypatch.undo()
     tag_files = {p.name for p in (out / "checkpoints" / "step1").glob("*.pt")}
@@ -317,7 +332,10 @@ def test_an_os_system_payload_is_named_in_the_refusal(tmp_path):
 
     path = tmp_path / "model_final.pt"
     torch.save({"state_dict": {}, "config": System()}, path)
-    with pytest.raises(CheckpointError, match=rf"refused to unpickle: the file asks to import/run "
-                                              rf"'{os.system.__module__}\.system'") as caught:
+    with pytest.raises(
+        CheckpointError,
+        match=rf"refused to unpickle: the file asks to import/run "
+        rf"'{os.system.__module__}\.system'",
+    ) as caught:
         read_model_file(path)
     assert not marker.exists() and "truncated or corrupt" not in str(caught.value)

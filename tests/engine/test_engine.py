@@ -1,4 +1,5 @@
 """The shared training engine: loss falls, resume after a kill, ZeRO stages, 2 processes, two stages."""
+
 import json
 import os
 import signal
@@ -44,8 +45,14 @@ def data(tmp_path_factory):
 
 
 def run_train(cfg, *options, check=True):
-    return subprocess.run([sys.executable, TRAIN, "--config", str(cfg), "--options", *options],
-                          env=clean_env(), capture_output=True, text=True, check=check, timeout=600)
+    return subprocess.run(
+        [sys.executable, TRAIN, "--config", str(cfg), "--options", *options],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=600,
+    )
 
 
 def test_tiny_training_loss_falls_and_evaluates(data, tmp_path):
@@ -64,9 +71,24 @@ def test_tiny_training_loss_falls_and_evaluates(data, tmp_path):
     assert not any(k.startswith("backbone.llm_block.layers.") for k in state)
     assert "backbone.llm_block.adapter_in.weight" in state
     # evaluating the saved model (frozen block reloaded from its source) gives the run's own numbers
-    evaluated = subprocess.run([sys.executable, str(ROOT / "projects/vqa/evaluate.py"), "--checkpoint", str(out / "model_final.pt"),
-                                "--split", "test", "--out-dir", str(tmp_path / "eval"), "--submission", "tiny"],
-                               env=clean_env(), capture_output=True, text=True, check=True)
+    evaluated = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "projects/vqa/evaluate.py"),
+            "--checkpoint",
+            str(out / "model_final.pt"),
+            "--split",
+            "test",
+            "--out-dir",
+            str(tmp_path / "eval"),
+            "--submission",
+            "tiny",
+        ],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     report = json.loads(evaluated.stdout)
     assert report["overall"] == summary["test_accuracy"]
     assert report["submission"].endswith("vqa_OpenEnded_mscoco_test-dev2015_tiny_results.json")
@@ -79,8 +101,12 @@ def test_resume_after_kill_matches_uninterrupted_run(data, tmp_path):
 
     killed = tmp_path / "killed"
     cfg = tiny_config(data, killed)
-    proc = subprocess.Popen([sys.executable, TRAIN, "--config", str(cfg), "--options", *opts],
-                            env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, TRAIN, "--config", str(cfg), "--options", *opts],
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     latest = killed / "checkpoints" / "latest"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -101,8 +127,12 @@ def test_resume_after_kill_matches_uninterrupted_run(data, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     assert json.loads((killed / "summary.json").read_text())["steps"] == 27
     # DeepSpeed checkpoints leave the frozen LLM weights out
-    saved = torch.load(next((killed / "checkpoints").glob("step*/mp_rank_00_model_states.pt")), map_location="cpu", weights_only=False)
-    assert not any("llm_block.layers" in k for k in saved["module"]) and any("llm_block.adapter_in" in k for k in saved["module"])
+    saved = torch.load(
+        next((killed / "checkpoints").glob("step*/mp_rank_00_model_states.pt")), map_location="cpu", weights_only=False
+    )
+    assert not any("llm_block.layers" in k for k in saved["module"]) and any(
+        "llm_block.adapter_in" in k for k in saved["module"]
+    )
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
@@ -118,8 +148,14 @@ def test_two_process_deepspeed_launcher(data, tmp_path):
     out = tmp_path / "ddp"
     cfg = tiny_config(data, out, max_epoch=1)
     deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    proc = subprocess.run([deepspeed, "--num_nodes", "1", "--num_gpus", "2", "--master_port", free_port(), TRAIN,
-                           "--config", str(cfg)], env=clean_env(), capture_output=True, text=True, check=True, timeout=600)
+    proc = subprocess.run(
+        [deepspeed, "--num_nodes", "1", "--num_gpus", "2", "--master_port", free_port(), TRAIN, "--config", str(cfg)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
     if (os.cpu_count() or 1) <= 2:  # the launcher case that is slower than one process on a small CPU machine
         assert "slower than one process" in proc.stdout + proc.stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -134,7 +170,15 @@ def test_pretrain_then_finetune(data, tmp_path):
     pre_metrics = [m for m in metrics(pre) if m.get("split") == "val"]
     assert {"mlm_acc", "itm_acc"} <= set(pre_metrics[-1])
     fine = tmp_path / "fine"
-    cfg = tiny_config(data, fine, max_epoch=1, init_from=str(pre / "model_final.pt"), init_prefixes=["backbone."], max_steps=1, init_lr=1e-12)
+    cfg = tiny_config(
+        data,
+        fine,
+        max_epoch=1,
+        init_from=str(pre / "model_final.pt"),
+        init_prefixes=["backbone."],
+        max_steps=1,
+        init_lr=1e-12,
+    )
     run_train(cfg)
     before, after = final_state(pre), final_state(fine)
     shared = [k for k in before if k.startswith("backbone.")]

@@ -5,6 +5,7 @@ one "every id exactly once" check; ``mmllm evaluate --run`` re-scores a finished
 
 The tiny data and models are those of ``test_task_contract.py`` (its ``TINY``: one entry per task).
 """
+
 from __future__ import annotations
 
 import json
@@ -84,8 +85,11 @@ def test_prediction_set_names_missing_duplicated_and_foreign_ids():
         PredictionSet(ids, [(10, "a"), (12, "c")], "eval test")
     with pytest.raises(DataError, match=r"eval test: 1 prediction\(s\) repeat an id, e\.g\. \[12\]"):
         PredictionSet(ids, [(10, "a"), (11, "b"), (12, "c"), (12, "c"), (13, "d")], "eval test")
-    with pytest.raises(DataError, match=r"eval test: 1 prediction\(s\) for id\(s\) the split does not hold, "
-                                        r"e\.g\. \['q99'\]"):
+    with pytest.raises(
+        DataError,
+        match=r"eval test: 1 prediction\(s\) for id\(s\) the split does not hold, "
+        r"e\.g\. \['q99'\]",
+    ):
         PredictionSet(ids, [(10, "a"), (11, "b"), (12, "c"), (13, "d"), ("q99", "x")], "eval test")
     with pytest.raises(DataError, match=r"the split lists id\(s\) \[11\] more than once"):
         PredictionSet([10, 11, 11], [(10, "a"), (11, "b")], "eval test")
@@ -119,6 +123,10 @@ def test_mmllm_evaluate_rescores_a_finished_run_as_its_summary(data, tmp_path, c
     assert len(err.strip().splitlines()) == 1
     with pytest.raises(ConfigError, match="a checkpoint of task 'mmllm_image_cls'"):
         action_from_checkpoint(str(out / "model_final.pt"), "test", str(tmp_path / "eval3"))
-    assert mmllm(["evaluate", "--run", str(out), "--options", "run.batch_size_eval=3", "--out-dir",
-                  str(tmp_path / "eval4")]) == 0
+    assert (
+        mmllm(
+            ["evaluate", "--run", str(out), "--options", "run.batch_size_eval=3", "--out-dir", str(tmp_path / "eval4")]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out) == expected  # evaluation settings do not change the numbers

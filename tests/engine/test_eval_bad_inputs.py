@@ -1,5 +1,6 @@
 """The evaluate.py scripts on bad inputs: one ``error:`` line on stderr naming the file, exit 2, no
 traceback and nothing on stdout, instead of a silently wrong score."""
+
 import importlib.util
 import json
 import subprocess
@@ -34,15 +35,20 @@ def _one_error_line(capsys, code: int, *needles: str) -> str:
 
 # ---------------------------------------------------------------------------------------- retrieval
 
+
 def _retrieval_files(tmp_path, i2t=None, t2i=None):
     """3 images with 2, 1, 1 captions -> texts 0,1 | 2 | 3; perfect scores unless given."""
-    ann = [{"image": "a.png", "caption": ["a red circle", "a circle"]}, {"image": "b.png", "caption": "a square"},
-           {"image": "c.png", "caption": ["a star"]}]
+    ann = [
+        {"image": "a.png", "caption": ["a red circle", "a circle"]},
+        {"image": "b.png", "caption": "a square"},
+        {"image": "c.png", "caption": ["a star"]},
+    ]
     (tmp_path / "test.json").write_text(json.dumps(ann))
     truth = np.zeros((3, 4))
     truth[[0, 0, 1, 2], [0, 1, 2, 3]] = 1.0
-    np.savez(tmp_path / "scores.npz", scores_i2t=truth if i2t is None else i2t,
-             scores_t2i=truth.T if t2i is None else t2i)
+    np.savez(
+        tmp_path / "scores.npz", scores_i2t=truth if i2t is None else i2t, scores_t2i=truth.T if t2i is None else t2i
+    )
     return ["--scores", str(tmp_path / "scores.npz"), "--annotation", str(tmp_path / "test.json")]
 
 
@@ -116,13 +122,18 @@ def test_retrieval_script_refuses(tmp_path, capsys, case, needles):
 def test_retrieval_script_exit_code_without_traceback(tmp_path):
     nan = np.full((3, 4), np.nan)
     args = _retrieval_files(tmp_path, nan, nan.T)
-    out = subprocess.run([sys.executable, str(ROOT / "projects/retrieval/evaluate.py"), *args],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "projects/retrieval/evaluate.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr and "scores_i2t" in out.stderr
 
 
 # ---------------------------------------------------------------------------------------------- VQA
+
 
 def _answers(text, n=10):
     return [{"answer": text, "answer_confidence": "yes", "answer_id": i + 1} for i in range(n)]
@@ -131,13 +142,26 @@ def _answers(text, n=10):
 def _vqa_files(tmp_path, qids=(1, 2, 3, 4, 5), ann_qids=(1, 2, 3, 4, 5), res_qids=(1, 2, 3, 4, 5)):
     """Questions 1..4 annotated 'yes', 5 annotated 'no'; every result says 'yes' -> overall 80.0."""
     qs = [{"question_id": q, "image_id": q, "question": "is it?"} for q in qids]
-    anns = [{"question_id": q, "question_type": "is it", "answer_type": "yes/no",
-             "answers": _answers("no" if q == 5 else "yes")} for q in ann_qids]
+    anns = [
+        {
+            "question_id": q,
+            "question_type": "is it",
+            "answer_type": "yes/no",
+            "answers": _answers("no" if q == 5 else "yes"),
+        }
+        for q in ann_qids
+    ]
     (tmp_path / "q.json").write_text(json.dumps({"questions": qs}))
     (tmp_path / "a.json").write_text(json.dumps({"annotations": anns}))
     (tmp_path / "r.json").write_text(json.dumps([{"question_id": q, "answer": "yes"} for q in res_qids]))
-    return ["--questions", str(tmp_path / "q.json"), "--annotations", str(tmp_path / "a.json"),
-            "--results", str(tmp_path / "r.json")]
+    return [
+        "--questions",
+        str(tmp_path / "q.json"),
+        "--annotations",
+        str(tmp_path / "a.json"),
+        "--results",
+        str(tmp_path / "r.json"),
+    ]
 
 
 def test_vqa_script_reference(tmp_path, capsys):
@@ -195,9 +219,9 @@ def test_vqa_script_refuses(tmp_path, capsys, case, needles):
     elif case == "annotation_without_id":
         _edit(a, "annotations", lambda anns: anns[0].pop("question_id"))
     elif case.startswith("missing_"):
-        args[{"questions": 1, "annotations": 3, "results": 5}[case[len("missing_"):]]] = str(tmp_path / "nowhere.json")
+        args[{"questions": 1, "annotations": 3, "results": 5}[case[len("missing_") :]]] = str(tmp_path / "nowhere.json")
     elif case.startswith("invalid_"):
-        {"questions": q, "annotations": a, "results": r}[case[len("invalid_"):]].write_text('{"x": [')
+        {"questions": q, "annotations": a, "results": r}[case[len("invalid_") :]].write_text('{"x": [')
     elif case == "results_dict":
         r.write_text(json.dumps({str(n): "yes" for n in range(1, 6)}))
     elif case == "annotations_list":
@@ -208,13 +232,15 @@ def test_vqa_script_refuses(tmp_path, capsys, case, needles):
 
 def test_vqa_script_exit_code_without_traceback(tmp_path):
     args = _vqa_files(tmp_path, ann_qids=(1, 2, 3, 4))
-    out = subprocess.run([sys.executable, str(ROOT / "projects/vqa/evaluate.py"), *args],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "projects/vqa/evaluate.py"), *args], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr and "have no annotation" in out.stderr
 
 
 # ------------------------------------------------------------------------------------- print_report
+
 
 def test_print_report_refuses_non_finite_report(capsys):
     """json.dumps would print the invalid-JSON token NaN with exit 0."""

@@ -1,4 +1,5 @@
 """mmllm.create_model_and_transforms (open_clip's convention) for registered tasks."""
+
 import json
 from pathlib import Path
 
@@ -57,11 +58,14 @@ def test_lavis_arch_name_yaml_path_and_dotted_overrides_agree(tiny):
         assert not any(isinstance(m, FrozenLLMBlock) for m in model.modules())
         assert not any("llm_block" in name for name, _ in model.named_parameters())
     assert {k: v.shape for k, v in by_arch.model.state_dict().items()} == {
-        k: v.shape for k, v in by_path.model.state_dict().items()}
+        k: v.shape for k, v in by_path.model.state_dict().items()
+    }
 
 
 def test_retrieval_from_name(tiny):
-    model, _, eval_tf, tokenizer = mmllm.create_model_and_transforms("mmllm_retrieval", **{"model.llm_block.kind": "none"})
+    model, _, eval_tf, tokenizer = mmllm.create_model_and_transforms(
+        "mmllm_retrieval", **{"model.llm_block.kind": "none"}
+    )
     images = torch.stack([eval_tf(im) for im in _images()])
     text = tokenizer(["a red emoji", "a blue emoji"], padding=True, return_tensors="pt")
     model.eval()

@@ -11,15 +11,23 @@ from mmllm.errors import DataError
 
 
 def test_leaderboard_table_csv_and_plot(tmp_path):
-    for name, block, acc in (("with", {"kind": "llm_block", "source": "smollm2-135m", "layers": "last"}, 80.5), ("without", {"kind": "none"}, 78.25)):
+    for name, block, acc in (
+        ("with", {"kind": "llm_block", "source": "smollm2-135m", "layers": "last"}, 80.5),
+        ("without", {"kind": "none"}, 78.25),
+    ):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "summary.json").write_text(json.dumps(
-            {"task": "mmllm_vqa", "steps": 10, "llm_block": block, "test_accuracy": acc, "test_acc_yes/no": 90.0}))
+        (tmp_path / name / "summary.json").write_text(
+            json.dumps(
+                {"task": "mmllm_vqa", "steps": 10, "llm_block": block, "test_accuracy": acc, "test_acc_yes/no": 90.0}
+            )
+        )
     rows = leaderboard.collect(tmp_path)
     paths = leaderboard.write(rows, tmp_path / "board")
     table = paths["markdown"].read_text().splitlines()
     assert table[0] == "### mmllm_vqa"  # one table per task
-    assert table[2] == "| run | task | llm_block | steps | accuracy ↑ | acc_yes/no |"  # main metric first, direction marked
+    assert (
+        table[2] == "| run | task | llm_block | steps | accuracy ↑ | acc_yes/no |"
+    )  # main metric first, direction marked
     assert "| with | mmllm_vqa | smollm2-135m[last] | 10 | 80.50 | 90.00 |" in table
     assert "| without | mmllm_vqa | none | 10 | 78.25 | 90.00 |" in table
     with open(paths["csv"]) as handle:
@@ -30,13 +38,22 @@ def test_leaderboard_table_csv_and_plot(tmp_path):
 def test_lower_is_better_task_is_marked_from_the_registry(tmp_path):
     from mmllm.engine.registry import TaskEntry, register_task, unregister_task
 
-    register_task(TaskEntry(name="toy_forecast", task="x:Y", dataset="toy_forecast", model_arch="toy", metric="minADE",
-                            higher_is_better=False))
+    register_task(
+        TaskEntry(
+            name="toy_forecast",
+            task="x:Y",
+            dataset="toy_forecast",
+            model_arch="toy",
+            metric="minADE",
+            higher_is_better=False,
+        )
+    )
     try:
         for name, ade in (("a", 1.5), ("b", 0.75)):
             (tmp_path / name).mkdir()
-            (tmp_path / name / "summary.json").write_text(json.dumps(
-                {"task": "toy_forecast", "steps": 3, "llm_block": None, "test_MR": 0.25, "test_minADE": ade}))
+            (tmp_path / name / "summary.json").write_text(
+                json.dumps({"task": "toy_forecast", "steps": 3, "llm_block": None, "test_MR": 0.25, "test_minADE": ade})
+            )
         paths = leaderboard.write(leaderboard.collect(tmp_path), tmp_path / "board")
         table = paths["markdown"].read_text().splitlines()
         assert table[2] == "| run | task | llm_block | steps | minADE ↓ | MR |"
@@ -83,8 +100,12 @@ def test_write_refuses_no_rows(tmp_path):
 
 
 def _cli(runs):
-    return subprocess.run([sys.executable, "-m", "mmllm.cli", "leaderboard", "--runs", str(runs)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "mmllm.cli", "leaderboard", "--runs", str(runs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_lists_the_rest_when_one_summary_is_corrupt(tmp_path):
@@ -113,8 +134,18 @@ def _sweep_run(root, task, variant, seed, metrics, steps=100, max_eval_samples=N
     run = root / task / variant.replace(" ", "_") / f"seed{seed}"
     run.mkdir(parents=True)
     block = {"kind": "none"} if variant == "none" else {"kind": "llm_block", "source": "smollm2-135m"}
-    (run / "summary.json").write_text(json.dumps({"task": task, "steps": steps, "seed": seed, "llm_block": block,
-                                                  "max_eval_samples": max_eval_samples, **metrics}))
+    (run / "summary.json").write_text(
+        json.dumps(
+            {
+                "task": task,
+                "steps": steps,
+                "seed": seed,
+                "llm_block": block,
+                "max_eval_samples": max_eval_samples,
+                **metrics,
+            }
+        )
+    )
     (run / "sweep.json").write_text(json.dumps({"task": task, "variant": variant, "seed": seed}))
     records = [{"split": "train", "step": 10 * (i + 1), "loss": v} for i, v in enumerate(losses)]
     records.append({"split": "test", "step": 30, "loss": 99.0})  # not a training loss: not drawn
@@ -129,9 +160,9 @@ def test_mean_std_and_paired_interval_against_hand_computed_values(tmp_path):
         _sweep_run(tmp_path, "mmllm_image_cls", "frozen [smollm2]", seed, {"test_top1": block})
     stats = {r["variant"]: r for r in leaderboard.aggregate(leaderboard.collect(tmp_path))}
     none, frozen = stats["none"], stats["frozen [smollm2]"]
-    assert (none["n"], none["mean"], none["std"]) == (3, pytest.approx(63.0), pytest.approx(13 ** 0.5))
+    assert (none["n"], none["mean"], none["std"]) == (3, pytest.approx(63.0), pytest.approx(13**0.5))
     assert frozen["mean"] == pytest.approx(65.0) and frozen["std"] == pytest.approx(4.0)
-    half = 4.302653 / 3 ** 0.5
+    half = 4.302653 / 3**0.5
     assert frozen["diff"] == pytest.approx(2.0) and frozen["n_paired"] == 3
     assert (frozen["low"], frozen["high"]) == (pytest.approx(2 - half, abs=1e-4), pytest.approx(2 + half, abs=1e-4))
     assert frozen["verdict"] == "no clear difference"  # [-0.48, 4.48] holds 0
@@ -155,7 +186,7 @@ def test_lower_is_better_sign(tmp_path):
         _sweep_run(tmp_path, "mmllm_motion", "none", seed, {"test_minFDE": base})
         _sweep_run(tmp_path, "mmllm_motion", "frozen", seed, {"test_minFDE": base + delta})
     frozen = next(r for r in leaderboard.aggregate(leaderboard.collect(tmp_path)) if r["variant"] == "frozen")
-    half = 4.302653 * 0.05 / 3 ** 0.5  # sd of (0.2, 0.3, 0.25) is 0.05
+    half = 4.302653 * 0.05 / 3**0.5  # sd of (0.2, 0.3, 0.25) is 0.05
     assert frozen["higher_is_better"] is False and frozen["diff"] == pytest.approx(0.25)
     assert frozen["low"] == pytest.approx(0.25 - half, abs=1e-6) and frozen["low"] > 0
     assert frozen["verdict"] == "worse than no block"
@@ -178,8 +209,12 @@ def test_mixed_step_counts_and_eval_cuts_are_refused_unless_asked(tmp_path):
     # the CLI says so (exit 2) and points at --mix-steps; with it, the table is written
     out = _cli(steps)
     assert out.returncode == 2 and "--mix-steps" in out.stderr
-    mixed = subprocess.run([sys.executable, "-m", "mmllm.cli", "leaderboard", "--runs", str(steps), "--mix-steps"],
-                           capture_output=True, text=True, timeout=120)
+    mixed = subprocess.run(
+        [sys.executable, "-m", "mmllm.cli", "leaderboard", "--runs", str(steps), "--mix-steps"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert mixed.returncode == 0, mixed.stderr
     assert "| none | 2 | 71.00 ± 1.41 |  |  | 20, 400 |" in mixed.stdout
 
@@ -190,8 +225,9 @@ def test_a_variant_is_not_compared_with_a_baseline_of_another_budget(tmp_path):
         _sweep_run(tmp_path, "mmllm_vqa", "frozen", seed, {"test_accuracy": 80.0 + seed}, steps=400)
     frozen = next(r for r in leaderboard.aggregate(leaderboard.collect(tmp_path)) if r["variant"] == "frozen")
     assert frozen["diff"] is None and frozen["verdict"].startswith("not compared: budget")
-    mixed = next(r for r in leaderboard.aggregate(leaderboard.collect(tmp_path), mix_steps=True)
-                 if r["variant"] == "frozen")
+    mixed = next(
+        r for r in leaderboard.aggregate(leaderboard.collect(tmp_path), mix_steps=True) if r["variant"] == "frozen"
+    )
     assert mixed["diff"] == pytest.approx(10.0)
 
 

@@ -1,4 +1,5 @@
 """Seed statistics of the leaderboard against hand-computed numbers."""
+
 import json
 import math
 
@@ -16,8 +17,9 @@ def write_run(root, name, task, seed, metrics, block=None, steps=100, variant=No
     if variant:
         summary["variant"] = variant
     (run / "summary.json").write_text(json.dumps(summary))
-    (run / "metrics.jsonl").write_text("\n".join(json.dumps({"split": "train", "step": s, "loss": 2.0 / s})
-                                                 for s in (1, 2, 3)))
+    (run / "metrics.jsonl").write_text(
+        "\n".join(json.dumps({"split": "train", "step": s, "loss": 2.0 / s}) for s in (1, 2, 3))
+    )
 
 
 BLOCK = {"kind": "llm_block", "source": "smollm2-135m", "layers": "last"}
@@ -66,8 +68,10 @@ def test_difference_to_a_named_reference_arm_by_hand(tmp_path):
     # one seed differing the other way round flips the verdict's words, not just its sign
     for seed, b in zip((1, 2, 3), (45, 55, 35)):
         write_run(tmp_path, f"worse_s{seed}", "mmllm_vqa_generative", seed, {"test_accuracy": b}, variant="worse")
-    rows = {r["variant"]: r for r in leaderboard.aggregate(leaderboard.collect(tmp_path),
-                                                           references={"mmllm_vqa_generative": "llava"})}
+    rows = {
+        r["variant"]: r
+        for r in leaderboard.aggregate(leaderboard.collect(tmp_path), references={"mmllm_vqa_generative": "llava"})
+    }
     assert rows["worse"]["diff"] == pytest.approx(-5.0) and rows["worse"]["verdict"] == "worse than `llava`"
 
 
@@ -100,7 +104,9 @@ def test_cli_writes_tables_plots_and_loss_curves(tmp_path, capsys):
         write_run(tmp_path, f"sweep_s{seed}", "mmllm_vqa", seed, {"test_accuracy": 72 + seed}, BLOCK, variant="frozen")
     assert cli(["leaderboard", "--runs", str(tmp_path)]) == 0
     text = (tmp_path / "leaderboard_mean.md").read_text()
-    assert "| frozen | 2 | 73.50 ± 0.71 | +2.00 [2.00, 2.00] | better than no block |" in text  # both per-seed differences are 2: a zero-width interval
+    assert (
+        "| frozen | 2 | 73.50 ± 0.71 | +2.00 [2.00, 2.00] | better than no block |" in text
+    )  # both per-seed differences are 2: a zero-width interval
     assert "Student-t" in text
     for name in ("leaderboard_mean.csv", "leaderboard_mean_mmllm_vqa.png", "loss_curves.png"):
         assert (tmp_path / name).stat().st_size > 0

@@ -1,5 +1,6 @@
 """The task registry is the one seam: a toy task registered from outside any package trains for
 two steps through ``mmllm train`` and through LAVIS's path; the faces read only the registry."""
+
 import json
 import os
 import subprocess
@@ -14,13 +15,28 @@ from mmllm.engine.registry import TaskEntry, all_tasks, get_task, register_task
 from mmllm.errors import ConfigError
 
 TESTS = ROOT / "tests"
-BLOCK = {"kind": "random_frozen", "layers": "last", "dtype": "float32",
-         "llm_config": {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
-                        "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 10}}
+BLOCK = {
+    "kind": "random_frozen",
+    "layers": "last",
+    "dtype": "float32",
+    "llm_config": {
+        "model_type": "llama",
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "vocab_size": 10,
+    },
+}
 
 
 def env():
-    out = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    out = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     out.update(DS_ACCELERATOR="cpu", PYTHONPATH=os.pathsep.join([str(TESTS), out.get("PYTHONPATH", "")]))
     return out
 
@@ -29,8 +45,17 @@ def toy_config(tmp_path, lavis: bool = False, **run):
     cfg = {
         "model": {"width": 16, "llm_block": BLOCK},
         "datasets": {"toy_tokens": {"num_train": 16, "num_test": 8}},
-        "run": {"task": "toy_tokens", "output_dir": str(tmp_path / "run"), "batch_size_train": 8, "batch_size_eval": 8,
-                "max_steps": 2, "init_lr": 1e-2, "precision": "fp32", "log_every": 1, **run},
+        "run": {
+            "task": "toy_tokens",
+            "output_dir": str(tmp_path / "run"),
+            "batch_size_train": 8,
+            "batch_size_eval": 8,
+            "max_steps": 2,
+            "init_lr": 1e-2,
+            "precision": "fp32",
+            "log_every": 1,
+            **run,
+        },
     }
     if lavis:
         cfg["model"].update(arch="toy_token_cls", model_type="default")
@@ -41,8 +66,13 @@ def toy_config(tmp_path, lavis: bool = False, **run):
 
 
 def test_toy_task_trains_two_steps_through_mmllm_train(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "mmllm.cli", "train", "--import", "toy_task", "--config",
-                          str(toy_config(tmp_path))], env=env(), capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "mmllm.cli", "train", "--import", "toy_task", "--config", str(toy_config(tmp_path))],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["task"] == "toy_tokens" and summary["steps"] == 2 and 0 <= summary["test_accuracy"] <= 100
@@ -51,9 +81,13 @@ def test_toy_task_trains_two_steps_through_mmllm_train(tmp_path):
 
 
 def test_toy_task_trains_two_steps_through_lavis(tmp_path):
-    script = ("import sys, toy_task; from mmllm.lavis.train import main; "
-              f"sys.exit(main(['--cfg-path', {str(toy_config(tmp_path, lavis=True))!r}]))")
-    out = subprocess.run([sys.executable, "-c", script], env=env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
+    script = (
+        "import sys, toy_task; from mmllm.lavis.train import main; "
+        f"sys.exit(main(['--cfg-path', {str(toy_config(tmp_path, lavis=True))!r}]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env(), capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["task"] == "toy_tokens" and summary["steps"] == 2
@@ -71,7 +105,9 @@ def test_registered_tasks_and_lookups():
 
 
 def test_mmllm_tasks_lists_the_registry():
-    out = subprocess.run([sys.executable, "-m", "mmllm.cli", "tasks"], env=env(), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "mmllm.cli", "tasks"], env=env(), capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     assert "mmllm_vqa" in out.stdout and "metric accuracy (higher is better)" in out.stdout
     assert "BROKEN" not in out.stderr  # every built-in task module loads (stale entry points of theirs are skipped)
@@ -123,7 +159,8 @@ def test_decorator_registers_the_class_its_subclass_keeps_its_own(monkeypatch):
     with pytest.raises(ConfigError, match="C has 2 registry entries"):
         C(OmegaConf.create({"datasets": {"toy_tokens": {}}, "run": {"task": "toy_c1", "output_dir": "x"}}))
     built = registry.get_task("toy_c2").build(
-        OmegaConf.create({"datasets": {"toy_tokens": {}}, "run": {"task": "toy_c2", "output_dir": "x"}}))
+        OmegaConf.create({"datasets": {"toy_tokens": {}}, "run": {"task": "toy_c2", "output_dir": "x"}})
+    )
     assert type(built) is C and built.name == "toy_c2" and built.higher_is_better is False
     registry.unregister_task("toy_c2")
     assert [e.name for e in C.task_entries] == ["toy_c1"]
@@ -135,14 +172,16 @@ def test_task_packages_are_scanned_and_a_broken_module_skips_only_itself(monkeyp
     pkg = tmp_path / "scanpkg_ok"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "task.py").write_text(textwrap.dedent('''
+    (pkg / "task.py").write_text(
+        textwrap.dedent("""
         from toy_task import ToyTask
         from mmllm.engine.registry import registered_task
 
         @registered_task("scanned_toy", model_arch="scanned_toy_arch", metric="accuracy")
         class ScannedToy(ToyTask):
             pass
-    '''))
+    """)
+    )
     (pkg / "broken_task.py").write_text("raise RuntimeError('this module is broken')\n")
     (pkg / "helpers.py").write_text("raise RuntimeError('not a task module: never imported')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -161,11 +200,23 @@ def test_builtin_task_packages_and_modules_follow_the_convention():
     from mmllm.engine.registry import task_modules, task_packages
 
     packages = task_packages()
-    assert {"vision.classification", "vision.pointcloud", "vision.action", "vision.motion",
-            "mmllm_vqa", "mmllm_retrieval", "mmllm_3dvqa"} <= set(packages)
+    assert {
+        "vision.classification",
+        "vision.pointcloud",
+        "vision.action",
+        "vision.motion",
+        "mmllm_vqa",
+        "mmllm_retrieval",
+        "mmllm_3dvqa",
+    } <= set(packages)
     assert not [p for p in packages if p.startswith("mmllm.")]  # one layout: no task lives in the core
-    assert task_modules("mmllm_vqa") == ["mmllm_vqa.benchmark", "mmllm_vqa.generative_task", "mmllm_vqa.pretrain_task",
-                                         "mmllm_vqa.task", "mmllm_vqa.vlap_task"]
+    assert task_modules("mmllm_vqa") == [
+        "mmllm_vqa.benchmark",
+        "mmllm_vqa.generative_task",
+        "mmllm_vqa.pretrain_task",
+        "mmllm_vqa.task",
+        "mmllm_vqa.vlap_task",
+    ]
 
 
 def test_engine_task_and_registry_import_each_other_only_for_typing():
@@ -175,10 +226,17 @@ def test_engine_task_and_registry_import_each_other_only_for_typing():
 
     def runtime_imports(path):
         tree = ast.parse(path.read_text())
-        typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-                       and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
-        return {(node.module or "") for node in ast.walk(tree)
-                if isinstance(node, ast.ImportFrom) and id(node) not in typing_only}
+        typing_only = {
+            id(n)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for n in ast.walk(node)
+        }
+        return {
+            (node.module or "")
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and id(node) not in typing_only
+        }
 
     engine = ROOT / "mmllm" / "engine"
     assert not any(m.endswith("registry") for m in runtime_imports(engine / "task.py"))

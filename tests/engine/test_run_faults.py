@@ -4,6 +4,7 @@ Evaluators refuse a checkpoint of another task; re-running a finished run leaves
 a failed set-up leaves no config that blocks the corrected re-run; bad output folders, a bad video read
 in a loader worker and Ctrl-C end in one line (Ctrl-C: exit 130 and where to resume); every split's
 ModelNet files are checked before the first step. Runs go through ``mmllm train`` in this process."""
+
 import importlib.util
 import json
 import os
@@ -154,7 +155,10 @@ def test_a_folder_left_by_a_failed_setup_is_not_a_run(tmp_path):
 def test_output_dir_that_is_a_file_or_cannot_be_made(tmp_path, capsys):
     blocker = tmp_path / "taken"
     blocker.write_text("not a folder")
-    for output_dir, message in ((blocker, "is a file, not a folder"), (blocker / "run", "cannot be created or written")):
+    for output_dir, message in (
+        (blocker, "is a file, not a folder"),
+        (blocker / "run", "cannot be created or written"),
+    ):
         assert train(toy_config(tmp_path), f"run.output_dir={output_dir}") == 2
         lines = error_lines(capsys.readouterr().err)
         assert len(lines) == 1 and f"run.output_dir {output_dir} {message}" in lines[0], lines
@@ -171,12 +175,36 @@ def action_config(tmp_path, num_workers):
             video.write_bytes(b"")  # zero-byte training videos
     split = lambda name: {"annotation": str(root / f"{name}.json"), "video_root": str(root / "videos")}  # noqa: E731
     cfg = {
-        "model": {"num_classes": 10, "img_size": 32, "num_frames": 8, "patch_size": 16, "tubelet_size": 2,
-                  "embed_dim": 16, "depth": 1, "num_heads": 2, "insert_after": 0, "llm_block": BLOCK},
-        "datasets": {"mmllm_action": {"labels": str(root / "labels.json"), "video_ext": "mp4", "num_frames": 8,
-                                      "input_size": 32, "splits": {"train": split("train"), "test": split("test")}}},
-        "run": {"task": "mmllm_action", "output_dir": str(tmp_path / f"run{num_workers}"), "max_steps": 1,
-                "batch_size_train": 2, "batch_size_eval": 2, "precision": "fp32", "num_workers": num_workers},
+        "model": {
+            "num_classes": 10,
+            "img_size": 32,
+            "num_frames": 8,
+            "patch_size": 16,
+            "tubelet_size": 2,
+            "embed_dim": 16,
+            "depth": 1,
+            "num_heads": 2,
+            "insert_after": 0,
+            "llm_block": BLOCK,
+        },
+        "datasets": {
+            "mmllm_action": {
+                "labels": str(root / "labels.json"),
+                "video_ext": "mp4",
+                "num_frames": 8,
+                "input_size": 32,
+                "splits": {"train": split("train"), "test": split("test")},
+            }
+        },
+        "run": {
+            "task": "mmllm_action",
+            "output_dir": str(tmp_path / f"run{num_workers}"),
+            "max_steps": 1,
+            "batch_size_train": 2,
+            "batch_size_eval": 2,
+            "precision": "fp32",
+            "num_workers": num_workers,
+        },
     }
     path = tmp_path / f"action{num_workers}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -211,9 +239,13 @@ def interrupt_at(monkeypatch, step):
 def test_ctrl_c_says_where_to_resume_and_exits_130(tmp_path, capsys, monkeypatch):
     config = toy_config(tmp_path, max_steps=6, max_epoch=3, checkpoint_every=1)  # 2 steps per epoch
     out = tmp_path / "run"
-    for step, expected in ((1, f"interrupted at step 0; no checkpoint yet in {out / 'checkpoints'}"),
-                           (5, f"interrupted at step 4; re-run the same command to resume from checkpoint "
-                               f"{out / 'checkpoints' / 'step4'}")):
+    for step, expected in (
+        (1, f"interrupted at step 0; no checkpoint yet in {out / 'checkpoints'}"),
+        (
+            5,
+            f"interrupted at step 4; re-run the same command to resume from checkpoint {out / 'checkpoints' / 'step4'}",
+        ),
+    ):
         with monkeypatch.context() as patch:
             interrupt_at(patch, step)
             try:
@@ -254,7 +286,9 @@ def test_ctrl_c_during_a_finaliser_is_not_lost(tmp_path, capsys, monkeypatch):
     except KeyboardInterrupt:
         pytest.fail("Ctrl-C ended in a KeyboardInterrupt traceback")
     err = capsys.readouterr().err
-    assert code == 130 and "interrupted at step 3; re-run the same command to resume from checkpoint" in err, err[-2000:]
+    assert code == 130 and "interrupted at step 3; re-run the same command to resume from checkpoint" in err, err[
+        -2000:
+    ]
     assert len(calls) == 3 and not (tmp_path / "run" / "summary.json").exists()  # stopped at the next batch
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the run's handler is gone again
 
@@ -263,8 +297,10 @@ def test_ctrl_c_during_a_finaliser_is_not_lost(tmp_path, capsys, monkeypatch):
 def test_missing_modelnet_test_cloud_is_found_before_training(tmp_path, capsys):
     rng = np.random.default_rng(0)
     (tmp_path / "modelnet40_shape_names.txt").write_text("airplane\nchair\n")
-    ids = {"train": [f"{c}_{i:04d}" for c in ("airplane", "chair") for i in range(1, 5)],
-           "test": ["airplane_0101", "chair_0102"]}
+    ids = {
+        "train": [f"{c}_{i:04d}" for c in ("airplane", "chair") for i in range(1, 5)],
+        "test": ["airplane_0101", "chair_0102"],
+    }
     for split, names in ids.items():
         (tmp_path / f"modelnet40_{split}.txt").write_text("\n".join(names) + "\n")
         for sid in names:
@@ -273,12 +309,34 @@ def test_missing_modelnet_test_cloud_is_found_before_training(tmp_path, capsys):
     missing = tmp_path / "chair" / "chair_0102.txt"
     missing.unlink()
     cfg = {
-        "model": {"num_groups": 8, "group_size": 8, "dim": 16, "depth": 1, "num_heads": 2, "tokenizer_hidden": 8,
-                  "pos_hidden": 8, "head_hidden": 8, "insert_after": 0, "llm_block": BLOCK},
-        "datasets": {"mmllm_pointcloud_cls": {"root": str(tmp_path), "format": "modelnet_txt", "num_points": 32,
-                                              "splits": {"train": "modelnet40_train.txt", "test": "modelnet40_test.txt"}}},
-        "run": {"task": "mmllm_pointcloud_cls", "output_dir": str(tmp_path / "run"), "max_steps": 2,
-                "batch_size_train": 4, "batch_size_eval": 4, "precision": "fp32"},
+        "model": {
+            "num_groups": 8,
+            "group_size": 8,
+            "dim": 16,
+            "depth": 1,
+            "num_heads": 2,
+            "tokenizer_hidden": 8,
+            "pos_hidden": 8,
+            "head_hidden": 8,
+            "insert_after": 0,
+            "llm_block": BLOCK,
+        },
+        "datasets": {
+            "mmllm_pointcloud_cls": {
+                "root": str(tmp_path),
+                "format": "modelnet_txt",
+                "num_points": 32,
+                "splits": {"train": "modelnet40_train.txt", "test": "modelnet40_test.txt"},
+            }
+        },
+        "run": {
+            "task": "mmllm_pointcloud_cls",
+            "output_dir": str(tmp_path / "run"),
+            "max_steps": 2,
+            "batch_size_train": 4,
+            "batch_size_eval": 4,
+            "precision": "fp32",
+        },
     }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     assert train(tmp_path / "cfg.yaml") == 2

@@ -1,5 +1,6 @@
 """Bad run settings are errors that name the key; an output folder holding another run is never
 silently resumed or overwritten; checkpoints are never lost (damaged ones are skipped, not trusted)."""
+
 import errno
 import json
 import os
@@ -25,16 +26,22 @@ def build(tmp_path, *options, **run):
     return task_for(load_config(toy_config(tmp_path, **run), list(options)))
 
 
-@pytest.mark.parametrize("option,message", [
-    ("run.max_stpes=3", r"run\.max_stpes: unknown key \(did you mean 'max_steps'\?\)"),
-    ("model.widht=3", r"model\.widht: unknown key \(did you mean 'width'\?\)"),
-    ("run.max_steps=-5", r"run\.max_steps: Input should be greater than 0"),
-    ("run.max_steps=abc", r"run\.max_steps: Input should be a valid integer"),
-    ("run.batch_size_train=0", r"run\.batch_size_train: Input should be greater than 0"),
-    ("run.precision=bf32", r"run\.precision: Input should be 'auto', 'bf16' or 'fp32'"),
-    ("datasets.toy_tokenz.num_train=3", r"datasets\.toy_tokenz: no registered task reads this section \(did you mean 'toy_tokens'\?\)"),
-    ("run.task=toy_tokenz", r"'toy_tokenz' is not a registered task \(did you mean 'toy_tokens'\?\)"),
-])
+@pytest.mark.parametrize(
+    "option,message",
+    [
+        ("run.max_stpes=3", r"run\.max_stpes: unknown key \(did you mean 'max_steps'\?\)"),
+        ("model.widht=3", r"model\.widht: unknown key \(did you mean 'width'\?\)"),
+        ("run.max_steps=-5", r"run\.max_steps: Input should be greater than 0"),
+        ("run.max_steps=abc", r"run\.max_steps: Input should be a valid integer"),
+        ("run.batch_size_train=0", r"run\.batch_size_train: Input should be greater than 0"),
+        ("run.precision=bf32", r"run\.precision: Input should be 'auto', 'bf16' or 'fp32'"),
+        (
+            "datasets.toy_tokenz.num_train=3",
+            r"datasets\.toy_tokenz: no registered task reads this section \(did you mean 'toy_tokens'\?\)",
+        ),
+        ("run.task=toy_tokenz", r"'toy_tokenz' is not a registered task \(did you mean 'toy_tokens'\?\)"),
+    ],
+)
 def test_bad_settings_name_the_key(tmp_path, option, message):
     with pytest.raises(ConfigError, match=message):
         build(tmp_path, option)
@@ -46,10 +53,21 @@ def test_unknown_top_level_section(tmp_path):
 
 
 def test_cli_error_is_one_line_not_a_traceback(tmp_path):
-    for cmd in (["-m", "mmllm.cli", "train", "--import", "toy_task", "--config", str(toy_config(tmp_path)),
-                 "--options", "run.max_stpes=3"],
-                ["-m", "mmllm.lavis.train", "--cfg-path", str(toy_config(tmp_path)), "--options", "run.task=nope"],
-                ["-m", "mmllm.cli", "config", "--show", str(tmp_path / "missing.yaml")]):
+    for cmd in (
+        [
+            "-m",
+            "mmllm.cli",
+            "train",
+            "--import",
+            "toy_task",
+            "--config",
+            str(toy_config(tmp_path)),
+            "--options",
+            "run.max_stpes=3",
+        ],
+        ["-m", "mmllm.lavis.train", "--cfg-path", str(toy_config(tmp_path)), "--options", "run.task=nope"],
+        ["-m", "mmllm.cli", "config", "--show", str(tmp_path / "missing.yaml")],
+    ):
         out = subprocess.run([sys.executable, *cmd], env=env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
         assert out.returncode == 2, out.stderr[-2000:]
         lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
@@ -57,8 +75,13 @@ def test_cli_error_is_one_line_not_a_traceback(tmp_path):
 
 
 def test_config_show_fills_defaults(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "mmllm.cli", "config", "--import", "toy_task", "--show",
-                          str(toy_config(tmp_path))], env=env(), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "mmllm.cli", "config", "--import", "toy_task", "--show", str(toy_config(tmp_path))],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     import yaml
 
@@ -84,7 +107,10 @@ def test_same_settings_resume_different_ones_are_refused(tmp_path):
     first = build(tmp_path)
     out = _stored_run(tmp_path, first)
     assert prepare_output_dir(out, build(tmp_path, "run.num_workers=0", "run.log_every=5"), _resolve) == "resume"
-    with pytest.raises(ConfigError, match=r"already holds a run with different settings: run\.init_lr: 0\.01 -> 0\.5.*--resume.*--overwrite"):
+    with pytest.raises(
+        ConfigError,
+        match=r"already holds a run with different settings: run\.init_lr: 0\.01 -> 0\.5.*--resume.*--overwrite",
+    ):
         prepare_output_dir(out, build(tmp_path, "run.init_lr=0.5"), _resolve)
     assert prepare_output_dir(out, build(tmp_path, "run.init_lr=0.5", "run.resume=always"), _resolve) == "resume"
     with pytest.raises(ConfigError, match="run.resume=never"):
@@ -104,7 +130,9 @@ def test_rerun_with_new_settings_through_the_cli(tmp_path):
     train = [sys.executable, "-m", "mmllm.cli", "train", "--import", "toy_task", "--config", str(cfg)]
     assert subprocess.run(train, env=env(), capture_output=True, timeout=600).returncode == 0
     before = (tmp_path / "run" / "model_final.pt").read_bytes()
-    out = subprocess.run([*train, "--options", "run.init_lr=0.5"], env=env(), capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [*train, "--options", "run.init_lr=0.5"], env=env(), capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 2 and "different settings" in out.stderr
     assert (tmp_path / "run" / "model_final.pt").read_bytes() == before  # the old run is untouched
     stored = json.loads((tmp_path / "run" / "config.json").read_text())

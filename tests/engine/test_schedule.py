@@ -1,5 +1,6 @@
 """LR schedules (transformers' get_*_schedule_with_warmup behind our run keys) against hand-computed LRs,
 with two param groups so per-group LR multipliers must survive."""
+
 import math
 
 import pytest
@@ -35,7 +36,10 @@ def check(got, expected_factor):
 
 def test_cosine_with_floor():
     # warm-up s/4; then floor + (1 - floor) * (1 + cos(pi * (s - 4) / 6)) / 2, floor = 0.1
-    check(lrs("cosine", min_ratio=0.1), lambda s: s / 4 if s < 4 else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - 4) / 6)))
+    check(
+        lrs("cosine", min_ratio=0.1),
+        lambda s: s / 4 if s < 4 else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - 4) / 6)),
+    )
     assert lrs("linear_warmup_cosine_lr") == lrs("cosine")  # LAVIS's name, the same schedule
 
 
@@ -51,13 +55,16 @@ def test_constant_with_warmup():
 def test_warmup_lr_is_where_warmup_starts():
     # LAVIS: warmup_lr + (init_lr - warmup_lr) * s / warmup_steps
     start = 1e-4 / PEAK
-    check(lrs("cosine", warmup_start=start),
-          lambda s: start + (1 - start) * s / 4 if s < 4 else 0.5 * (1 + math.cos(math.pi * (s - 4) / 6)))
+    check(
+        lrs("cosine", warmup_start=start),
+        lambda s: start + (1 - start) * s / 4 if s < 4 else 0.5 * (1 + math.cos(math.pi * (s - 4) / 6)),
+    )
 
 
 def test_run_keys_map_to_the_schedule():
-    run = RunConfig.parse({"task": "t", "output_dir": "o", "init_lr": 2e-3, "min_lr": 5e-4, "warmup_lr": 1e-4,
-                           "warmup_ratio": 0.2}, "run")
+    run = RunConfig.parse(
+        {"task": "t", "output_dir": "o", "init_lr": 2e-3, "min_lr": 5e-4, "warmup_lr": 1e-4, "warmup_ratio": 0.2}, "run"
+    )
     assert schedule_settings(run, 50) == (10, 0.25, 0.05)
     run = RunConfig.parse({"task": "t", "output_dir": "o", "warmup_steps": 3, "min_lr_ratio": 0.1}, "run")
     assert schedule_settings(run, 50) == (3, 0.1, 0.0)

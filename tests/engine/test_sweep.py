@@ -1,4 +1,5 @@
 """The sweep runner: expansion, named variants, every task sweepable, run-folder states, resumability, report."""
+
 import json
 
 import pytest
@@ -10,7 +11,9 @@ from mmllm.engine.registry import all_tasks
 from mmllm.errors import ConfigError
 
 SPEC = {
-    "name": "t", "seeds": [1, 2], "options": ["run.max_steps=2"],
+    "name": "t",
+    "seeds": [1, 2],
+    "options": ["run.max_steps=2"],
     "tasks": [{"task": "mmllm_vqa", "options": ["run.batch_size_train=4"]}],
     "llms": {"smol": "smollm2-135m", "qwen": "qwen2.5-1.5b"},
     "variants": {"none": ["model.llm_block.kind=none"], "frozen": ["model.llm_block.kind=llm_block"]},
@@ -35,9 +38,12 @@ def _options(runs, task, variant):
 
 
 def test_standard_variant_names_layers_and_insertion_depths(tmp_path):
-    spec = {"seeds": [1], "tasks": ["mmllm_image_cls", "mmllm_vqa", "mmllm_pointcloud_cls"],
-            "llms": ["smollm2-135m"],
-            "variants": ["none", "random_trained", "layer_last_two", "depth_head", "depth_middle", "depth_tail"]}
+    spec = {
+        "seeds": [1],
+        "tasks": ["mmllm_image_cls", "mmllm_vqa", "mmllm_pointcloud_cls"],
+        "llms": ["smollm2-135m"],
+        "variants": ["none", "random_trained", "layer_last_two", "depth_head", "depth_middle", "depth_tail"],
+    }
     notes = []
     runs = sweep.expand(spec, tmp_path, notes)
     (cls_rt,) = _options(runs, "mmllm_image_cls", "random_trained")
@@ -71,9 +77,22 @@ def test_every_registered_task_is_sweepable(tmp_path):
     tasks = sorted(name for name, entry in all_tasks().items() if entry.default_config is not None)
     assert {"mmllm_vqa", "mmllm_retrieval", "mmllm_image_cls", "mmllm_3dvqa", "mmllm_motion"} <= set(tasks)
     own = sorted({v for e in all_tasks().values() for v in e.variants})
-    spec = {"seeds": [1], "tasks": tasks, "llms": {"smollm2": "smollm2-135m"},
-            "variants": ["none", "frozen", "random_trained", "random_frozen", "finetuned", "mlp", "layer_middle",
-                         "depth_head", *own]}
+    spec = {
+        "seeds": [1],
+        "tasks": tasks,
+        "llms": {"smollm2": "smollm2-135m"},
+        "variants": [
+            "none",
+            "frozen",
+            "random_trained",
+            "random_frozen",
+            "finetuned",
+            "mlp",
+            "layer_middle",
+            "depth_head",
+            *own,
+        ],
+    }
     runs = sweep.expand(spec, tmp_path)
     assert {r.task for r in runs} == set(tasks)
     for run in runs:
@@ -90,11 +109,12 @@ def _fake_training(tmp_path, called, metric=50.0, fail=(), envs=None):
     """A stand-in for the training process (``sweep.start_run``) that writes what the engine would:
     config.json and summary.json; runs whose folder name is in ``fail`` exit 1 and write nothing."""
     envs = [] if envs is None else envs
+
     class FakePopen:
         def __init__(self, cmd, stdout=None, env=None):
             called.append(cmd)
             envs.append(env)
-            config, options = cmd[cmd.index("--config") + 1], cmd[cmd.index("--options") + 1:]
+            config, options = cmd[cmd.index("--config") + 1], cmd[cmd.index("--options") + 1 :]
             cfg = load_config(config, options)
             out = tmp_path / cfg.run.output_dir
             self.returncode = 1 if out.parent.name in fail else 0
@@ -104,14 +124,24 @@ def _fake_training(tmp_path, called, metric=50.0, fail=(), envs=None):
                 return
             (out / "config.json").write_text(json.dumps(to_dict(cfg)))
             block = to_dict(cfg.model.llm_block)
-            (out / "summary.json").write_text(json.dumps(
-                {"task": "mmllm_vqa", "steps": 2, "seed": cfg.run.seed, "llm_block": block,
-                 "test_accuracy": metric + cfg.run.seed + (block["kind"] != "none"), "train_seconds": 1.5,
-                 "trainable_params": 2_374_656 if block["kind"] != "none" else 1000,
-                 "seconds_per_step": 0.5 + 0.25 * cfg.run.seed}))
+            (out / "summary.json").write_text(
+                json.dumps(
+                    {
+                        "task": "mmllm_vqa",
+                        "steps": 2,
+                        "seed": cfg.run.seed,
+                        "llm_block": block,
+                        "test_accuracy": metric + cfg.run.seed + (block["kind"] != "none"),
+                        "train_seconds": 1.5,
+                        "trainable_params": 2_374_656 if block["kind"] != "none" else 1000,
+                        "seconds_per_step": 0.5 + 0.25 * cfg.run.seed,
+                    }
+                )
+            )
 
         def poll(self):
             return self.returncode
+
     return FakePopen
 
 
@@ -133,8 +163,9 @@ def test_sweep_trains_skips_finished_runs_and_writes_the_report(tmp_path, monkey
     assert stats["frozen [qwen]"]["diff"] == pytest.approx(1.0)
     report = (tmp_path / "runs" / "RESULTS.md").read_text()
     # seeds 1, 2: s/step 0.75 and 1.00 -> 0.88 (0.875 rounded half to even); 2,374,656 parameters -> 2.37 M
-    assert ("| frozen [qwen] | 2 | 52.50 ± 0.71 | +1.00 [1.00, 1.00] | better than no block | 2 | 2.37 M | 0.88 |"
-            in report)
+    assert (
+        "| frozen [qwen] | 2 | 52.50 ± 0.71 | +1.00 [1.00, 1.00] | better than no block | 2 | 2.37 M | 0.88 |" in report
+    )
     assert "| none | 2 | 51.50 ± 0.71 |  |  | 2 | 1,000 | 0.88 |" in report
     assert f"mmllm sweep {path} --report" in report and "Student-t" in report
     assert (tmp_path / "runs" / "leaderboard_mean_mmllm_vqa.png").stat().st_size > 1000
@@ -212,8 +243,11 @@ def test_bad_sweep_files(tmp_path):
 
 
 def test_parallel_jobs_failures_and_per_variant_llms(tmp_path, monkeypatch):
-    spec = {**SPEC, "runs_dir": str(tmp_path / "runs"),
-            "variants": {"none": None, "frozen": None, "mlp": {"llms": ["smol"]}}}
+    spec = {
+        **SPEC,
+        "runs_dir": str(tmp_path / "runs"),
+        "variants": {"none": None, "frozen": None, "mlp": {"llms": ["smol"]}},
+    }
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(spec))
     runs = sweep.expand(sweep.load_sweep(path))
@@ -246,14 +280,21 @@ def test_parallel_jobs_failures_and_per_variant_llms(tmp_path, monkeypatch):
 
 
 def test_a_task_can_run_a_subset_of_the_variants(tmp_path):
-    spec = {"seeds": [1], "variants": ["llava", "llavit_qkv", "vlap", "vlap_assign_only"],
-            "tasks": [{"task": "mmllm_vqa_generative", "variants": ["llava", "llavit_qkv"]},
-                      {"task": "mmllm_retrieval_vlap", "variants": ["vlap", "vlap_assign_only"],
-                       "options": ["run.max_steps=40"]}]}
+    spec = {
+        "seeds": [1],
+        "variants": ["llava", "llavit_qkv", "vlap", "vlap_assign_only"],
+        "tasks": [
+            {"task": "mmllm_vqa_generative", "variants": ["llava", "llavit_qkv"]},
+            {"task": "mmllm_retrieval_vlap", "variants": ["vlap", "vlap_assign_only"], "options": ["run.max_steps=40"]},
+        ],
+    }
     runs = sweep.expand(spec, tmp_path)
     assert sorted((r.task, r.variant) for r in runs) == [
-        ("mmllm_retrieval_vlap", "vlap"), ("mmllm_retrieval_vlap", "vlap_assign_only"),
-        ("mmllm_vqa_generative", "llava"), ("mmllm_vqa_generative", "llavit_qkv")]
+        ("mmllm_retrieval_vlap", "vlap"),
+        ("mmllm_retrieval_vlap", "vlap_assign_only"),
+        ("mmllm_vqa_generative", "llava"),
+        ("mmllm_vqa_generative", "llavit_qkv"),
+    ]
     (qkv,) = _options(runs, "mmllm_vqa_generative", "llavit_qkv")
     assert "model.llavit.visual_qkv=true" in qkv and all(r.llm is None for r in runs)  # no model.llm_block: no LLM
     (assign_only,) = _options(runs, "mmllm_retrieval_vlap", "vlap_assign_only")
@@ -272,9 +313,17 @@ def test_two_sweeps_share_runs_and_keep_their_own_reports(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
     first.write_text(yaml.safe_dump({**SPEC, "name": "a", "runs_dir": str(tmp_path / "runs")}))
-    second.write_text(yaml.safe_dump({**SPEC, "name": "b", "runs_dir": str(tmp_path / "runs"),
-                                      "report_dir": str(tmp_path / "b_report"),
-                                      "variants": {**SPEC["variants"], "mlp": ["model.llm_block.kind=mlp"]}}))
+    second.write_text(
+        yaml.safe_dump(
+            {
+                **SPEC,
+                "name": "b",
+                "runs_dir": str(tmp_path / "runs"),
+                "report_dir": str(tmp_path / "b_report"),
+                "variants": {**SPEC["variants"], "mlp": ["model.llm_block.kind=mlp"]},
+            }
+        )
+    )
     called = []
     monkeypatch.setattr(sweep, "start_run", _fake_training(tmp_path, called))
     sweep.run_sweep(first)

@@ -1,5 +1,6 @@
 """Run tracking: a 2-step run's TensorBoard events hold the JSONL's curves; summary.json records what the
 leaderboard needs; run.max_eval_samples and the --quick preset; --log-level."""
+
 import json
 import subprocess
 import sys
@@ -16,8 +17,15 @@ def data(tmp_path_factory):
 
 
 def mmllm(*args):
-    return subprocess.run([sys.executable, "-m", "mmllm.cli", *args], env=clean_env(), cwd=ROOT,
-                          capture_output=True, text=True, check=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "mmllm.cli", *args],
+        env=clean_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
 
 
 def records(out):
@@ -39,7 +47,9 @@ def test_two_step_run_writes_tensorboard_curves_equal_to_the_jsonl(data, tmp_pat
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     scalars = events.Tags()["scalars"]
-    assert {"train/loss", "train/lr", "train/grad_norm", "train/sec_per_step", "val/accuracy", "test/accuracy"} <= set(scalars)
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/sec_per_step", "val/accuracy", "test/accuracy"} <= set(
+        scalars
+    )
     for key in ("loss", "lr", "grad_norm"):
         logged = events.Scalars(f"train/{key}")
         assert [e.step for e in logged] == [1, 2]
@@ -86,6 +96,7 @@ def test_max_eval_samples_is_refused_before_training_where_a_split_cannot_be_cut
         else:
             with pytest.raises(ConfigError, match=r"max_eval_samples: the 'val' dataset .*\(list\) has no head"):
                 trainer._resolve_splits()
+
     class Unsized:  # like the retrieval eval set: images and captions, no length and no head(n)
         pass
 

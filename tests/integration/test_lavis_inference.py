@@ -1,6 +1,7 @@
 """LAVIS's own inference API on our models (``import mmllm.lavis`` then ``load_model_and_preprocess``),
 and LAVIS's run keys honoured (or refused) by our trainer. The answers are compared with the trained
 run's own evaluation (results_test.json, written by the training process through the task's pipeline)."""
+
 import json
 import subprocess
 import sys
@@ -29,8 +30,15 @@ def trained(data, tmp_path_factory):
     """A tiny VQA run trained in fp32 (LAVIS's load_model_and_preprocess runs the model in fp32 on CPU)."""
     out = tmp_path_factory.mktemp("infer") / "run"
     cfg = tiny_config(data, out, max_epoch=5, init_lr=3e-3, precision="fp32", checkpoint_every=0)
-    subprocess.run([sys.executable, "-m", "mmllm.cli", "train", "--config", str(cfg)], env=clean_env(), cwd=ROOT,
-                   capture_output=True, text=True, check=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "mmllm.cli", "train", "--config", str(cfg)],
+        env=clean_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
     return out, cfg
 
 
@@ -46,9 +54,19 @@ def test_load_model_and_preprocess_answers_as_the_trained_model(data, trained, t
 
     out, _ = trained
     model_cfg = tmp_path / "tiny.yaml"  # a LAVIS model type whose weights are the trained run's
-    model_cfg.write_text(yaml.safe_dump({"model": {"arch": ARCH, "model_type": "tiny", "load_finetuned": True,
-                                                   "finetuned": str(out / "model_final.pt")},
-                                         "preprocess": default_preprocess(ARCH, "tiny")}))
+    model_cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "arch": ARCH,
+                    "model_type": "tiny",
+                    "load_finetuned": True,
+                    "finetuned": str(out / "model_final.pt"),
+                },
+                "preprocess": default_preprocess(ARCH, "tiny"),
+            }
+        )
+    )
     monkeypatch.setitem(registry.get_model_class(ARCH).PRETRAINED_MODEL_CONFIG_DICT, "tiny", str(model_cfg))
 
     model, vis, txt = load_model_and_preprocess(name=ARCH, model_type="tiny", is_eval=True)
@@ -56,11 +74,13 @@ def test_load_model_and_preprocess_answers_as_the_trained_model(data, trained, t
     qs = questions(data)
     answers = []
     for start in range(0, len(qs), 16):
-        chunk = qs[start:start + 16]
-        images = torch.stack([vis["eval"](Image.open(data / "images" / f"{q['image_id']}.png").convert("RGB"))
-                              for q in chunk])
-        answers += model.predict_answers({"image": images, "text_input": [txt["eval"](q["question"]) for q in chunk]},
-                                         inference_method="generate")
+        chunk = qs[start : start + 16]
+        images = torch.stack(
+            [vis["eval"](Image.open(data / "images" / f"{q['image_id']}.png").convert("RGB")) for q in chunk]
+        )
+        answers += model.predict_answers(
+            {"image": images, "text_input": [txt["eval"](q["question"]) for q in chunk]}, inference_method="generate"
+        )
     expected = {r["question_id"]: r["answer"] for r in json.loads((out / "results_test.json").read_text())}
     assert answers == [expected[q["question_id"]] for q in qs]
     assert len(set(answers)) >= 3  # a trained model, not one constant answer
@@ -94,20 +114,28 @@ def trainer_for(cfg_path, **run):
 
 def test_evaluate_only_with_resume_ckpt_path_reproduces_the_run(trained, tmp_path):
     out, cfg = trained
-    results = trainer_for(cfg, evaluate=True, resume_ckpt_path=str(out / "model_final.pt"),
-                          output_dir=str(tmp_path / "eval"), test_splits=["val"]).train()
+    results = trainer_for(
+        cfg,
+        evaluate=True,
+        resume_ckpt_path=str(out / "model_final.pt"),
+        output_dir=str(tmp_path / "eval"),
+        test_splits=["val"],
+    ).train()
     summary = json.loads((out / "summary.json").read_text())
     assert results["val_accuracy"] == summary["test_accuracy"]  # val and test are the same file here
     assert not (tmp_path / "eval" / "summary.json").exists()  # evaluation only: no training run written
 
 
-@pytest.mark.parametrize("run,message", [
-    ({"valid_splits": ["dev"]}, r"run.valid_splits: split\(s\) \['dev'\] were not built"),
-    ({"train_splits": ["training"]}, r"run.train_splits: split\(s\) \['training'\]"),
-    ({"resume_ckpt_path": "/elsewhere/checkpoints/step4"}, "holds no run to resume"),
-    ({"amp": True, "precision": "fp32"}, "run.amp=true asks for bf16 but run.precision='fp32'"),
-    ({"evaluate": True, "test_splits": []}, "run.evaluate: no split to evaluate"),
-])
+@pytest.mark.parametrize(
+    "run,message",
+    [
+        ({"valid_splits": ["dev"]}, r"run.valid_splits: split\(s\) \['dev'\] were not built"),
+        ({"train_splits": ["training"]}, r"run.train_splits: split\(s\) \['training'\]"),
+        ({"resume_ckpt_path": "/elsewhere/checkpoints/step4"}, "holds no run to resume"),
+        ({"amp": True, "precision": "fp32"}, "run.amp=true asks for bf16 but run.precision='fp32'"),
+        ({"evaluate": True, "test_splits": []}, "run.evaluate: no split to evaluate"),
+    ],
+)
 def test_lavis_run_keys_are_refused_when_they_cannot_be_honoured(data, tmp_path, run, message):
     cfg = tiny_config(data, tmp_path / "keys", max_epoch=1)
     with pytest.raises(ConfigError, match=message):

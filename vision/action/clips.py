@@ -13,6 +13,7 @@ rotation, scale), deterministically from a seed, and written as H.264 ``.mp4`` f
 SSv2 annotation files (``train.json``, ``validation.json``, ``test.json``, ``labels.json``), so the
 loader that reads the real SSv2 reads them too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,8 +85,15 @@ class ClipSpec:
     def reversed(self) -> ClipSpec:
         """The same clip played backwards (its class is ``REVERSED[label]``)."""
         flip = {k: getattr(self, k)[::-1].copy() for k in ("cx", "cy", "angle", "scale", "brightness")}
-        return ClipSpec(label=REVERSED[self.label], digit=self.digit, tint=self.tint, distractor=self.distractor,
-                        distractor_pose=self.distractor_pose, digit_class=self.digit_class, **flip)
+        return ClipSpec(
+            label=REVERSED[self.label],
+            digit=self.digit,
+            tint=self.tint,
+            distractor=self.distractor,
+            distractor_pose=self.distractor_pose,
+            digit_class=self.digit_class,
+            **flip,
+        )
 
 
 def label_key(template: str) -> str:
@@ -93,8 +101,9 @@ def label_key(template: str) -> str:
     return template.replace("[", "").replace("]", "")
 
 
-def sample_spec(rng: np.random.Generator, label: int, digit: np.ndarray, distractor: np.ndarray | None,
-                frames: int, size: int) -> ClipSpec:
+def sample_spec(
+    rng: np.random.Generator, label: int, digit: np.ndarray, distractor: np.ndarray | None, frames: int, size: int
+) -> ClipSpec:
     """Random parameters of one clip of class ``label`` (see the module docstring for the symmetry)."""
     tau = np.linspace(0.0, 1.0, frames)
     base_scale = rng.uniform(0.7, 1.0)
@@ -132,8 +141,18 @@ def sample_spec(rng: np.random.Generator, label: int, digit: np.ndarray, distrac
     tint = rng.uniform(0.5, 1.0, size=3)
     tint = tint / tint.max()
     pose = (rng.uniform(8, size - 8), rng.uniform(8, size - 8), rng.uniform(0.5, 0.7), rng.uniform(0.3, 0.6))
-    return ClipSpec(label=label, digit=digit, cx=cx + shake[0], cy=cy + shake[1], angle=angle, scale=scale,
-                    brightness=brightness, tint=tint, distractor=distractor, distractor_pose=pose)
+    return ClipSpec(
+        label=label,
+        digit=digit,
+        cx=cx + shake[0],
+        cy=cy + shake[1],
+        angle=angle,
+        scale=scale,
+        brightness=brightness,
+        tint=tint,
+        distractor=distractor,
+        distractor_pose=pose,
+    )
 
 
 def _warp(digits: torch.Tensor, cx, cy, angle_deg, scale, size: int) -> torch.Tensor:
@@ -147,10 +166,13 @@ def _warp(digits: torch.Tensor, cx, cy, angle_deg, scale, size: int) -> torch.Te
     # R = [[cos, sin], [-sin, cos]] (counterclockwise on screen); R^T = [[cos, -sin], [sin, cos]]
     k = size / (DIGIT * scale)  # output normalised unit -> input normalised unit, before rotation
     ox, oy = size / 2 - cx, size / 2 - cy  # offset of the canvas centre from the digit centre
-    affine = torch.stack([
-        torch.stack([k * cos, -k * sin, 2 / (DIGIT * scale) * (cos * ox - sin * oy)], -1),
-        torch.stack([k * sin, k * cos, 2 / (DIGIT * scale) * (sin * ox + cos * oy)], -1),
-    ], 1).float()
+    affine = torch.stack(
+        [
+            torch.stack([k * cos, -k * sin, 2 / (DIGIT * scale) * (cos * ox - sin * oy)], -1),
+            torch.stack([k * sin, k * cos, 2 / (DIGIT * scale) * (sin * ox + cos * oy)], -1),
+        ],
+        1,
+    ).float()
     grid = F.affine_grid(affine, [len(affine), 1, size, size], align_corners=False)
     return F.grid_sample(digits[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
 
@@ -204,8 +226,9 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 12) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def make_split(images: np.ndarray, digit_labels: np.ndarray, count: int, seed: int,
-               settings: ClipSettings) -> list[ClipSpec]:
+def make_split(
+    images: np.ndarray, digit_labels: np.ndarray, count: int, seed: int, settings: ClipSettings
+) -> list[ClipSpec]:
     """``count`` clip specs, classes balanced and shuffled, digits drawn without replacement."""
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(count) % len(TEMPLATES))
@@ -239,12 +262,16 @@ def generate(root: str | Path, settings: ClipSettings = ClipSettings()) -> Path:
     if (root / MARKER).is_file():
         found = read_json(root / MARKER).get("settings")
         if found != wanted:
-            raise DataError(f"{root} holds an embedded action set made with {found}, not {wanted}: "
-                            f"delete {root} to regenerate it, or choose another root")
+            raise DataError(
+                f"{root} holds an embedded action set made with {found}, not {wanted}: "
+                f"delete {root} to regenerate it, or choose another root"
+            )
         return root
     if root.exists() and any(root.iterdir()):
-        raise DataError(f"{root} exists and is not a finished embedded action set (no {MARKER}): "
-                        "remove it or choose another datasets.mmllm_action.root")
+        raise DataError(
+            f"{root} exists and is not a finished embedded action set (no {MARKER}): "
+            "remove it or choose another datasets.mmllm_action.root"
+        )
     start = time.time()
     tmp = root.parent / f".{root.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -252,22 +279,31 @@ def generate(root: str | Path, settings: ClipSettings = ClipSettings()) -> Path:
     try:
         write_json(tmp / "labels.json", {label_key(t): str(i) for i, t in enumerate(TEMPLATES)})
         next_id = 1
-        for split, mnist_split, count, offset in (("train", "train", settings.train, 0),
-                                                  ("validation", "val", settings.val, 1),
-                                                  ("test", "test", settings.test, 2)):
+        for split, mnist_split, count, offset in (
+            ("train", "train", settings.train, 0),
+            ("validation", "val", settings.val, 1),
+            ("test", "test", settings.test, 2),
+        ):
             images, digit_labels = load_mnist(mnist_split)
             specs = make_split(images, digit_labels, count, settings.seed * 1000 + offset, settings)
             records = []
             for first in range(0, len(specs), 256):
-                chunk = specs[first:first + 256]
+                chunk = specs[first : first + 256]
                 for spec, video in zip(chunk, render_batch(chunk, settings.size)):
                     video_id = str(next_id)
                     next_id += 1
                     write_video(tmp / "videos" / f"{video_id}.mp4", video, settings.fps)
                     records.append(_record(video_id, spec))
             write_json(tmp / f"{split}.json", records)
-        write_json(tmp / MARKER, {"settings": wanted, "seconds": round(time.time() - start, 1),
-                                  "videos": "videos/{id}.mp4", "labels": "labels.json"})
+        write_json(
+            tmp / MARKER,
+            {
+                "settings": wanted,
+                "seconds": round(time.time() - start, 1),
+                "videos": "videos/{id}.mp4",
+                "labels": "labels.json",
+            },
+        )
         if root.exists():
             root.rmdir()  # empty (checked above)
         os.replace(tmp, root)

@@ -21,6 +21,7 @@ softmax over the views.
 Frames are decoded with ``decord`` (or PyAV, ``decoder: pyav``); a video that does not decode or is
 shorter than the clip needs is a :class:`DataError` naming the file and both frame counts.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -67,8 +68,11 @@ class ActionDataOptions(DataSection):
     std: tuple[float, float, float] = IMAGENET_STD
     train_crop_scale: tuple[float, float] = Field((0.08, 1.0), description="random resized crop area range")
     train_crop_ratio: tuple[float, float] = Field((0.75, 4 / 3), description="random resized crop aspect range")
-    flip: bool = Field(False, description="random horizontal flip in training (never for SSv2: it swaps "
-                                          "left-to-right and right-to-left classes)")
+    flip: bool = Field(
+        False,
+        description="random horizontal flip in training (never for SSv2: it swaps "
+        "left-to-right and right-to-left classes)",
+    )
     test_num_clips: PositiveInt = Field(2, description="temporal views per test video (VideoMAE SSv2: 2, K400: 5)")
     test_num_crops: PositiveInt = Field(3, description="spatial views per test video (VideoMAE: 3)")
     val_num_clips: PositiveInt = 1
@@ -136,12 +140,16 @@ def read_ssv2(annotation: str | Path, classes: list[str], video_root: str | Path
             raise DataError(f"{annotation}: video id {video_id} appears twice")
         seen.add(video_id)
         if "template" not in item:
-            raise DataError(f"{annotation}: record {video_id} has no 'template' (the SSv2 test list has no labels: "
-                            "it cannot be trained or scored)")
+            raise DataError(
+                f"{annotation}: record {video_id} has no 'template' (the SSv2 test list has no labels: "
+                "it cannot be trained or scored)"
+            )
         key = str(item["template"]).replace("[", "").replace("]", "")
         if key not in index:
-            raise DataError(f"{annotation}: record {video_id} has template {item['template']!r}, "
-                            f"not in the class list ({len(classes)} labels)")
+            raise DataError(
+                f"{annotation}: record {video_id} has template {item['template']!r}, "
+                f"not in the class list ({len(classes)} labels)"
+            )
         records.append(VideoRecord(video_id, Path(video_root) / f"{video_id}.{video_ext}", index[key]))
     return records
 
@@ -163,8 +171,9 @@ def read_video_list(path: str | Path, num_classes: int, video_root: str | Path |
         try:
             label = int(label_text)
         except ValueError:
-            raise DataError(f"{path}:{number}: label {label_text!r} is not an integer class index "
-                            f"(missing label?)") from None
+            raise DataError(
+                f"{path}:{number}: label {label_text!r} is not an integer class index (missing label?)"
+            ) from None
         if not 0 <= label < num_classes:
             raise DataError(f"{path}:{number}: label {label} is outside the class list 0..{num_classes - 1}")
         if name in seen:
@@ -290,7 +299,7 @@ class ClipTransform:
             slack = max(h, w) - self.size
             start = slack // 2 if num_crops == 1 else int(k * slack / (num_crops - 1))
             top, left = (start, (w - self.size) // 2) if h > w else ((h - self.size) // 2, start)
-            out.append(self._normalise(video[..., top:top + self.size, left:left + self.size]))
+            out.append(self._normalise(video[..., top : top + self.size, left : left + self.size]))
         return out
 
 
@@ -315,8 +324,15 @@ class VideoViews(Dataset):
     """Evaluation: every view of a video, ``{"video": [clips * crops, 3, T, S, S], "label", "index"}``
     (clip-major order), decoded once per video."""
 
-    def __init__(self, records: list[VideoRecord], sampler: ClipSampler, transform: ClipTransform, decoder: str,
-                 num_clips: int, num_crops: int):
+    def __init__(
+        self,
+        records: list[VideoRecord],
+        sampler: ClipSampler,
+        transform: ClipTransform,
+        decoder: str,
+        num_clips: int,
+        num_crops: int,
+    ):
         self.records, self.sampler, self.transform, self.decoder = records, sampler, transform, decoder
         self.num_clips, self.num_crops = num_clips, num_crops
 
@@ -363,20 +379,28 @@ def load_split(opts: ActionDataOptions, split: str, num_classes: int) -> list[Vi
     return read_video_list(files.annotation, num_classes, root)
 
 
-def build_datasets(opts: ActionDataOptions, num_classes: int, sampler: ClipSampler | None = None,
-                   transform: ClipTransform | None = None) -> dict[str, Dataset]:
+def build_datasets(
+    opts: ActionDataOptions,
+    num_classes: int,
+    sampler: ClipSampler | None = None,
+    transform: ClipTransform | None = None,
+) -> dict[str, Dataset]:
     """Train clips and val/test views of every configured split."""
     sampler = sampler or ClipSampler(opts.sampling_mode, opts.num_frames, opts.sampling_rate)
-    transform = transform or ClipTransform(opts.input_size, opts.mean, opts.std, opts.train_crop_scale,
-                                           opts.train_crop_ratio, opts.flip)
+    transform = transform or ClipTransform(
+        opts.input_size, opts.mean, opts.std, opts.train_crop_scale, opts.train_crop_ratio, opts.flip
+    )
     out: dict[str, Dataset] = {}
     for split in opts.splits:
         records = load_split(opts, split, num_classes)
         if split == "train":
             out[split] = VideoClips(records, sampler, transform, opts.decoder)
         else:
-            clips, crops = ((opts.val_num_clips, opts.val_num_crops) if split == "val"
-                            else (opts.test_num_clips, opts.test_num_crops))
+            clips, crops = (
+                (opts.val_num_clips, opts.val_num_crops)
+                if split == "val"
+                else (opts.test_num_clips, opts.test_num_crops)
+            )
             out[split] = VideoViews(records, sampler, transform, opts.decoder, clips, crops)
     return out
 

@@ -12,6 +12,7 @@ From a trained model:
 Prints JSON: top1, top5 (percent, 2 decimals; top5 only when there are at least 5 classes),
 num_videos, num_views. Bad input is one line on stderr and exit status 2.
 """
+
 from __future__ import annotations
 
 import argparse

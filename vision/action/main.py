@@ -3,6 +3,7 @@ baseline (the block arm shown one frame), then the leaderboard (the same as ``mm
 
     python -m vision.action.main [--runs runs/action] [--options run.max_steps=100 ...] [--only block ...]
 """
+
 import sys
 
 from mmllm.cli import variants_main

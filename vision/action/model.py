@@ -10,6 +10,7 @@ and a head initialised small (``head_init_scale``). The paper adds the block aft
 before that norm and head; ``insert_after`` moves it (the position ablation of the ViT, not the choice
 of the LLM layer, which is ``llm_block.layers``).
 """
+
 from __future__ import annotations
 
 import math
@@ -63,8 +64,10 @@ class VideoViTOptions(ModelSection):
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not a multiple of num_heads {self.num_heads}")
         if not -self.depth <= self.insert_after < self.depth:
-            raise ValueError(f"insert_after must be in [-{self.depth}, {self.depth - 1}] for depth {self.depth}, "
-                             f"got {self.insert_after}")
+            raise ValueError(
+                f"insert_after must be in [-{self.depth}, {self.depth - 1}] for depth {self.depth}, "
+                f"got {self.insert_after}"
+            )
         return self
 
 
@@ -98,8 +101,11 @@ class VideoViTClassifier(nn.Module):
     def __init__(self, opts: VideoViTOptions, llm_block: nn.Module):
         super().__init__()
         self.opts = opts
-        self.grid = (opts.num_frames // opts.tubelet_size, opts.img_size // opts.patch_size,
-                     opts.img_size // opts.patch_size)
+        self.grid = (
+            opts.num_frames // opts.tubelet_size,
+            opts.img_size // opts.patch_size,
+            opts.img_size // opts.patch_size,
+        )
         num_tokens = math.prod(self.grid)
         self.patch_embed = TubeletEmbed(opts.in_chans, opts.embed_dim, opts.patch_size, opts.tubelet_size)
         if opts.pos_embed == "sincos":
@@ -110,8 +116,16 @@ class VideoViTClassifier(nn.Module):
         self.pos_drop = nn.Dropout(opts.drop_rate)
         rates = torch.linspace(0, opts.drop_path_rate, opts.depth).tolist()
         self.blocks = nn.ModuleList(
-            Block(opts.embed_dim, opts.num_heads, opts.mlp_ratio, qkv_bias=opts.qkv_bias, attn_drop=opts.attn_drop_rate,
-                  proj_drop=opts.drop_rate, drop_path=rate, norm_layer=_layer_norm)
+            Block(
+                opts.embed_dim,
+                opts.num_heads,
+                opts.mlp_ratio,
+                qkv_bias=opts.qkv_bias,
+                attn_drop=opts.attn_drop_rate,
+                proj_drop=opts.drop_rate,
+                drop_path=rate,
+                norm_layer=_layer_norm,
+            )
             for rate in rates
         )
         self.insert_index = opts.insert_after % opts.depth
@@ -129,8 +143,10 @@ class VideoViTClassifier(nn.Module):
         o = self.opts
         want = (o.in_chans, o.num_frames, o.img_size, o.img_size)
         if video.dim() != 5 or tuple(video.shape[1:]) != want:
-            raise ValueError(f"expected a video batch [B, C, T, H, W] with (C, T, H, W) = {want} "
-                             f"(model.in_chans/num_frames/img_size), got {tuple(video.shape)}")
+            raise ValueError(
+                f"expected a video batch [B, C, T, H, W] with (C, T, H, W) = {want} "
+                f"(model.in_chans/num_frames/img_size), got {tuple(video.shape)}"
+            )
 
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:
         """Pooled, normalised clip features [B, D]."""

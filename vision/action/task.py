@@ -1,5 +1,6 @@
 """Action recognition for the shared engine: a video ViT with the LLM block, cross-entropy training,
 multi-view top-1/top-5 evaluation (VideoMAE's protocol)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,8 +33,10 @@ class ActionRunOptions(RunConfig):
     @model_validator(mode="after")
     def _moved(self) -> ActionRunOptions:
         if self.label_smoothing is not None:
-            raise ValueError("run.label_smoothing moved to model.label_smoothing (the loss is the model's, as in "
-                             "image and point-cloud classification)")
+            raise ValueError(
+                "run.label_smoothing moved to model.label_smoothing (the loss is the model's, as in "
+                "image and point-cloud classification)"
+            )
         return self
 
 
@@ -41,7 +44,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @registered_task(
-    "mmllm_action", model_arch="mmllm_videovit_cls", metric="top1", higher_is_better=True,
+    "mmllm_action",
+    model_arch="mmllm_videovit_cls",
+    metric="top1",
+    higher_is_better=True,
     default_config=ROOT / "configs/vision/action_mnist.yaml",
     preparers={"mnist_motion": "vision.action.data:prepare_mnist_motion"},
     insertion_depths=InsertionDepths("model.insert_after", "model.depth", offset=-1),
@@ -87,9 +93,11 @@ class ActionRecognitionTask(Task):
         return build_datasets(self.data_cfg, self.model_cfg.num_classes, self.sampler, transform)
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"video": torch.stack([s["video"] for s in samples]),
-                "labels": torch.tensor([s["label"] for s in samples], dtype=torch.long),
-                "index": torch.tensor([s["index"] for s in samples], dtype=torch.long)}
+        return {
+            "video": torch.stack([s["video"] for s in samples]),
+            "labels": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+            "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
+        }
 
     def training_loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         logits = model(batch["video"]).float()
@@ -106,8 +114,18 @@ class ActionRecognitionTask(Task):
             logits = m(video.flatten(0, 1)).float().view(video.shape[0], video.shape[1], -1)
             return zip(batch["index"].tolist(), zip(logits.cpu().numpy(), batch["labels"].tolist()))
 
-        rows = list(predict_split(model, dataset, self.collate, self.run.batch_size_eval, step, "eval views",
-                                  task=self, ids=range(len(dataset))).values())
+        rows = list(
+            predict_split(
+                model,
+                dataset,
+                self.collate,
+                self.run.batch_size_eval,
+                step,
+                "eval views",
+                task=self,
+                ids=range(len(dataset)),
+            ).values()
+        )
         return np.stack([r[0] for r in rows]), np.array([r[1] for r in rows], dtype=np.int64)
 
     def evaluate(self, model: nn.Module, dataset: Dataset, split: str, out_dir: Path) -> dict[str, float]:

@@ -6,4 +6,5 @@ Modules: ``model`` (the classifier), ``data`` (ImageFolder splits, embedded MNIS
 classifiers as timm models). Only ``timm_models`` is imported here, so that after
 ``import vision.classification`` ``timm.create_model("vit_small_patch16_224_llm", ...)`` works.
 """
+
 from . import timm_models  # noqa: F401 - registers the timm model names

@@ -5,6 +5,7 @@ On MNIST's black background any map finds the bright strokes, so the §6 questio
 not empty: ``background="textured"`` composites each analysed digit onto a seeded smooth-noise texture.
 Only the analysis inputs change; training data, config and the MNIST preparer stay as they are.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,14 @@ TEXTURE_RANGE = (0.1, 0.6)  # moderate contrast, inside MNIST's [0, 1] pixel ran
 TEXTURE_CELL = 4  # pixels per noise cell: finer than a 7-pixel patch, so background patches are not uniform
 
 
-def texture(height: int, width: int, seed: int, low: float = TEXTURE_RANGE[0], high: float = TEXTURE_RANGE[1],
-            cell: int = TEXTURE_CELL) -> torch.Tensor:
+def texture(
+    height: int,
+    width: int,
+    seed: int,
+    low: float = TEXTURE_RANGE[0],
+    high: float = TEXTURE_RANGE[1],
+    cell: int = TEXTURE_CELL,
+) -> torch.Tensor:
     """[H, W] smooth value noise in [low, high]: uniform noise on a coarse grid, bilinearly upsampled; the
     same seed gives the same texture on every machine (torch's CPU generator)."""
     generator = torch.Generator().manual_seed(seed)
@@ -59,6 +66,12 @@ def analysis_inputs(task, model, dataset, num: int, background: str = "plain", s
         images = (pixels - mean) / std
     dtype = next(model.parameters()).dtype
     vit = model.vit
-    return AnalysisInputs(forward=lambda m: m(images.to(dtype)), masks=masks, display=pixels[:, 0],
-                          prefix=vit.num_prefix_tokens, grid=tuple(vit.patch_embed.grid_size),
-                          attention=vit.blocks[-1].attn if vit.has_class_token else None, background=background)
+    return AnalysisInputs(
+        forward=lambda m: m(images.to(dtype)),
+        masks=masks,
+        display=pixels[:, 0],
+        prefix=vit.num_prefix_tokens,
+        grid=tuple(vit.patch_embed.grid_size),
+        attention=vit.blocks[-1].attn if vit.has_class_token else None,
+        background=background,
+    )

@@ -91,7 +91,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @registered_task(
-    "mmllm_image_cls", model_arch="mmllm_vit_cls", metric="top1", higher_is_better=True,
+    "mmllm_image_cls",
+    model_arch="mmllm_vit_cls",
+    metric="top1",
+    higher_is_better=True,
     default_config=ROOT / "configs/vision/image_cls_mnist.yaml",
     preparers={"mnist": "vision.classification.data:prepare_mnist"},
     analysis="vision.classification.analysis:analysis_inputs",
@@ -263,7 +266,9 @@ class ImageClassificationTask(Task):
             logits = m(batch["images"]).float().cpu().numpy()
             return ((keys[i], row) for i, row in zip(batch["index"].tolist(), zip(logits, batch["labels"].tolist())))
 
-        rows = list(predict_split(model, dataset, self.collate, self.run.batch_size_eval, step, desc, task=self).values())
+        rows = list(
+            predict_split(model, dataset, self.collate, self.run.batch_size_eval, step, desc, task=self).values()
+        )
         return np.stack([r[0] for r in rows]), np.array([r[1] for r in rows], dtype=np.int64)
 
     def evaluate(self, model: nn.Module, dataset, split: str, out_dir: Path) -> dict[str, float]:

@@ -17,6 +17,7 @@ refused: no ViT weights ship offline. The model's ``pretrained_cfg`` describes i
 (``input_size`` follows ``img_size``/``in_chans``), so ``timm.data.resolve_data_config(model=m)``
 builds the right transform.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -35,20 +36,38 @@ MNIST_MEAN, MNIST_STD = (0.1307,) * 3, (0.3081,) * 3
 
 
 def _cfg(**overrides: Any) -> dict[str, Any]:
-    cfg = dict(url="", num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=0.9,
-               interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-               first_conv="vit.patch_embed.proj", classifier="vit.head", license="apache-2.0")
+    cfg = dict(
+        url="",
+        num_classes=1000,
+        input_size=(3, 224, 224),
+        pool_size=None,
+        crop_pct=0.9,
+        interpolation="bicubic",
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+        first_conv="vit.patch_embed.proj",
+        classifier="vit.head",
+        license="apache-2.0",
+    )
     return {**cfg, **overrides}
 
 
 # read by timm's register_model (must exist before the decorated functions): one untagged cfg per name
-default_cfgs = generate_default_cfgs({
-    "vit_tiny_patch16_224_llm": _cfg(),
-    "vit_small_patch16_224_llm": _cfg(),
-    "vit_base_patch16_224_llm": _cfg(),
-    "vit_tiny_patch7_28_llm": _cfg(num_classes=10, input_size=(3, 28, 28), crop_pct=1.0, interpolation="bilinear",
-                                   mean=MNIST_MEAN, std=MNIST_STD),
-})
+default_cfgs = generate_default_cfgs(
+    {
+        "vit_tiny_patch16_224_llm": _cfg(),
+        "vit_small_patch16_224_llm": _cfg(),
+        "vit_base_patch16_224_llm": _cfg(),
+        "vit_tiny_patch7_28_llm": _cfg(
+            num_classes=10,
+            input_size=(3, 28, 28),
+            crop_pct=1.0,
+            interpolation="bilinear",
+            mean=MNIST_MEAN,
+            std=MNIST_STD,
+        ),
+    }
+)
 
 
 def _create(name: str, base: str, base_kwargs: dict[str, Any], pretrained: bool, **kwargs: Any) -> ViTLLMClassifier:
@@ -68,8 +87,9 @@ def _create(name: str, base: str, base_kwargs: dict[str, Any], pretrained: bool,
     vit = create_vit(base, num_classes, {**base_kwargs, **kwargs}, vit_checkpoint)
     model = ViTLLMClassifier(vit, build_visual_llm_layer(llm_block, vit.embed_dim), insert_after)
     height, width = vit.patch_embed.img_size
-    cfg.update(architecture=name, num_classes=vit.num_classes,
-               input_size=(vit.patch_embed.proj.in_channels, height, width))
+    cfg.update(
+        architecture=name, num_classes=vit.num_classes, input_size=(vit.patch_embed.proj.in_channels, height, width)
+    )
     model.pretrained_cfg = cfg
     model.default_cfg = cfg  # timm's older name for the same dict
     return model

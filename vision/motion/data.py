@@ -38,6 +38,7 @@ is_agent, is_av, is_others]``; lane vector = ``[x_start, y_start, x_end, y_end,
 is_intersection, turn_left, turn_right, has_traffic_control]``. Lanes with a point within
 ``lane_radius`` m are cut into polylines of at most ``lane_max_vectors`` vectors, nearest first.
 """
+
 from __future__ import annotations
 
 import math
@@ -113,16 +114,25 @@ def read_lane_file(path: str | Path) -> dict[str, list[Lane]]:
             except (TypeError, ValueError):
                 raise DataError(f"{where} (lane {lane_id!r}): centerline must be a list of [x, y] numbers") from None
             if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 2:
-                raise DataError(f"{where} (lane {lane_id!r}): centerline must hold >= 2 [x, y] points, "
-                                f"got shape {pts.shape}")
+                raise DataError(
+                    f"{where} (lane {lane_id!r}): centerline must hold >= 2 [x, y] points, got shape {pts.shape}"
+                )
             if not np.isfinite(pts).all():
                 raise DataError(f"{where} (lane {lane_id!r}): centerline has NaN or infinite coordinates")
             turn = lane.get("turn_direction", "NONE") or "NONE"
             if turn not in TURN_DIRECTIONS:
-                raise DataError(f"{where} (lane {lane_id!r}): turn_direction must be one of {TURN_DIRECTIONS}, "
-                                f"got {turn!r}")
-            out[city].append(Lane(lane_id, pts, bool(lane.get("is_intersection", False)), turn,
-                                  bool(lane.get("has_traffic_control", False))))
+                raise DataError(
+                    f"{where} (lane {lane_id!r}): turn_direction must be one of {TURN_DIRECTIONS}, got {turn!r}"
+                )
+            out[city].append(
+                Lane(
+                    lane_id,
+                    pts,
+                    bool(lane.get("is_intersection", False)),
+                    turn,
+                    bool(lane.get("has_traffic_control", False)),
+                )
+            )
     return out
 
 
@@ -136,10 +146,14 @@ class LaneMap:
             pieces, attrs, owners = [], [], []
             for lane in records:
                 pts = lane.centerline
-                flags = [float(lane.is_intersection), float(lane.turn_direction == "LEFT"),
-                         float(lane.turn_direction == "RIGHT"), float(lane.has_traffic_control)]
+                flags = [
+                    float(lane.is_intersection),
+                    float(lane.turn_direction == "LEFT"),
+                    float(lane.turn_direction == "RIGHT"),
+                    float(lane.has_traffic_control),
+                ]
                 for start in range(0, len(pts) - 1, max_vectors):
-                    piece = pts[start:start + max_vectors + 1]
+                    piece = pts[start : start + max_vectors + 1]
                     owners.append(np.full(len(piece), len(pieces)))
                     pieces.append(piece)
                     attrs.append(flags)
@@ -201,8 +215,10 @@ def read_sequence(path: str | Path, options: SceneOptions = SceneOptions()) -> t
         raise DataError(f"{path}: not a readable CSV ({exc})") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; an Argoverse 1 forecasting CSV has "
-                        f"{', '.join(REQUIRED_COLUMNS)} (found {list(df.columns)})")
+        raise DataError(
+            f"{path}: missing column(s) {missing}; an Argoverse 1 forecasting CSV has "
+            f"{', '.join(REQUIRED_COLUMNS)} (found {list(df.columns)})"
+        )
     if df.empty:
         raise DataError(f"{path}: no rows")
     raw = {c: df[c].to_numpy(dtype=object) for c in ("TRACK_ID", "OBJECT_TYPE", "CITY_NAME", "TIMESTAMP")}
@@ -252,23 +268,31 @@ def read_sequence(path: str | Path, options: SceneOptions = SceneOptions()) -> t
     steps = np.diff(times)
     if (steps > 1.5 * dt).any():
         k = int(np.argmax(steps > 1.5 * dt))
-        raise DataError(f"{path}: AGENT track {agent_id!r} has a gap of {steps[k]:.3f} s after TIMESTAMP "
-                        f"{times[k]:.3f} (its step {k}); the focal agent must be seen every {dt} s")
+        raise DataError(
+            f"{path}: AGENT track {agent_id!r} has a gap of {steps[k]:.3f} s after TIMESTAMP "
+            f"{times[k]:.3f} (its step {k}); the focal agent must be seen every {dt} s"
+        )
     if (steps < 0.5 * dt).any():
         k = int(np.argmax(steps < 0.5 * dt))
-        raise DataError(f"{path}: AGENT track {agent_id!r} has frames {steps[k]:.3f} s apart after TIMESTAMP "
-                        f"{times[k]:.3f} (its step {k}); expected {dt} s")
+        raise DataError(
+            f"{path}: AGENT track {agent_id!r} has frames {steps[k]:.3f} s apart after TIMESTAMP "
+            f"{times[k]:.3f} (its step {k}); expected {dt} s"
+        )
     full, obs = options.obs_len + options.pred_len, options.obs_len
     if len(times) not in (full, obs):
-        raise DataError(f"{path}: AGENT track {agent_id!r} has {len(times)} frames; expected {full} "
-                        f"({obs} observed + {options.pred_len} future) or {obs} (a test file without the future)")
+        raise DataError(
+            f"{path}: AGENT track {agent_id!r} has {len(times)} frames; expected {full} "
+            f"({obs} observed + {options.pred_len} future) or {obs} (a test file without the future)"
+        )
     # every row onto the AGENT's clock
     idx = np.clip(np.searchsorted(times, t), 1, len(times) - 1)
     idx = np.where(np.abs(t - times[idx - 1]) <= np.abs(t - times[idx]), idx - 1, idx)
     bad = np.abs(t - times[idx]) > 0.25 * dt
     if bad.any():
-        raise DataError(f"{path}: {_where(track, raw['TIMESTAMP'], bad)} is not at one of the AGENT's frame times "
-                        f"({times[0]:.3f} .. {times[-1]:.3f} every {dt} s)")
+        raise DataError(
+            f"{path}: {_where(track, raw['TIMESTAMP'], bad)} is not at one of the AGENT's frame times "
+            f"({times[0]:.3f} .. {times[-1]:.3f} every {dt} s)"
+        )
     xy = np.stack([num["X"], num["Y"]], axis=1)
     tracks = []
     bounds = np.flatnonzero(np.diff(inverse[order])) + 1
@@ -318,8 +342,10 @@ def vectorize(seq: Sequence, lanes: LaneMap, options: SceneOptions = SceneOption
         return float(np.linalg.norm(track.xy[seen][-1] - origin)) if seen.any() else math.inf
 
     rank = {"AV": 0, "OTHERS": 1}
-    others = sorted((t for t in seq.others if (t.steps < obs).sum() >= 2),
-                    key=lambda t: (rank.get(t.object_type, 1), last_seen(t), t.track_id))
+    others = sorted(
+        (t for t in seq.others if (t.steps < obs).sum() >= 2),
+        key=lambda t: (rank.get(t.object_type, 1), last_seen(t), t.track_id),
+    )
     tracks = [seq.agent, *others][: options.max_agents]
     agent_vectors = np.zeros((len(tracks), n_vec, AGENT_FEATURES), np.float32)
     agent_mask = np.zeros((len(tracks), n_vec), bool)
@@ -343,11 +369,18 @@ def vectorize(seq: Sequence, lanes: LaneMap, options: SceneOptions = SceneOption
         lane_vectors[k, :n, 2:4] = local[1:]
         lane_vectors[k, :n, 4:8] = flags[k]
         lane_mask[k, :n] = True
-    sample = {"agent_vectors": agent_vectors, "agent_vector_mask": agent_mask,
-              "lane_vectors": lane_vectors, "lane_vector_mask": lane_mask,
-              "origin": origin, "heading": heading, "seq_id": seq.seq_id, "city": seq.city}
+    sample = {
+        "agent_vectors": agent_vectors,
+        "agent_vector_mask": agent_mask,
+        "lane_vectors": lane_vectors,
+        "lane_vector_mask": lane_mask,
+        "origin": origin,
+        "heading": heading,
+        "seq_id": seq.seq_id,
+        "city": seq.city,
+    }
     if len(seq.agent.steps) > obs:
-        future = seq.agent.xy[obs: obs + options.pred_len]
+        future = seq.agent.xy[obs : obs + options.pred_len]
         sample["gt_city"] = future
         sample["target"] = to_agent_frame(future, origin, heading).astype(np.float32)
     return sample
@@ -382,8 +415,14 @@ class MotionDataset(Dataset):
         return {**self.samples[i], "index": i}
 
 
-def load_split(folder: str | Path, lanes: LaneMap, options: SceneOptions = SceneOptions(), name: str = "split",
-               limit: int | None = None, progress: bool = True) -> MotionDataset:
+def load_split(
+    folder: str | Path,
+    lanes: LaneMap,
+    options: SceneOptions = SceneOptions(),
+    name: str = "split",
+    limit: int | None = None,
+    progress: bool = True,
+) -> MotionDataset:
     """Every ``*.csv`` in ``folder`` (natural order: 2.csv before 10.csv), vectorised."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -403,8 +442,10 @@ def load_split(folder: str | Path, lanes: LaneMap, options: SceneOptions = Scene
         futures.append(has_future)
     if any(futures) and not all(futures):
         without = files[futures.index(False)]
-        raise DataError(f"{name}: {folder} mixes sequences with and without the future "
-                        f"({without.name} has only {options.obs_len} AGENT frames)")
+        raise DataError(
+            f"{name}: {folder} mixes sequences with and without the future "
+            f"({without.name} has only {options.obs_len} AGENT frames)"
+        )
     return MotionDataset(samples, name, all(futures))
 
 
@@ -425,9 +466,13 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         if n:
             lane_vectors[b, :n] = torch.from_numpy(s["lane_vectors"])
             lane_vector_mask[b, :n] = torch.from_numpy(s["lane_vector_mask"])
-    batch = {"agent_vectors": agent_vectors, "agent_vector_mask": agent_vector_mask,
-             "lane_vectors": lane_vectors, "lane_vector_mask": lane_vector_mask,
-             "index": torch.tensor([s["index"] for s in samples], dtype=torch.long)}
+    batch = {
+        "agent_vectors": agent_vectors,
+        "agent_vector_mask": agent_vector_mask,
+        "lane_vectors": lane_vectors,
+        "lane_vector_mask": lane_vector_mask,
+        "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
+    }
     if all("target" in s for s in samples):
         batch["target"] = torch.from_numpy(np.stack([s["target"] for s in samples]))
     return batch

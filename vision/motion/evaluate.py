@@ -8,6 +8,7 @@ with probabilities, ``brier-minFDE``, ``brier-minADE``, ``p-minADE``, ``p-minFDE
 A training run writes such a file per split (``forecasts_test.npz``). Bad input: one line on
 stderr, exit status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,18 +37,26 @@ def load_forecasts(path: str | Path) -> dict[str, np.ndarray]:
     if "forecasts" not in arrays:
         raise DataError(f"{path}: missing array 'forecasts' (found {sorted(arrays)})")
     if "gt" not in arrays:
-        raise DataError(f"{path}: missing array 'gt': no ground-truth futures, so nothing to score (found "
-                        f"{sorted(arrays)}; a split without futures, e.g. Argoverse's test set, is not scored here)")
+        raise DataError(
+            f"{path}: missing array 'gt': no ground-truth futures, so nothing to score (found "
+            f"{sorted(arrays)}; a split without futures, e.g. Argoverse's test set, is not scored here)"
+        )
     return arrays
 
 
-def evaluate_file(path: str | Path, max_guesses: int | None = None,
-                  miss_threshold: float = MISS_THRESHOLD) -> dict[str, float]:
+def evaluate_file(
+    path: str | Path, max_guesses: int | None = None, miss_threshold: float = MISS_THRESHOLD
+) -> dict[str, float]:
     """The metrics of a forecasts file (what the CLI prints)."""
     arrays = load_forecasts(path)
     try:
-        metrics = forecasting_metrics(arrays["forecasts"], arrays["gt"], arrays.get("probabilities"),
-                                      max_guesses=max_guesses, miss_threshold=miss_threshold)
+        metrics = forecasting_metrics(
+            arrays["forecasts"],
+            arrays["gt"],
+            arrays.get("probabilities"),
+            max_guesses=max_guesses,
+            miss_threshold=miss_threshold,
+        )
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from None
     n, k = arrays["forecasts"].shape[:2]
@@ -56,10 +65,15 @@ def evaluate_file(path: str | Path, max_guesses: int | None = None,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--forecasts", required=True, help=".npz with forecasts [N,K,T,2], gt [N,T,2], "
-                                                            "optional probabilities [N,K]")
-    parser.add_argument("--max-guesses", type=int, default=None,
-                        help="modes scored per sequence (default: all K in the file; Argoverse 1 used 6 and 1)")
+    parser.add_argument(
+        "--forecasts", required=True, help=".npz with forecasts [N,K,T,2], gt [N,T,2], optional probabilities [N,K]"
+    )
+    parser.add_argument(
+        "--max-guesses",
+        type=int,
+        default=None,
+        help="modes scored per sequence (default: all K in the file; Argoverse 1 used 6 and 1)",
+    )
     parser.add_argument("--miss-threshold", type=float, default=MISS_THRESHOLD, help="metres (default 2.0)")
     args = parser.parse_args(argv)
     return print_report(lambda: evaluate_file(args.forecasts, args.max_guesses, args.miss_threshold))

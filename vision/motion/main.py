@@ -3,6 +3,7 @@ block, then the leaderboard (the same as ``mmllm main --task mmllm_motion``; low
 
     python -m vision.motion.main [--runs runs] [--options run.max_steps=100 ...] [--only block ...]
 """
+
 import sys
 
 from mmllm.cli import variants_main

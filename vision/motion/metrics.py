@@ -18,6 +18,7 @@ All averaged over sequences. Inputs are checked first (shapes, NaN/inf, probabil
 are negative or do not sum to 1 per sequence within ``prob_tolerance``): a malformed file is
 a :class:`~mmllm.errors.DataError`, never a score.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,8 +29,9 @@ MISS_THRESHOLD = 2.0  # m, Argoverse 1
 LOW_PROB = 0.05  # Argoverse's floor for the -log p penalty
 
 
-def check_forecasts(forecasts, gt, probabilities=None, prob_tolerance: float = 1e-3,
-                    where: str = "forecasts") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def check_forecasts(
+    forecasts, gt, probabilities=None, prob_tolerance: float = 1e-3, where: str = "forecasts"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """``(forecasts [N,K,T,2], gt [N,T,2], probabilities [N,K] | None)`` as float64, or a DataError saying what is wrong."""
     f = np.asarray(forecasts, dtype=np.float64)
     g = np.asarray(gt, dtype=np.float64)
@@ -39,15 +41,18 @@ def check_forecasts(forecasts, gt, probabilities=None, prob_tolerance: float = 1
         raise DataError(f"{where}: gt must be [N, T, 2], got shape {g.shape}")
     n, k, t, _ = f.shape
     if g.shape[0] != n or g.shape[1] != t:
-        raise DataError(f"{where}: forecasts {f.shape} and gt {g.shape} disagree "
-                        f"(need the same N sequences and T future steps)")
+        raise DataError(
+            f"{where}: forecasts {f.shape} and gt {g.shape} disagree (need the same N sequences and T future steps)"
+        )
     if n == 0 or k == 0 or t == 0:
         raise DataError(f"{where}: empty forecasts {f.shape}")
     for name, arr in (("forecasts", f), ("gt", g)):
         bad = ~np.isfinite(arr)
         if bad.any():
-            raise DataError(f"{where}: {name} holds {int(bad.sum())} NaN/infinite values "
-                            f"(first at index {tuple(int(i) for i in np.argwhere(bad)[0])})")
+            raise DataError(
+                f"{where}: {name} holds {int(bad.sum())} NaN/infinite values "
+                f"(first at index {tuple(int(i) for i in np.argwhere(bad)[0])})"
+            )
     p = None
     if probabilities is not None:
         p = np.asarray(probabilities, dtype=np.float64)
@@ -60,13 +65,21 @@ def check_forecasts(forecasts, gt, probabilities=None, prob_tolerance: float = 1
         off = np.abs(p.sum(axis=1) - 1.0)
         if (off > prob_tolerance).any():
             i = int(off.argmax())
-            raise DataError(f"{where}: probabilities of sequence {i} sum to {p[i].sum():.6f}, not 1 "
-                            f"(tolerance {prob_tolerance}); pass softmax outputs, not scores")
+            raise DataError(
+                f"{where}: probabilities of sequence {i} sum to {p[i].sum():.6f}, not 1 "
+                f"(tolerance {prob_tolerance}); pass softmax outputs, not scores"
+            )
     return f, g, p
 
 
-def forecasting_metrics(forecasts, gt, probabilities=None, max_guesses: int | None = None,
-                        miss_threshold: float = MISS_THRESHOLD, prob_tolerance: float = 1e-3) -> dict[str, float]:
+def forecasting_metrics(
+    forecasts,
+    gt,
+    probabilities=None,
+    max_guesses: int | None = None,
+    miss_threshold: float = MISS_THRESHOLD,
+    prob_tolerance: float = 1e-3,
+) -> dict[str, float]:
     """minADE, minFDE, MR (and with probabilities p-minADE, p-minFDE, p-MR, brier-minADE, brier-minFDE).
 
     ``max_guesses`` defaults to all K modes given.
@@ -95,11 +108,13 @@ def forecasting_metrics(forecasts, gt, probabilities=None, max_guesses: int | No
     if p is not None:
         pb = p[rows, best]
         penalty = np.minimum(-np.log(np.maximum(pb, np.finfo(np.float64).tiny)), -np.log(LOW_PROB))
-        out.update({
-            "p-minADE": float((min_ade + penalty).mean()),
-            "p-minFDE": float((min_fde + penalty).mean()),
-            "p-MR": float(np.where(miss, 1.0, 1.0 - pb).mean()),
-            "brier-minADE": float((min_ade + (1.0 - pb) ** 2).mean()),
-            "brier-minFDE": float((min_fde + (1.0 - pb) ** 2).mean()),
-        })
+        out.update(
+            {
+                "p-minADE": float((min_ade + penalty).mean()),
+                "p-minFDE": float((min_fde + penalty).mean()),
+                "p-MR": float(np.where(miss, 1.0, 1.0 - pb).mean()),
+                "brier-minADE": float((min_ade + (1.0 - pb) ** 2).mean()),
+                "brier-minFDE": float((min_fde + (1.0 - pb) ** 2).mean()),
+            }
+        )
     return out

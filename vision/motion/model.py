@@ -24,6 +24,7 @@
 Coordinates arrive in fp32 (the task keeps them out of ``compute_dtype_inputs``) and are
 cast to the model's dtype only here, after scaling by ``coord_scale``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -71,9 +72,19 @@ class PolylineSubgraph(nn.Module):
 
 
 class VectorNetForecaster(nn.Module):
-    def __init__(self, hidden_dim: int = 64, dim: int = 128, subgraph_layers: int = 3, global_layers: int = 1,
-                 num_heads: int = 4, dropout: float = 0.0, num_modes: int = 6, pred_len: int = 30,
-                 coord_scale: float = 10.0, llm_block: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        hidden_dim: int = 64,
+        dim: int = 128,
+        subgraph_layers: int = 3,
+        global_layers: int = 1,
+        num_heads: int = 4,
+        dropout: float = 0.0,
+        num_modes: int = 6,
+        pred_len: int = 30,
+        coord_scale: float = 10.0,
+        llm_block: Mapping[str, Any] | None = None,
+    ):
         super().__init__()
         if num_modes < 1 or pred_len < 1:
             raise ConfigError(f"num_modes and pred_len must be >= 1, got {num_modes}, {pred_len}")
@@ -83,13 +94,21 @@ class VectorNetForecaster(nn.Module):
         self.agent_subgraph = PolylineSubgraph(AGENT_FEATURES, hidden_dim, dim, subgraph_layers)
         self.lane_subgraph = PolylineSubgraph(LANE_FEATURES, hidden_dim, dim, subgraph_layers)
         self.type_embed = nn.Parameter(torch.zeros(2, dim))  # agent / lane polyline
-        layer = nn.TransformerEncoderLayer(dim, num_heads, dim_feedforward=2 * dim, dropout=dropout,
-                                           batch_first=True, norm_first=True)
-        self.global_graph = nn.TransformerEncoder(layer, global_layers, norm=nn.LayerNorm(dim),
-                                                  enable_nested_tensor=False)
+        layer = nn.TransformerEncoderLayer(
+            dim, num_heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True, norm_first=True
+        )
+        self.global_graph = nn.TransformerEncoder(
+            layer, global_layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False
+        )
         self.llm_block = build_visual_llm_layer(llm_block, dim)
-        self.decoder = nn.Sequential(nn.Linear(dim, 2 * dim), nn.LayerNorm(2 * dim), nn.ReLU(),
-                                     nn.Linear(2 * dim, 2 * dim), nn.LayerNorm(2 * dim), nn.ReLU())
+        self.decoder = nn.Sequential(
+            nn.Linear(dim, 2 * dim),
+            nn.LayerNorm(2 * dim),
+            nn.ReLU(),
+            nn.Linear(2 * dim, 2 * dim),
+            nn.LayerNorm(2 * dim),
+            nn.ReLU(),
+        )
         self.traj_head = nn.Linear(2 * dim, num_modes * pred_len * 2)  # one regressor per mode
         self.score_head = nn.Linear(2 * dim, num_modes)
 
@@ -125,8 +144,14 @@ class VectorNetForecaster(nn.Module):
         return traj.view(h.shape[0], self.num_modes, self.pred_len, 2) * self.coord_scale, scores
 
 
-def forecasting_loss(traj: torch.Tensor, scores: torch.Tensor, target: torch.Tensor, winner: str = "fde",
-                     cls_weight: float = 1.0, beta: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+def forecasting_loss(
+    traj: torch.Tensor,
+    scores: torch.Tensor,
+    target: torch.Tensor,
+    winner: str = "fde",
+    cls_weight: float = 1.0,
+    beta: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Winner-takes-all smooth-L1 regression + cross-entropy on the winning mode (all in fp32).
 
     The winner is the mode whose final point is closest to the ground truth (``fde``, the mode
@@ -147,6 +172,15 @@ def forecasting_loss(traj: torch.Tensor, scores: torch.Tensor, target: torch.Ten
 
 def create_vectornet_model(options: Mapping[str, Any], pred_len: int = 30) -> VectorNetForecaster:
     """Factory from the ``model`` section (see :class:`vision.motion.task.MotionModelOptions`)."""
-    keys = ("hidden_dim", "dim", "subgraph_layers", "global_layers", "num_heads", "dropout", "num_modes",
-            "coord_scale", "llm_block")
+    keys = (
+        "hidden_dim",
+        "dim",
+        "subgraph_layers",
+        "global_layers",
+        "num_heads",
+        "dropout",
+        "num_modes",
+        "coord_scale",
+        "llm_block",
+    )
     return VectorNetForecaster(pred_len=pred_len, **{k: options[k] for k in keys if k in options})

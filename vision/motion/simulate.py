@@ -33,6 +33,7 @@ stream, each split from its own), so the files are identical on every machine; t
 folder is built in a temporary sibling and renamed into place (atomic), with a
 ``manifest.json`` that makes a second call a no-op.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -207,8 +208,15 @@ def intersection_site(rng: np.random.Generator, arms: int) -> Site:
             turn_angle = math.atan2(d_in[0] * d_out[1] - d_in[1] * d_out[0], float(d_in @ d_out))
             turn = "NONE" if abs(turn_angle) < math.pi / 4 else ("LEFT" if turn_angle > 0 else "RIGHT")
             chains.append(Chain(pts, is_intersection=True, turn_direction=turn))
-            routes.append(Route([inbound[i], len(chains) - 1, outbound[j]], (0.0, arm - 5.0), arm,
-                                0.5 if turn == "NONE" else 0.25, turn))
+            routes.append(
+                Route(
+                    [inbound[i], len(chains) - 1, outbound[j]],
+                    (0.0, arm - 5.0),
+                    arm,
+                    0.5 if turn == "NONE" else 0.25,
+                    turn,
+                )
+            )
     return Site(f"intersection{arms}", chains, routes)
 
 
@@ -259,10 +267,17 @@ def build_city(name: str, rng: np.random.Generator, n_sites: int = SITES_PER_CIT
             cuts = np.linspace(0, len(dense) - 1, n_seg + 1).round().astype(int)
             chain.segment_ids = []
             for a, b in zip(cuts[:-1], cuts[1:]):
-                lanes.append({"id": next_id, "centerline": resample(dense[a:b + 1], LANE_DS),
-                              "is_intersection": chain.is_intersection, "turn_direction": chain.turn_direction,
-                              "has_traffic_control": chain.has_traffic_control, "successors": [],
-                              "predecessors": []})
+                lanes.append(
+                    {
+                        "id": next_id,
+                        "centerline": resample(dense[a : b + 1], LANE_DS),
+                        "is_intersection": chain.is_intersection,
+                        "turn_direction": chain.turn_direction,
+                        "has_traffic_control": chain.has_traffic_control,
+                        "successors": [],
+                        "predecessors": [],
+                    }
+                )
                 chain.segment_ids.append(next_id)
                 next_id += 1
         by_id = {lane["id"]: lane for lane in lanes}
@@ -276,8 +291,9 @@ def build_city(name: str, rng: np.random.Generator, n_sites: int = SITES_PER_CIT
             by_id[a]["successors"].append(b)
             by_id[b]["predecessors"].append(a)
         for route in site.routes:
-            path = np.concatenate([site.chains[c].points if i == 0 else site.chains[c].points[1:]
-                                   for i, c in enumerate(route.chains)])
+            path = np.concatenate(
+                [site.chains[c].points if i == 0 else site.chains[c].points[1:] for i, c in enumerate(route.chains)]
+            )
             direction = path[-1] - path[-2]
             direction /= np.linalg.norm(direction)
             tail = path[-1] + np.arange(1, int(ROUTE_TAIL) + 1)[:, None] * direction
@@ -294,9 +310,13 @@ def build_maps(seed: int) -> list[CityMap]:
 
 def lane_file_dict(maps: list[CityMap]) -> dict[str, Any]:
     """The lane file (format of :func:`vision.motion.data.read_lane_file`)."""
-    return {"format": "mmllm-lanes", "version": 1,
-            "cities": {m.name: [{**lane, "centerline": np.round(lane["centerline"], 3).tolist()} for lane in m.lanes]
-                       for m in maps}}
+    return {
+        "format": "mmllm-lanes",
+        "version": 1,
+        "cities": {
+            m.name: [{**lane, "centerline": np.round(lane["centerline"], 3).tolist()} for lane in m.lanes] for m in maps
+        },
+    }
 
 
 # ---------------------------------------------------------------------------------- scenes
@@ -334,8 +354,9 @@ def _bicycle_rhs(state: np.ndarray, accel: np.ndarray, steer: np.ndarray, wheelb
     return np.stack([v * np.cos(psi), v * np.sin(psi), v * np.tan(steer) / wheelbase, accel], axis=-1)
 
 
-def rk4_step(state: np.ndarray, accel: np.ndarray, steer: np.ndarray, wheelbase: np.ndarray,
-             dt: float = DT) -> np.ndarray:
+def rk4_step(
+    state: np.ndarray, accel: np.ndarray, steer: np.ndarray, wheelbase: np.ndarray, dt: float = DT
+) -> np.ndarray:
     """One classical Runge-Kutta-4 step of the kinematic bicycle with inputs held over ``dt``."""
     k1 = _bicycle_rhs(state, accel, steer, wheelbase)
     k2 = _bicycle_rhs(state + 0.5 * dt * k1, accel, steer, wheelbase)
@@ -450,8 +471,15 @@ def simulate_scenes(maps: list[CityMap], n_scenes: int, rng: np.random.Generator
         ahead = rel[..., 0] * c + rel[..., 1] * sn
         lateral = -rel[..., 0] * sn + rel[..., 1] * c
         dpsi = np.angle(np.exp(1j * (psi[:, None, :] - psi[:, :, None])))
-        leader = (alive[:, None, :] & alive[:, :, None] & ~np.eye(A, dtype=bool) & (ahead > 0) & (ahead < 60.0)
-                  & (np.abs(lateral) < 1.6) & (np.abs(dpsi) < 0.8))
+        leader = (
+            alive[:, None, :]
+            & alive[:, :, None]
+            & ~np.eye(A, dtype=bool)
+            & (ahead > 0)
+            & (ahead < 60.0)
+            & (np.abs(lateral) < 1.6)
+            & (np.abs(dpsi) < 0.8)
+        )
         gap = np.where(leader, ahead - VEHICLE_LENGTH, np.inf)
         lead = gap.argmin(-1)
         has_lead = np.isfinite(gap.min(-1))
@@ -477,7 +505,7 @@ def simulate_scenes(maps: list[CityMap], n_scenes: int, rng: np.random.Generator
                 if rng.random() < 0.5:
                     observed[i, k, : rng.integers(1, OBS_LEN)] = False
                 else:
-                    observed[i, k, rng.integers(OBS_LEN + 5, SEQ_LEN):] = False
+                    observed[i, k, rng.integers(OBS_LEN + 5, SEQ_LEN) :] = False
     return SceneBatch(cities, alive, states, inputs, wheelbase, observed, turns)
 
 
@@ -515,11 +543,14 @@ def write_dataset(root: str | Path, sizes: dict[str, int] | None = None, seed: i
         found = read_json(manifest, "manifest")
         if found == params:
             return root
-        raise DataError(f"{root} holds embedded motion data made with other settings ({found}, wanted {params}); "
-                        "delete it or choose another root")
+        raise DataError(
+            f"{root} holds embedded motion data made with other settings ({found}, wanted {params}); "
+            "delete it or choose another root"
+        )
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise DataError(f"{root} exists and is not an embedded motion dataset (no manifest.json); "
-                        "choose an empty or new root")
+        raise DataError(
+            f"{root} exists and is not an embedded motion dataset (no manifest.json); choose an empty or new root"
+        )
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
     try:
@@ -557,8 +588,9 @@ def prepare_motion_sim(root: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", required=True, help="dataset folder (created)")
     parser.add_argument("--seed", type=int, default=0)
     for split, n in DEFAULT_SIZES.items():

@@ -1,4 +1,5 @@
 """Motion forecasting task for the shared engine: Argoverse-format data, VectorNet + block, Argoverse metrics."""
+
 from __future__ import annotations
 
 import io
@@ -46,7 +47,8 @@ class MotionModelOptions(ModelSection):
 class MotionDataOptions(DataSection):
     splits: dict[str, str] = Field(
         default_factory=lambda: {"train": "train/data", "val": "val/data", "test": "test/data"},
-        description="split -> folder of Argoverse 1 CSVs (relative paths are under root)")
+        description="split -> folder of Argoverse 1 CSVs (relative paths are under root)",
+    )
     lane_file: str = Field("lanes.json", description="lane centre-line JSON (relative: under root)")
     obs_len: PositiveInt = 20
     pred_len: PositiveInt = 30
@@ -79,12 +81,15 @@ ROOT = Path(__file__).resolve().parents[2]
 # mode is the one with the smallest final displacement (minADE is that mode's ADE, MR thresholds its FDE), and the
 # probability-aware variant (brier-minFDE) adds to it
 @registered_task(
-    "mmllm_motion", model_arch="mmllm_vectornet", metric="minFDE", higher_is_better=False,
+    "mmllm_motion",
+    model_arch="mmllm_vectornet",
+    metric="minFDE",
+    higher_is_better=False,
     default_config=ROOT / "configs/vision/motion_sim.yaml",
     preparers={"motion_sim": "vision.motion.simulate:prepare_motion_sim"},
     variants={"block": (), "no_block": ("model.llm_block.kind=none",)},
     description="Motion forecasting (Argoverse 1 format): VectorNet-style encoder, the frozen LLM block on "
-                "polyline tokens, K=6 modes; embedded data: kinematic-bicycle scenes on generated lane graphs",
+    "polyline tokens, K=6 modes; embedded data: kinematic-bicycle scenes on generated lane graphs",
 )
 class MotionForecastingTask(Task):
     """Forecast the AGENT's next 3 s (K modes) from 2 s of tracks and the lane graph."""
@@ -96,8 +101,16 @@ class MotionForecastingTask(Task):
     def __init__(self, cfg, entry=None):
         super().__init__(cfg, entry)
         d = self.data_cfg
-        self.scene_options = SceneOptions(d.obs_len, d.pred_len, d.frame_interval, d.lane_radius, d.max_lanes,
-                                          d.lane_max_vectors, d.max_agents, d.heading_min_displacement)
+        self.scene_options = SceneOptions(
+            d.obs_len,
+            d.pred_len,
+            d.frame_interval,
+            d.lane_radius,
+            d.max_lanes,
+            d.lane_max_vectors,
+            d.max_agents,
+            d.heading_min_displacement,
+        )
         self.lanes: LaneMap | None = None
 
     def _path(self, value: str) -> Path:
@@ -123,8 +136,9 @@ class MotionForecastingTask(Task):
         main = distributed.is_main()
         datasets = {}
         for name, folder in self.data_cfg.splits.items():
-            datasets[name] = load_split(self._path(folder), self.lanes, self.scene_options, name,
-                                        self.data_cfg.max_scenes, progress=main)
+            datasets[name] = load_split(
+                self._path(folder), self.lanes, self.scene_options, name, self.data_cfg.max_scenes, progress=main
+            )
         if not datasets["train"].has_future:
             raise DataError(f"train split {self._path(self.data_cfg.splits['train'])} has no future frames to learn")
         return datasets
@@ -145,10 +159,12 @@ class MotionForecastingTask(Task):
             probs = torch.softmax(scores.float(), dim=-1)
             return zip(batch["index"].tolist(), zip(traj.float().cpu().numpy(), probs.cpu().numpy()))
 
-        by_index = predict_split(model, dataset, self.collate, self.run.batch_size_eval, step, desc=desc, task=self,
-                                 ids=range(len(dataset)))
-        forecasts = np.stack([to_city_frame(by_index[i][0], s["origin"], s["heading"])
-                              for i, s in enumerate(dataset.samples)])
+        by_index = predict_split(
+            model, dataset, self.collate, self.run.batch_size_eval, step, desc=desc, task=self, ids=range(len(dataset))
+        )
+        forecasts = np.stack(
+            [to_city_frame(by_index[i][0], s["origin"], s["heading"]) for i, s in enumerate(dataset.samples)]
+        )
         probabilities = np.stack([by_index[i][1] for i in range(len(dataset))]).astype(np.float64)
         return forecasts, probabilities
 
@@ -156,22 +172,31 @@ class MotionForecastingTask(Task):
         """Forecasts of every scene written to ``forecasts_<split>.npz`` (city frame: the file
         ``python -m vision.motion.evaluate`` scores); Argoverse metrics when the split has the future."""
         forecasts, probabilities = self.forecast(model, dataset, desc=f"eval {split}")
-        arrays = {"forecasts": forecasts, "probabilities": probabilities,
-                  "seq_ids": np.array([s["seq_id"] for s in dataset.samples]),
-                  "cities": np.array([s["city"] for s in dataset.samples])}
+        arrays = {
+            "forecasts": forecasts,
+            "probabilities": probabilities,
+            "seq_ids": np.array([s["seq_id"] for s in dataset.samples]),
+            "cities": np.array([s["city"] for s in dataset.samples]),
+        }
         metrics: dict[str, float] = {}
         if dataset.has_future:
             arrays["gt"] = np.stack([s["gt_city"] for s in dataset.samples])
-            full = forecasting_metrics(forecasts, arrays["gt"], probabilities,
-                                       miss_threshold=self.data_cfg.miss_threshold)
+            full = forecasting_metrics(
+                forecasts, arrays["gt"], probabilities, miss_threshold=self.data_cfg.miss_threshold
+            )
             metrics = {k: full[k] for k in ("minADE", "minFDE", "MR", "brier-minFDE")}
         if distributed.is_main():
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             _write_npz(Path(out_dir) / f"forecasts_{split}.npz", **arrays)
             if not dataset.has_future:  # an empty result is said, never left to look like a scored split
                 folder = self.data_cfg.splits.get(split)
-                log.warning("%s split %r (%s): not scored, no ground-truth futures in its sequences (only %d "
-                            "observed frames); its forecasts are in %s", self.name, split,
-                            self._path(folder) if folder is not None else "?", self.data_cfg.obs_len,
-                            Path(out_dir) / f"forecasts_{split}.npz")
+                log.warning(
+                    "%s split %r (%s): not scored, no ground-truth futures in its sequences (only %d "
+                    "observed frames); its forecasts are in %s",
+                    self.name,
+                    split,
+                    self._path(folder) if folder is not None else "?",
+                    self.data_cfg.obs_len,
+                    Path(out_dir) / f"forecasts_{split}.npz",
+                )
         return metrics

@@ -104,11 +104,15 @@ class PointCloudDataOptions(DataSection):
         "them, evaluation takes num_points by FPS from the stored first point; normalize applies to the whole cloud",
     )
     fps_pool: int | None = Field(
-        None, gt=0, description="sampling=fps, training: FPS pool size; default Point-BERT's 1024->1200, 2048->2400, "
+        None,
+        gt=0,
+        description="sampling=fps, training: FPS pool size; default Point-BERT's 1024->1200, 2048->2400, "
         "4096->4800, 8192->8192, i.e. round(num_points * 75 / 64) below 8192 (capped at the cloud's size)",
     )
     source_points: int | None = Field(
-        None, gt=0, description="modelnet_txt: lines read per cloud (default num_points; Point-BERT's loader keeps "
+        None,
+        gt=0,
+        description="modelnet_txt: lines read per cloud (default num_points; Point-BERT's loader keeps "
         "8192 of the 10,000 by FPS, here the first source_points lines are read)",
     )
 
@@ -289,8 +293,10 @@ class ModelNetTxtSource(CloudSource):
         # every listed cloud exists before the first step, not found missing by the evaluation after training
         missing = [self.path(i) for i in range(len(ids)) if not self.path(i).is_file()]
         if missing:
-            raise DataError(f"ModelNet cloud {missing[0]} (sample {missing[0].stem!r} of {split_list}) does not exist"
-                            + (f"; {len(missing) - 1} more of the {len(ids)} listed are missing" if len(missing) > 1 else ""))
+            raise DataError(
+                f"ModelNet cloud {missing[0]} (sample {missing[0].stem!r} of {split_list}) does not exist"
+                + (f"; {len(missing) - 1} more of the {len(ids)} listed are missing" if len(missing) > 1 else "")
+            )
 
     def path(self, i: int) -> Path:
         sid = self.ids[i]

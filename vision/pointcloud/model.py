@@ -123,8 +123,11 @@ class PointBERTClassifier(nn.Module):
         weight decay 0); under ``point_mae``, none beyond the engine's own rule."""
         if self.recipe != "point_bert":
             return set()
-        return {name for name, param in self.named_parameters() if param.requires_grad
-                and (name.startswith("llm_block.") or point_bert_no_decay(name, param))}
+        return {
+            name
+            for name, param in self.named_parameters()
+            if param.requires_grad and (name.startswith("llm_block.") or point_bert_no_decay(name, param))
+        }
 
     @property
     def min_points(self) -> int:

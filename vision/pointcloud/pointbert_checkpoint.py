@@ -60,12 +60,17 @@ _RULES = (
 )
 
 
-def official_to_ours(name: str) -> str:
-    """Our parameter name for an official ``PointTransformer`` name (unchanged where both agree)."""
-    for pattern, repl in _RULES:
+def _renamed(name: str, rules: tuple[tuple[re.Pattern[str], str], ...]) -> str:
+    """``name`` under the first rule whose pattern matches its start (unchanged where none does)."""
+    for pattern, repl in rules:
         if pattern.match(name):
             return pattern.sub(repl, name, count=1)
     return name
+
+
+def official_to_ours(name: str) -> str:
+    """Our parameter name for an official ``PointTransformer`` name (unchanged where both agree)."""
+    return _renamed(name, _RULES)
 
 
 _INVERSE = (
@@ -79,10 +84,7 @@ _INVERSE = (
 
 def ours_to_official(name: str) -> str:
     """The official ``PointTransformer`` name of one of our parameters (inverse of :func:`official_to_ours`)."""
-    for pattern, repl in _INVERSE:
-        if pattern.match(name):
-            return pattern.sub(repl, name, count=1)
-    return name
+    return _renamed(name, _INVERSE)
 
 
 def _classifier_state(raw: dict[str, Any], where: str) -> dict[str, torch.Tensor]:

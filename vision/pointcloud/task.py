@@ -30,12 +30,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @registered_task(
-    "mmllm_pointcloud_cls", model_arch="mmllm_pointbert_cls", metric="oa", higher_is_better=True,
+    "mmllm_pointcloud_cls",
+    model_arch="mmllm_pointbert_cls",
+    metric="oa",
+    higher_is_better=True,
     default_config=ROOT / "configs/vision/pointcloud_pybullet.yaml",
     preparers={"pybullet_pointcloud": "vision.pointcloud.data:prepare_pybullet"},
     insertion_depths=InsertionDepths("model.insert_after", "model.depth", offset=0),
     description="Point-BERT-style point-cloud classifier with the frozen LLM block after transformer block k; "
-                "overall / mean class accuracy (clean and ScanObjectNN-like hard split)",
+    "overall / mean class accuracy (clean and ScanObjectNN-like hard split)",
 )
 class PointCloudClsTask(Task):
     """Splits other than train/val/test (e.g. ``test_hard``) are scored together with ``test``:
@@ -130,7 +133,13 @@ class PointCloudClsTask(Task):
             return zip(batch["index"].tolist(), self._logits(m, batch).argmax(-1).tolist())
 
         found = predict_split(
-            model, dataset, self.collate, self.run.batch_size_eval, step, desc=f"eval {dataset.split}", task=self,
+            model,
+            dataset,
+            self.collate,
+            self.run.batch_size_eval,
+            step,
+            desc=f"eval {dataset.split}",
+            task=self,
             ids=range(len(dataset)),  # the batch carries indices; dataset.ids[i] names sample i in the result files
         )
         return list(found.items())

@@ -13,6 +13,7 @@
 Joined records are held in a ``datasets.Dataset`` (Arrow); point clouds are read once per split,
 checked (shape, NaN/inf) and kept in memory, capped at ``cache_points`` points per scene.
 """
+
 from __future__ import annotations
 
 import copy
@@ -98,8 +99,9 @@ def _pose(record: dict, path: str | Path, qid: str) -> list[float] | None:
     if not isinstance(position, dict) or not isinstance(rotation, dict):
         raise DataError(f"{where}: position and rotation must both be objects ({{x, y, z}}, {{_x, _y, _z, _w}})")
     try:
-        return ([_number(position[k], f"{where} position.{k}") for k in ("x", "y", "z")]
-                + [_number(rotation[k], f"{where} rotation.{k}") for k in ("_x", "_y", "_z", "_w")])
+        return [_number(position[k], f"{where} position.{k}") for k in ("x", "y", "z")] + [
+            _number(rotation[k], f"{where} rotation.{k}") for k in ("_x", "_y", "_z", "_w")
+        ]
     except KeyError as exc:
         raise DataError(f"{where}: pose lacks {exc}") from None
 
@@ -126,20 +128,33 @@ def load_sqa3d(questions: str | Path, annotations: str | Path | None) -> list[di
         anns = dict(zip(a_ids, records))
         unannotated = [q for q in ids if q not in anns]
         if unannotated:
-            raise DataError(f"{len(unannotated)} question(s) of {questions} have no annotation in {annotations}, "
-                            f"e.g. {unannotated[:5]}")
+            raise DataError(
+                f"{len(unannotated)} question(s) of {questions} have no annotation in {annotations}, "
+                f"e.g. {unannotated[:5]}"
+            )
         orphans = sorted(set(anns) - set(ids))
         if orphans:
-            raise DataError(f"{annotations} annotates {len(orphans)} question(s) not in {questions}, e.g. {orphans[:5]}")
+            raise DataError(
+                f"{annotations} annotates {len(orphans)} question(s) not in {questions}, e.g. {orphans[:5]}"
+            )
     out = []
     for qid, q in zip(ids, qs):
         a = anns.get(qid)
         if a is not None and "scene_id" in a and a["scene_id"] != q["scene_id"]:
-            raise DataError(f"question {qid}: scene {q['scene_id']!r} in {questions} but {a['scene_id']!r} in {annotations}")
-        out.append({"question_id": qid, "qid_json": json.dumps(q["question_id"]), "scene_id": q["scene_id"],
-                    "situation": q["situation"], "question": q["question"],
-                    "answers": _answer_texts(a["answers"], annotations, qid) if a is not None else [],
-                    "pose": _pose(a, annotations, qid) if a is not None else None})
+            raise DataError(
+                f"question {qid}: scene {q['scene_id']!r} in {questions} but {a['scene_id']!r} in {annotations}"
+            )
+        out.append(
+            {
+                "question_id": qid,
+                "qid_json": json.dumps(q["question_id"]),
+                "scene_id": q["scene_id"],
+                "situation": q["situation"],
+                "question": q["question"],
+                "answers": _answer_texts(a["answers"], annotations, qid) if a is not None else [],
+                "pose": _pose(a, annotations, qid) if a is not None else None,
+            }
+        )
     return out
 
 
@@ -154,9 +169,17 @@ def load_scanqa(path: str | Path) -> list[dict[str, Any]]:
         ids.append(qid)
         if not isinstance(r["question"], str) or not isinstance(r["scene_id"], str):
             raise DataError(f"{path}: record {n} needs string 'question' and 'scene_id'")
-        out.append({"question_id": qid, "qid_json": json.dumps(r["question_id"]), "scene_id": r["scene_id"],
-                    "situation": "", "question": r["question"],
-                    "answers": _answer_texts(r.get("answers", []), path, qid), "pose": None})
+        out.append(
+            {
+                "question_id": qid,
+                "qid_json": json.dumps(r["question_id"]),
+                "scene_id": r["scene_id"],
+                "situation": "",
+                "question": r["question"],
+                "answers": _answer_texts(r.get("answers", []), path, qid),
+                "pose": None,
+            }
+        )
     _no_duplicates(ids, path)
     return out
 
@@ -199,8 +222,10 @@ def ply_header(path: Path) -> tuple[str, int, list[str]]:
         raise DataError(f"{path}: PLY file without a 'vertex' element (no points)")
     for axis in ("x", "y", "z"):
         if axis not in properties:
-            raise DataError(f"{path}: PLY file has no {axis!r} vertex property (its vertex properties: "
-                            f"{', '.join(properties) or 'none'})")
+            raise DataError(
+                f"{path}: PLY file has no {axis!r} vertex property (its vertex properties: "
+                f"{', '.join(properties) or 'none'})"
+            )
     return fmt[0], count, properties
 
 
@@ -216,12 +241,15 @@ def read_point_cloud(path: str | Path, use_color: bool) -> np.ndarray:
         try:
             geometry = trimesh.load(str(path), process=False)
         except Exception as exc:  # trimesh raises many types for unreadable files
-            raise DataError(f"cannot read point cloud {path}: its {fmt} data do not match its header, the file is "
-                            f"truncated or corrupt ({type(exc).__name__}: {exc})") from exc
+            raise DataError(
+                f"cannot read point cloud {path}: its {fmt} data do not match its header, the file is "
+                f"truncated or corrupt ({type(exc).__name__}: {exc})"
+            ) from exc
         vertices = np.asarray(getattr(geometry, "vertices", np.zeros((0, 3))), dtype=np.float64)
         if len(vertices) != count:
-            raise DataError(f"{path}: its PLY header declares {count} vertices, but {len(vertices)} were read "
-                            "(a truncated file?)")
+            raise DataError(
+                f"{path}: its PLY header declares {count} vertices, but {len(vertices)} were read (a truncated file?)"
+            )
         colors = getattr(geometry, "colors", None)
         if colors is None or len(colors) == 0:
             visual = getattr(geometry, "visual", None)
@@ -241,20 +269,25 @@ def read_point_cloud(path: str | Path, use_color: bool) -> np.ndarray:
         raise DataError(f"{path}: point cloud of dtype {array.dtype}, expected numbers")
     need = 6 if use_color else 3
     if array.ndim != 2 or array.shape[1] < need or array.shape[0] == 0:
-        raise DataError(f"{path}: point cloud of shape {list(array.shape)}, expected [P, 3 + C] with P >= 1 and "
-                        f"at least {need} columns (x y z{' r g b' if use_color else ''})")
+        raise DataError(
+            f"{path}: point cloud of shape {list(array.shape)}, expected [P, 3 + C] with P >= 1 and "
+            f"at least {need} columns (x y z{' r g b' if use_color else ''})"
+        )
     array = np.asarray(array[:, :need], dtype=np.float32)
     if not np.isfinite(array).all():
         rows = np.flatnonzero(~np.isfinite(array).all(1))
-        raise DataError(f"{path}: point cloud has NaN/inf values in {len(rows)} point(s), e.g. rows {rows[:5].tolist()}")
+        raise DataError(
+            f"{path}: point cloud has NaN/inf values in {len(rows)} point(s), e.g. rows {rows[:5].tolist()}"
+        )
     return array
 
 
 class SceneStore:
     """Point clouds by scene id, read once from ``scene_dir / scene_pattern`` and checked."""
 
-    def __init__(self, scene_dir: str | Path, pattern: str = "{scene_id}.npy", use_color: bool = True,
-                 cache_points: int = 40000):
+    def __init__(
+        self, scene_dir: str | Path, pattern: str = "{scene_id}.npy", use_color: bool = True, cache_points: int = 40000
+    ):
         self.scene_dir = Path(scene_dir)
         self.pattern = pattern
         self.use_color = use_color
@@ -269,8 +302,10 @@ class SceneStore:
         wanted = sorted(set(scene_ids) - set(self._scenes))
         missing = [s for s in wanted if not self.path(s).is_file()]
         if missing:
-            raise DataError(f"split {split!r}: {len(missing)} scene(s) have no point cloud, e.g. {missing[:3]} "
-                            f"(looked for {self.path(missing[0])})")
+            raise DataError(
+                f"split {split!r}: {len(missing)} scene(s) have no point cloud, e.g. {missing[:3]} "
+                f"(looked for {self.path(missing[0])})"
+            )
         for scene_id in wanted:
             points = read_point_cloud(self.path(scene_id), self.use_color)
             if len(points) > self.cache_points:  # ScanQA/SQA3D models use 40k points per ScanNet scene
@@ -297,8 +332,17 @@ class SceneQADataset(Dataset):
     (seeded by the question id), so every evaluation sees the same points.
     """
 
-    def __init__(self, name: str, records: list[dict[str, Any]], store: SceneStore, vocab: Sequence[str],
-                 num_points: int, train: bool, blank_situation: bool = False, color_scale: float = 255.0):
+    def __init__(
+        self,
+        name: str,
+        records: list[dict[str, Any]],
+        store: SceneStore,
+        vocab: Sequence[str],
+        num_points: int,
+        train: bool,
+        blank_situation: bool = False,
+        color_scale: float = 255.0,
+    ):
         import datasets
 
         self.name = name
@@ -312,8 +356,11 @@ class SceneQADataset(Dataset):
         if train:
             kept = [r for r in records if any(normalize_answer(a) in self.answer_index for a in r["answers"])]
             if len(kept) < len(records):
-                log.warning("split %s: %d question(s) without an in-vocabulary answer are not trained on",
-                            name, len(records) - len(kept))
+                log.warning(
+                    "split %s: %d question(s) without an in-vocabulary answer are not trained on",
+                    name,
+                    len(records) - len(kept),
+                )
             records = kept
         if not records:
             raise DataError(f"split {name!r} has no questions")
@@ -338,14 +385,18 @@ class SceneQADataset(Dataset):
 
     def references(self) -> dict[str, dict[str, Any]]:
         """Question id -> {question, answers} for :func:`mmllm_3dvqa.eval3d.score` (annotated questions only)."""
-        return {r["question_id"]: {"question": r["question"], "answers": r["answers"]}
-                for r in self.table if r["answers"]}
+        return {
+            r["question_id"]: {"question": r["question"], "answers": r["answers"]} for r in self.table if r["answers"]
+        }
 
     def _sample(self, points: np.ndarray, qid: str) -> np.ndarray:
         n = len(points)
         if self.train:
-            idx = torch.randperm(n)[: self.num_points].numpy() if n >= self.num_points \
+            idx = (
+                torch.randperm(n)[: self.num_points].numpy()
+                if n >= self.num_points
                 else torch.randint(n, (self.num_points,)).numpy()
+            )
         else:
             rng = np.random.default_rng(zlib.crc32(qid.encode()))
             idx = rng.choice(n, self.num_points, replace=n < self.num_points)
@@ -357,9 +408,14 @@ class SceneQADataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         r = self.table[i]
         targets = [self.answer_index[a] for a in map(normalize_answer, r["answers"]) if a in self.answer_index]
-        return {"points": torch.from_numpy(self._sample(self.store[r["scene_id"]], r["question_id"])),
-                "situation": r["situation"], "question": r["question"], "question_id": r["question_id"],
-                "answer_ids": targets, "pose": r["pose"]}
+        return {
+            "points": torch.from_numpy(self._sample(self.store[r["scene_id"]], r["question_id"])),
+            "situation": r["situation"],
+            "question": r["question"],
+            "question_id": r["question_id"],
+            "answer_ids": targets,
+            "pose": r["pose"],
+        }
 
 
 def make_collate(tokenizer, num_answers: int, max_text_len: int, separate_text: bool = False):
@@ -369,12 +425,19 @@ def make_collate(tokenizer, num_answers: int, max_text_len: int, separate_text: 
     (``situation_ids``/``situation_mask``, ``question_ids``/``question_mask``, each up to ``max_text_len``)."""
 
     def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-        text = tokenizer([s["situation"] for s in samples], [s["question"] for s in samples], padding=True,
-                         truncation="longest_first", max_length=max_text_len, return_tensors="pt")
+        text = tokenizer(
+            [s["situation"] for s in samples],
+            [s["question"] for s in samples],
+            padding=True,
+            truncation="longest_first",
+            max_length=max_text_len,
+            return_tensors="pt",
+        )
         extra: dict[str, Any] = {}
         for key in ("situation", "question") if separate_text else ():
-            one = tokenizer([s[key] for s in samples], padding=True, truncation=True, max_length=max_text_len,
-                            return_tensors="pt")
+            one = tokenizer(
+                [s[key] for s in samples], padding=True, truncation=True, max_length=max_text_len, return_tensors="pt"
+            )
             extra[f"{key}_ids"], extra[f"{key}_mask"] = one["input_ids"], one["attention_mask"]
         targets = torch.zeros(len(samples), num_answers)
         for row, s in enumerate(samples):
@@ -383,7 +446,8 @@ def make_collate(tokenizer, num_answers: int, max_text_len: int, separate_text: 
         poses = [s["pose"] for s in samples]
         return {
             "points": torch.stack([s["points"] for s in samples]).float(),
-            "input_ids": text["input_ids"], "attention_mask": text["attention_mask"],
+            "input_ids": text["input_ids"],
+            "attention_mask": text["attention_mask"],
             "targets": targets,
             "pose": torch.tensor([p if p is not None else [0.0] * 7 for p in poses], dtype=torch.float32),
             "pose_mask": torch.tensor([p is not None for p in poses]),

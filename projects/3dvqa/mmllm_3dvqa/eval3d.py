@@ -17,6 +17,7 @@ SQA3D's pair of files (questions + annotations); results in ScanQA's submission 
 ``[{"question_id", "answer_top10": [...]}]`` (at most 10 ranked answers, fewer allowed).
 Question ids are compared as strings (SQA3D uses ints, ScanQA strings).
 """
+
 from __future__ import annotations
 
 import re
@@ -39,13 +40,49 @@ def normalize_answer(text: str) -> str:
 
 
 # LEO's clean_answer rules, in its order (the rules are restated here, not copied):
-_CLEAN_TRIM = [(r"[ ]+$", ""), (r"^[ ]+", ""), (r" {2,}", " "), (r"\.[ ]{2,}", ". "),
-               (r"[^a-zA-Z0-9,'\s\-:]+", "")]  # drops every other character (so "ç" and "\u2019" are gone here)
-_CLEAN_WORDS = {"letf": "left", "let": "left", "tehre": "there", "rigth": "right", "rght": "right",
-                "behine": "behind", "tv": "TV", "chai": "chair", "wasing": "washing", "waslked": "walked",
-                "oclock": "o'clock"}
-_NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-                 "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"]
+_CLEAN_TRIM = [
+    (r"[ ]+$", ""),
+    (r"^[ ]+", ""),
+    (r" {2,}", " "),
+    (r"\.[ ]{2,}", ". "),
+    (r"[^a-zA-Z0-9,'\s\-:]+", ""),
+]  # drops every other character (so "ç" and "\u2019" are gone here)
+_CLEAN_WORDS = {
+    "letf": "left",
+    "let": "left",
+    "tehre": "there",
+    "rigth": "right",
+    "rght": "right",
+    "behine": "behind",
+    "tv": "TV",
+    "chai": "chair",
+    "wasing": "washing",
+    "waslked": "walked",
+    "oclock": "o'clock",
+}
+_NUMBER_WORDS = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+]
 
 
 def clean_answer(text: str) -> str:
@@ -101,8 +138,9 @@ def refined_match(prediction: str, answers: Iterable[str]) -> bool:
     return False
 
 
-def score(references: Mapping[str, dict[str, Any]], predictions: Mapping[str, Sequence[str]],
-          source: str = "annotations") -> dict[str, Any]:
+def score(
+    references: Mapping[str, dict[str, Any]], predictions: Mapping[str, Sequence[str]], source: str = "annotations"
+) -> dict[str, Any]:
     """EM@1/EM@10 (plain and refined, percent, 2 decimals) and EM@1 per SQA3D question type.
 
     ``references``: question id (str) -> ``{"question": str, "answers": [str, ...]}``;
@@ -183,7 +221,9 @@ def load_references(annotations: str | Path, questions: str | Path | None = None
         if isinstance(data, dict) and "annotations" in data:
             raise DataError(f"{annotations} is an SQA3D annotations file: give its questions file with --questions")
         if not isinstance(data, list):
-            raise DataError(f"{annotations}: expected a JSON list of {{question_id, question, answers}} (ScanQA layout)")
+            raise DataError(
+                f"{annotations}: expected a JSON list of {{question_id, question, answers}} (ScanQA layout)"
+            )
         ids = [_qid(r, annotations, n, "record") for n, r in enumerate(data)]
         _unique(ids, annotations, "annotated")
         refs = {}
@@ -191,8 +231,9 @@ def load_references(annotations: str | Path, questions: str | Path | None = None
             if not isinstance(record.get("question"), str):
                 raise DataError(f"{annotations}: question {qid} has no 'question' text")
             if "answers" not in record:
-                raise DataError(f"{annotations}: question {qid} has no 'answers' (a test file without answers "
-                                "cannot be scored)")
+                raise DataError(
+                    f"{annotations}: question {qid} has no 'answers' (a test file without answers cannot be scored)"
+                )
             refs[qid] = {"question": record["question"], "answers": _answers(record["answers"], annotations, qid)}
         return refs
     q_records = _records(read_json(questions, "questions file"), questions, "questions")
@@ -209,13 +250,16 @@ def load_references(annotations: str | Path, questions: str | Path | None = None
     annotated = set(a_ids)
     unannotated = [q for q in q_ids if q not in annotated]
     if unannotated:
-        raise DataError(f"{len(unannotated)} question(s) of {questions} have no annotation in {annotations}, "
-                        f"e.g. {unannotated[:5]}")
+        raise DataError(
+            f"{len(unannotated)} question(s) of {questions} have no annotation in {annotations}, e.g. {unannotated[:5]}"
+        )
     orphan = [q for q in a_ids if q not in texts]
     if orphan:
         raise DataError(f"{annotations} annotates {len(orphan)} question(s) not in {questions}, e.g. {orphan[:5]}")
-    return {qid: {"question": texts[qid], "answers": _answers(r.get("answers"), annotations, qid)}
-            for qid, r in zip(a_ids, a_records)}
+    return {
+        qid: {"question": texts[qid], "answers": _answers(r.get("answers"), annotations, qid)}
+        for qid, r in zip(a_ids, a_records)
+    }
 
 
 def load_predictions(results: str | Path) -> dict[str, list[str]]:
@@ -229,7 +273,9 @@ def load_predictions(results: str | Path) -> dict[str, list[str]]:
     for qid, record in zip(ids, data):
         ranked = record.get("answer_top10")
         if not isinstance(ranked, list) or not ranked or not all(isinstance(a, str) for a in ranked):
-            raise DataError(f"{results}: question {qid} needs 'answer_top10': a non-empty list of strings, got {ranked!r}")
+            raise DataError(
+                f"{results}: question {qid} needs 'answer_top10': a non-empty list of strings, got {ranked!r}"
+            )
         if len(ranked) > TOP_K:
             raise DataError(f"{results}: question {qid} has {len(ranked)} answers in answer_top10 (at most {TOP_K})")
         out[qid] = ranked

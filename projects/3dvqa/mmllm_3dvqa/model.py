@@ -19,6 +19,7 @@ auxiliary situation head.
 * Head: METER's VQA classifier on pooled text ++ pooled scene; SQA3D's auxiliary head regresses the
   agent's position (3) and rotation quaternion (4) from the same pooled features.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -61,37 +62,51 @@ class SceneQAModelOptions(ModelSection):
     dropout: float = Field(0.1, ge=0, lt=1)
     llm_block: BlockOptions = Field(None, description="block options (kind, source, layers, ...)")
     llm_block_on: Literal["vision", "text", "both", "none"] = Field(
-        "vision", description="which fused stream the block processes (vision = the 3D scene tokens)")
+        "vision", description="which fused stream the block processes (vision = the 3D scene tokens)"
+    )
     answer_loss: Literal["ce", "bce"] = Field("ce", description="ce: SQA3D (one answer); bce: ScanQA (multi-hot)")
     situation_loss: bool = Field(False, description="SQA3D's auxiliary loss: regress the agent's position and rotation")
     situation_position_weight: float = Field(1.0, ge=0)
     situation_rotation_weight: float = Field(1.0, ge=0)
     num_answers: int | None = Field(None, description="LAVIS default-config key; the vocabulary sets the real size")
     arch_variant: Literal["meter", "sqa3d"] = Field(
-        "meter", description="meter: METER co-attention on pair-encoded text (this model); sqa3d: SQA3D's baseline "
-                             "(separate situation/question encoders, MCAN fusion; :mod:`.sqa3d`)")
+        "meter",
+        description="meter: METER co-attention on pair-encoded text (this model); sqa3d: SQA3D's baseline "
+        "(separate situation/question encoders, MCAN fusion; :mod:`.sqa3d`)",
+    )
     sqa3d: SQA3DFusionOptions = Field(default_factory=SQA3DFusionOptions, description="arch_variant=sqa3d only")
 
 
 class PointSceneEncoder(nn.Module):
     """Points [B, N, 3 + C] (fp32 coordinates) -> tokens [B, 1 + G, width] ([CLS] first)."""
 
-    def __init__(self, num_groups: int = 64, group_size: int = 32, use_color: bool = True, width: int = 256,
-                 pointnet_hidden: int = 256, layers: int = 2, heads: int = 4, dropout: float = 0.1):
+    def __init__(
+        self,
+        num_groups: int = 64,
+        group_size: int = 32,
+        use_color: bool = True,
+        width: int = 256,
+        pointnet_hidden: int = 256,
+        layers: int = 2,
+        heads: int = 4,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         if width % heads:
             raise ConfigError(f"model.scene.width ({width}) must be divisible by model.scene.heads ({heads})")
         self.use_color = use_color
         self.width = width
-        self.tokenizer = PointGroupTokenizer(num_groups, group_size, in_channels=3 if use_color else 0, dim=width,
-                                             hidden=pointnet_hidden)
+        self.tokenizer = PointGroupTokenizer(
+            num_groups, group_size, in_channels=3 if use_color else 0, dim=width, hidden=pointnet_hidden
+        )
         self.pos_embed = PointPositionEmbed(width)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.cls_pos = nn.Parameter(torch.zeros(1, 1, width))
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.cls_pos, std=0.02)
-        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout, activation="gelu", batch_first=True,
-                                           norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            width, heads, 4 * width, dropout, activation="gelu", batch_first=True, norm_first=True
+        )
         self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False) if layers else None
         self.norm = nn.LayerNorm(width)
 
@@ -115,10 +130,13 @@ class SceneQAModel(nn.Module):
         # METER's VQA classifier (Linear 2h->2h, LayerNorm, GELU, Linear 2h->answers)
         self.vqa_head = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim), nn.GELU(), nn.Linear(dim, num_answers))
         # SQA3D's auxiliary situation regressor: position (x, y, z) + rotation quaternion (x, y, z, w)
-        self.situation_head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 7)) if situation_head else None
+        self.situation_head = (
+            nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 7)) if situation_head else None
+        )
 
-    def forward(self, points: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, points: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(answer logits [B, A], pose [B, 7] or None)."""
         pooled = self.backbone(points, input_ids, attention_mask).pooled
         pose = self.situation_head(pooled) if self.situation_head is not None else None
@@ -137,8 +155,9 @@ def answer_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str = "ce") -
     raise ConfigError(f"model.answer_loss must be 'ce' or 'bce', got {kind!r}")
 
 
-def situation_loss(pred: torch.Tensor, pose: torch.Tensor, mask: torch.Tensor, position_weight: float,
-                   rotation_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+def situation_loss(
+    pred: torch.Tensor, pose: torch.Tensor, mask: torch.Tensor, position_weight: float, rotation_weight: float
+) -> tuple[torch.Tensor, dict[str, float]]:
     """SQA3D's auxiliary loss: MSE on the position and on the quaternion, over questions with a known pose."""
     if not bool(mask.any()):
         return pred.sum() * 0.0, {}
@@ -148,8 +167,9 @@ def situation_loss(pred: torch.Tensor, pose: torch.Tensor, mask: torch.Tensor, p
     return position_weight * pos + rotation_weight * rot, {"loss_pos": pos.item(), "loss_rot": rot.item()}
 
 
-def create_3dvqa_model(options: SceneQAModelOptions, num_answers: int, use_color: bool = True
-                       ) -> SceneQAModel | SQA3DModel:
+def create_3dvqa_model(
+    options: SceneQAModelOptions, num_answers: int, use_color: bool = True
+) -> SceneQAModel | SQA3DModel:
     """Factory: the model from the typed ``model`` section, for ``num_answers`` answers and xyz(+rgb) points
     (``model.arch_variant``: METER co-attention, or SQA3D's baseline fusion)."""
     if num_answers < 1:
@@ -158,8 +178,13 @@ def create_3dvqa_model(options: SceneQAModelOptions, num_answers: int, use_color
     if options.arch_variant == "sqa3d":
         return SQA3DModel(scene, options, num_answers)
     backbone = METERBackbone(
-        scene, build_text_encoder(options.text), hidden=options.hidden_size, fusion_layers=options.fusion_layers,
-        heads=options.num_heads, dropout=options.dropout, llm_block=options.llm_block,
+        scene,
+        build_text_encoder(options.text),
+        hidden=options.hidden_size,
+        fusion_layers=options.fusion_layers,
+        heads=options.num_heads,
+        dropout=options.dropout,
+        llm_block=options.llm_block,
         llm_block_on=options.llm_block_on,
     )
     return SceneQAModel(backbone, num_answers, options.situation_loss)

@@ -29,6 +29,7 @@ Written files (exactly what a user of SQA3D brings, plus a scene-graph file for 
 
 Deterministic from the seed; splits are scene-disjoint (80/10/10 by scene index), as SQA3D's.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,22 +68,30 @@ CATEGORIES: dict[str, tuple[str, str, float]] = {
     "torus": ("ring", "rings", 0.30),
 }
 COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (215, 40, 40), "green": (40, 175, 60), "blue": (45, 75, 215),
-    "yellow": (230, 205, 35), "purple": (145, 55, 185), "orange": (240, 135, 25),
+    "red": (215, 40, 40),
+    "green": (40, 175, 60),
+    "blue": (45, 75, 215),
+    "yellow": (230, 205, 35),
+    "purple": (145, 55, 185),
+    "orange": (240, 135, 25),
 }
 FLOOR_COLOR = (128, 128, 128)
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 ROOM_HALF = 1.5  # the floor spans [-1.5, 1.5] x [-1.5, 1.5] metres
 MARGIN = 0.3  # a situated question's target must be this far (metres) off the axis it asks about
 SITUATION_TEMPLATES = {  # "facing": the agent faces y; "back": y is behind the agent
-    "facing": ("I am standing by the {x} facing the {y}.",
-               "I am next to the {x} and I am facing the {y}.",
-               "Standing beside the {x}, I am looking at the {y}.",
-               "The {x} is right next to me and the {y} is in front of me."),
-    "back": ("I am standing by the {x} with the {y} behind me.",
-             "I am next to the {x} and the {y} is behind me.",
-             "Standing beside the {x}, I have my back to the {y}.",
-             "The {x} is right next to me and the {y} is at my back."),
+    "facing": (
+        "I am standing by the {x} facing the {y}.",
+        "I am next to the {x} and I am facing the {y}.",
+        "Standing beside the {x}, I am looking at the {y}.",
+        "The {x} is right next to me and the {y} is in front of me.",
+    ),
+    "back": (
+        "I am standing by the {x} with the {y} behind me.",
+        "I am next to the {x} and the {y} is behind me.",
+        "Standing beside the {x}, I have my back to the {y}.",
+        "The {x} is right next to me and the {y} is at my back.",
+    ),
 }
 
 
@@ -163,8 +172,9 @@ def _canonical_points(seed: int) -> dict[str, np.ndarray]:
     return {m: sample_surface(catalog[m], 4096, seed=seed * 1000 + i) for i, m in enumerate(CATEGORIES)}
 
 
-def _place_objects(rng: np.random.Generator, canonical: dict[str, np.ndarray], settings: GeneratorSettings
-                   ) -> tuple[list[SceneObject], np.ndarray]:
+def _place_objects(
+    rng: np.random.Generator, canonical: dict[str, np.ndarray], settings: GeneratorSettings
+) -> tuple[list[SceneObject], np.ndarray]:
     meshes = list(CATEGORIES)
     colors = list(COLORS)
     for _ in range(100):
@@ -192,14 +202,25 @@ def _place_objects(rng: np.random.Generator, canonical: dict[str, np.ndarray], s
             full[:, :2] += xy
             full[:, 2] -= full[:, 2].min()  # resting on the floor
             lo, hi = full.min(0), full.max(0)
-            objects.append(SceneObject(oid, mesh, CATEGORIES[mesh][0], color, ((lo + hi) / 2).round(4).tolist(),
-                                       (hi - lo).round(4).tolist(), round(yaw, 4)))
+            objects.append(
+                SceneObject(
+                    oid,
+                    mesh,
+                    CATEGORIES[mesh][0],
+                    color,
+                    ((lo + hi) / 2).round(4).tolist(),
+                    (hi - lo).round(4).tolist(),
+                    round(yaw, 4),
+                )
+            )
             pick = rng.choice(len(full), settings.points_per_object, replace=False)
             rgb = np.clip(np.asarray(COLORS[color]) + rng.normal(0, 12, (settings.points_per_object, 3)), 0, 255)
             clouds.append(np.concatenate([full[pick], rgb], axis=1))
         if len(objects) == count:
-            floor = np.concatenate([rng.uniform(-ROOM_HALF, ROOM_HALF, (settings.floor_points, 2)),
-                                    np.zeros((settings.floor_points, 1))], axis=1)
+            floor = np.concatenate(
+                [rng.uniform(-ROOM_HALF, ROOM_HALF, (settings.floor_points, 2)), np.zeros((settings.floor_points, 1))],
+                axis=1,
+            )
             floor_rgb = np.clip(np.asarray(FLOOR_COLOR) + rng.normal(0, 8, (settings.floor_points, 3)), 0, 255)
             clouds.append(np.concatenate([floor, floor_rgb], axis=1))
             return objects, np.concatenate(clouds).astype(np.float32)
@@ -235,8 +256,14 @@ def _situation(rng: np.random.Generator, objects: list[SceneObject]) -> dict[str
         yaw = math.atan2(math.sin(yaw), math.cos(yaw))
         texts = [t.format(x=_phrase(x, objects), y=_phrase(y, objects)) for t in SITUATION_TEMPLATES[kind]]
         order = rng.permutation(len(texts))
-        return {"anchor": int(anchor), "facing": int(facing), "xy": pos, "yaw": yaw,
-                "situation": texts[order[0]], "alternative_situation": [texts[order[1]], texts[order[2]]]}
+        return {
+            "anchor": int(anchor),
+            "facing": int(facing),
+            "xy": pos,
+            "yaw": yaw,
+            "situation": texts[order[0]],
+            "alternative_situation": [texts[order[1]], texts[order[2]]],
+        }
     return None
 
 
@@ -292,8 +319,9 @@ def _general_questions(rng, objects: list[SceneObject]) -> list[tuple[str, str, 
         a, b = (objects[int(i)] for i in rng.choice(len(objects), 2, replace=False))
         if a.category != b.category and max(a.volume, b.volume) >= 1.3 * min(a.volume, b.volume):
             bigger = a if a.volume > b.volume else b
-            out.append(("size", f"Which is bigger, the {_phrase(a, objects)} or the {_phrase(b, objects)}?",
-                        bigger.category))
+            out.append(
+                ("size", f"Which is bigger, the {_phrase(a, objects)} or the {_phrase(b, objects)}?", bigger.category)
+            )
             break
     return out
 
@@ -322,8 +350,9 @@ def _pick(rng, candidates: list[tuple[str, str, str]], k: int, taken: set[str]) 
     return out
 
 
-def generate_scene(index: int, settings: GeneratorSettings, canonical: dict[str, np.ndarray]
-                   ) -> tuple[list[SceneObject], np.ndarray, list[dict[str, Any]]]:
+def generate_scene(
+    index: int, settings: GeneratorSettings, canonical: dict[str, np.ndarray]
+) -> tuple[list[SceneObject], np.ndarray, list[dict[str, Any]]]:
     """(scene graph, points [P, 6], question records) of scene ``index`` (deterministic)."""
     rng = np.random.default_rng([settings.seed, index])
     objects, points = _place_objects(rng, canonical, settings)
@@ -340,27 +369,38 @@ def generate_scene(index: int, settings: GeneratorSettings, canonical: dict[str,
         general_taken.update(q for q, _ in general)
         family_of = {q: f for f, q, _ in situated + candidates}
         for question, answer in chosen + general:
-            records.append({"situation": sit["situation"], "alternative_situation": sit["alternative_situation"],
-                            "question": question, "answer": answer, "xy": sit["xy"], "yaw": sit["yaw"],
-                            "family": family_of[question]})
+            records.append(
+                {
+                    "situation": sit["situation"],
+                    "alternative_situation": sit["alternative_situation"],
+                    "question": question,
+                    "answer": answer,
+                    "xy": sit["xy"],
+                    "yaw": sit["yaw"],
+                    "family": family_of[question],
+                }
+            )
     return objects, points, records
 
 
 # ---------------------------------------------------------------------- question families
 # The generator's templates, recognised from the question text alone (the files a user brings carry no
 # family), so a run on the embedded scenes can report whether the situation text is used at all.
-_FAMILY_PATTERNS: tuple[tuple[str, re.Pattern], ...] = tuple((family, re.compile(pattern)) for family, pattern in (
-    ("side", r"^Is the .+ on my left or right\?$"),
-    ("front", r"^Is the .+ in front of me or behind me\?$"),
-    ("see", r"^Can I see the .+ without turning around\?$"),
-    ("direction", r"^Which direction should I go to reach the .+\?$"),
-    ("count_side", r"^How many objects are on my (left|right)\?$"),
-    ("count", r"^How many .+ are there\?$"),
-    ("exist", r"^Is there a .+ in the room\?$"),
-    ("color", r"^What color is the .+\?$"),
-    ("object", r"^What is the .+ object\?$"),
-    ("size", r"^Which is bigger, the .+ or the .+\?$"),
-))
+_FAMILY_PATTERNS: tuple[tuple[str, re.Pattern], ...] = tuple(
+    (family, re.compile(pattern))
+    for family, pattern in (
+        ("side", r"^Is the .+ on my left or right\?$"),
+        ("front", r"^Is the .+ in front of me or behind me\?$"),
+        ("see", r"^Can I see the .+ without turning around\?$"),
+        ("direction", r"^Which direction should I go to reach the .+\?$"),
+        ("count_side", r"^How many objects are on my (left|right)\?$"),
+        ("count", r"^How many .+ are there\?$"),
+        ("exist", r"^Is there a .+ in the room\?$"),
+        ("color", r"^What color is the .+\?$"),
+        ("object", r"^What is the .+ object\?$"),
+        ("size", r"^Which is bigger, the .+ or the .+\?$"),
+    )
+)
 SITUATED_FAMILIES = frozenset({"side", "front", "see", "direction", "count_side"})
 
 
@@ -369,8 +409,9 @@ def question_family(question: str) -> str | None:
     return next((family for family, pattern in _FAMILY_PATTERNS if pattern.match(question.strip())), None)
 
 
-def situated_breakdown(references: dict[str, dict[str, Any]], predictions: dict[str, list[str]]
-                       ) -> dict[str, float] | None:
+def situated_breakdown(
+    references: dict[str, dict[str, Any]], predictions: dict[str, list[str]]
+) -> dict[str, float] | None:
     """EM@1 on the questions whose answer depends on the agent's pose vs on the others (percent).
 
     None unless every question comes from the generator's templates (real SQA3D/ScanQA files)."""
@@ -445,23 +486,46 @@ def generate(root: str | Path, settings: GeneratorSettings | None = None) -> dic
         graphs[scene_id] = {"split": split, "objects": [asdict(o) for o in objects]}
         for n, r in enumerate(records):
             qid = index * 1000 + n
-            questions[split].append({"scene_id": scene_id, "situation": r["situation"],
-                                     "alternative_situation": r["alternative_situation"],
-                                     "question": r["question"], "question_id": qid})
-            annotations[split].append({
-                "scene_id": scene_id, "question_type": "N/A", "answer_type": "other", "question_id": qid,
-                "answers": [{"answer": r["answer"], "answer_confidence": "yes", "answer_id": 1}],
-                "rotation": yaw_quaternion(r["yaw"]),
-                "position": {"x": float(r["xy"][0]), "y": float(r["xy"][1]), "z": 0.0},
-            })
-    info = {"description": "mmllm embedded 3D VQA scenes (pybullet_data meshes) in SQA3D v1 format",
-            "version": "1.0", "contributor": "mmllm generator", "seed": settings.seed}
+            questions[split].append(
+                {
+                    "scene_id": scene_id,
+                    "situation": r["situation"],
+                    "alternative_situation": r["alternative_situation"],
+                    "question": r["question"],
+                    "question_id": qid,
+                }
+            )
+            annotations[split].append(
+                {
+                    "scene_id": scene_id,
+                    "question_type": "N/A",
+                    "answer_type": "other",
+                    "question_id": qid,
+                    "answers": [{"answer": r["answer"], "answer_confidence": "yes", "answer_id": 1}],
+                    "rotation": yaw_quaternion(r["yaw"]),
+                    "position": {"x": float(r["xy"][0]), "y": float(r["xy"][1]), "z": 0.0},
+                }
+            )
+    info = {
+        "description": "mmllm embedded 3D VQA scenes (pybullet_data meshes) in SQA3D v1 format",
+        "version": "1.0",
+        "contributor": "mmllm generator",
+        "seed": settings.seed,
+    }
     for split in SPLITS:
-        write_json(root / QUESTIONS_FILE.format(split=split),
-                   {"info": info, "data_type": "pbscenes", "task_type": "Situated question answering",
-                    "questions": questions[split]})
-        write_json(root / ANNOTATIONS_FILE.format(split=split),
-                   {"info": info, "data_type": "pbscenes", "annotations": annotations[split]})
+        write_json(
+            root / QUESTIONS_FILE.format(split=split),
+            {
+                "info": info,
+                "data_type": "pbscenes",
+                "task_type": "Situated question answering",
+                "questions": questions[split],
+            },
+        )
+        write_json(
+            root / ANNOTATIONS_FILE.format(split=split),
+            {"info": info, "data_type": "pbscenes", "annotations": annotations[split]},
+        )
     write_json(root / "scene_graphs.json", graphs)
     write_json(root / MARKER, asdict(settings))
     return {s: len(questions[s]) for s in SPLITS}

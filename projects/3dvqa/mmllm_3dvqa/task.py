@@ -1,4 +1,5 @@
 """3D VQA task (SQA3D / ScanQA formats) for the shared engine."""
+
 from __future__ import annotations
 
 import json
@@ -66,17 +67,21 @@ DEFAULTS = Path(__file__).resolve().parent / "lavis_defaults"
 
 
 @registered_task(
-    "mmllm_3dvqa", model_arch="mmllm_meter_3dvqa", metric="em1", higher_is_better=True,
+    "mmllm_3dvqa",
+    model_arch="mmllm_meter_3dvqa",
+    metric="em1",
+    higher_is_better=True,
     default_config=ROOT / "configs/3dvqa/scenes_meter_smollm2.yaml",
     preparers={"pb_scenes": "mmllm_3dvqa.scenes:ensure_generated"},
-    lavis_model_config=DEFAULTS / "mmllm_meter_3dvqa.yaml", lavis_dataset_config=DEFAULTS / "mmllm_3dvqa.yaml",
+    lavis_model_config=DEFAULTS / "mmllm_meter_3dvqa.yaml",
+    lavis_dataset_config=DEFAULTS / "mmllm_3dvqa.yaml",
     variants={
         "block": (),
         "no_block": ("model.llm_block.kind=none",),
         "no_situation": ("datasets.mmllm_3dvqa.blank_situation=true",),  # with the block, situation text dropped
     },
     description="3D VQA: point-cloud scene tokens + MiniLM situation/question, METER co-attention, "
-                "the frozen LLM block on the fused 3D tokens; EM@1/EM@10 (ScanQA/SQA3D)",
+    "the frozen LLM block on the fused 3D tokens; EM@1/EM@10 (ScanQA/SQA3D)",
 )
 class SceneQATask(Task):
     ModelOptions = SceneQAModelOptions
@@ -129,20 +134,38 @@ class SceneQATask(Task):
             write_json(out_dir / "answer_vocab.json", self.answer_vocab())
         if self.store is None:
             self.store = SceneStore(d.scene_dir, d.scene_pattern, d.use_color, d.cache_points)
-        return {name: SceneQADataset(name, self.records(name), self.store, self.answer_vocab(), d.num_points,
-                                     train=name == "train", blank_situation=d.blank_situation,
-                                     color_scale=d.color_scale)
-                for name in d.splits}
+        return {
+            name: SceneQADataset(
+                name,
+                self.records(name),
+                self.store,
+                self.answer_vocab(),
+                d.num_points,
+                train=name == "train",
+                blank_situation=d.blank_situation,
+                color_scale=d.color_scale,
+            )
+            for name in d.splits
+        }
 
     def collate(self, samples):
-        return make_collate(self.tokenizer, len(self.answer_vocab()), self.data_cfg.max_text_len,
-                            separate_text=self.model_cfg.arch_variant == "sqa3d")(samples)
+        return make_collate(
+            self.tokenizer,
+            len(self.answer_vocab()),
+            self.data_cfg.max_text_len,
+            separate_text=self.model_cfg.arch_variant == "sqa3d",
+        )(samples)
 
     def forward(self, model, batch):
         """(answer logits, pose or None) for either ``model.arch_variant``."""
         if self.model_cfg.arch_variant == "sqa3d":
-            return model(batch["points"], batch["situation_ids"], batch["situation_mask"], batch["question_ids"],
-                         batch["question_mask"])
+            return model(
+                batch["points"],
+                batch["situation_ids"],
+                batch["situation_mask"],
+                batch["question_ids"],
+                batch["question_mask"],
+            )
         return model(batch["points"], batch["input_ids"], batch["attention_mask"])
 
     # --- objective
@@ -152,8 +175,9 @@ class SceneQATask(Task):
         logs: dict[str, float] = {}
         if pose is not None:
             m = self.model_cfg
-            aux, logs = situation_loss(pose, batch["pose"], batch["pose_mask"], m.situation_position_weight,
-                                       m.situation_rotation_weight)
+            aux, logs = situation_loss(
+                pose, batch["pose"], batch["pose_mask"], m.situation_position_weight, m.situation_rotation_weight
+            )
             logs["loss_answer"] = loss.item()
             loss = loss + aux
         return loss, logs
@@ -168,15 +192,18 @@ class SceneQATask(Task):
             top = logits.float().topk(k, dim=-1).indices.tolist()
             return zip(batch["question_id"], ([vocab[i] for i in row] for row in top))
 
-        return predict_split(model, dataset, self.collate, self.run.batch_size_eval, step,
-                             desc=f"eval {dataset.name}", task=self)
+        return predict_split(
+            model, dataset, self.collate, self.run.batch_size_eval, step, desc=f"eval {dataset.name}", task=self
+        )
 
     def evaluate(self, model, dataset, split: str, out_dir: Path) -> dict[str, float]:
         predictions = self.predict_top10(model, dataset)
         raw_ids = dict(zip(dataset.table["question_id"], dataset.table["qid_json"]))
         if distributed.is_main():  # ScanQA's submission layout, with the files' own question ids
-            write_json(Path(out_dir) / f"results_{split}.json",
-                       [{"question_id": json.loads(raw_ids[q]), "answer_top10": a} for q, a in sorted(predictions.items())])
+            write_json(
+                Path(out_dir) / f"results_{split}.json",
+                [{"question_id": json.loads(raw_ids[q]), "answer_top10": a} for q, a in sorted(predictions.items())],
+            )
         references = dataset.references()
         if not references:
             return {}
@@ -186,9 +213,11 @@ class SceneQATask(Task):
             report["situated"] = breakdown
         if distributed.is_main():
             write_json(Path(out_dir) / f"em_{split}.json", report)
-        return {**{k: report[k] for k in ("em1", "em10", "em1_refined", "em10_refined")},
-                **{f"em1_{t}": v for t, v in report["per_type"].items()},
-                **{k: v for k, v in (breakdown or {}).items() if k.startswith("em1_")}}
+        return {
+            **{k: report[k] for k in ("em1", "em10", "em1_refined", "em10_refined")},
+            **{f"em1_{t}": v for t, v in report["per_type"].items()},
+            **{k: v for k, v in (breakdown or {}).items() if k.startswith("em1_")},
+        }
 
 
 def evaluate_checkpoint(checkpoint: str, split: str = "test", out_dir: str | None = None) -> dict[str, Any]:

@@ -3,6 +3,7 @@ Twitter, CC-BY 4.0) captioned with their Unicode names (``unicodedata.name``), w
 the Karpathy format. Split deterministically by file name: every 10th image to test,
 every 10th (offset 5) to val, the rest to train.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -52,10 +53,15 @@ def convert(out_dir: str | Path) -> dict[str, str]:
         splits[split].append((name, cap))
     out.mkdir(parents=True, exist_ok=True)
     link = link_folder(out / "images", folder)
-    write_json(out / "train.json", [{"image": n, "caption": c, "image_id": i} for i, (n, c) in enumerate(splits["train"])])
+    write_json(
+        out / "train.json", [{"image": n, "caption": c, "image_id": i} for i, (n, c) in enumerate(splits["train"])]
+    )
     for split in ("val", "test"):
         write_json(out / f"{split}.json", [{"image": n, "caption": [c]} for n, c in splits[split]])
-    paths = {s: str(out / f"{s}.json") for s in splits} | {"image_root": str(link), "license": "Twemoji graphics CC-BY 4.0"}
+    paths = {s: str(out / f"{s}.json") for s in splits} | {
+        "image_root": str(link),
+        "license": "Twemoji graphics CC-BY 4.0",
+    }
     write_json(out / MARKER, paths)
     return paths
 

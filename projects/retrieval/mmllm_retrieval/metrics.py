@@ -4,6 +4,7 @@ Text retrieval (image -> text): an image counts as retrieved at rank k if *any* 
 captions is among its k best-scored texts. Image retrieval (text -> image): a caption
 counts if its image is among its k best-scored images. Percentages; means as in ALBEF/METER.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,13 +42,16 @@ def _checked_scores(name: str, scores, shape: tuple[int, int], axes: str) -> np.
     bad = int(np.count_nonzero(~np.isfinite(scores)))
     if bad:
         n_nan = int(np.count_nonzero(np.isnan(scores)))
-        raise DataError(f"{name} has {bad} non-finite entr{'y' if bad == 1 else 'ies'} of {scores.size} "
-                        f"({n_nan} NaN, {bad - n_nan} inf): refusing to rank them")
+        raise DataError(
+            f"{name} has {bad} non-finite entr{'y' if bad == 1 else 'ies'} of {scores.size} "
+            f"({n_nan} NaN, {bad - n_nan} inf): refusing to rank them"
+        )
     return scores.astype(np.float64, copy=False)  # unsigned ints would wrap when negated for sorting
 
 
-def retrieval_metrics(scores_i2t: np.ndarray, scores_t2i: np.ndarray, img2txt: list[list[int]],
-                      txt2img: list[int]) -> dict[str, float]:
+def retrieval_metrics(
+    scores_i2t: np.ndarray, scores_t2i: np.ndarray, img2txt: list[list[int]], txt2img: list[int]
+) -> dict[str, float]:
     """R@1/5/10 per direction, their means and the overall mean (percent).
 
     ``scores_i2t`` is [images x texts], ``scores_t2i`` [texts x images]; both must be finite.

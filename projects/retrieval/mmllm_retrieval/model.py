@@ -2,6 +2,7 @@
 for fast ranking, and an image–text matching (ITM) head on the fused features (with the
 frozen LLM block after fusion) for re-ranking. Hard negatives for ITM are sampled from the
 contrastive similarities (Li et al., ALBEF, NeurIPS 2021)."""
+
 from __future__ import annotations
 
 import math
@@ -54,7 +55,9 @@ class RetrievalModel(nn.Module):
         sim = self.similarity(img_feat, txt_feat)
         same = (batch["image_index"][:, None] == batch["image_index"][None, :]).float()  # duplicates are positives
         targets = same / same.sum(1, keepdim=True)
-        itc = -(F.log_softmax(sim, 1) * targets).sum(1).mean() / 2 - (F.log_softmax(sim.T, 1) * targets).sum(1).mean() / 2
+        itc = (
+            -(F.log_softmax(sim, 1) * targets).sum(1).mean() / 2 - (F.log_softmax(sim.T, 1) * targets).sum(1).mean() / 2
+        )
         with torch.no_grad():  # hard negatives: sampled in proportion to the contrastive similarity
             weights_i2t = F.softmax(sim.float(), 1).masked_fill(same.bool(), 0) + 1e-9
             weights_t2i = F.softmax(sim.T.float(), 1).masked_fill(same.bool(), 0) + 1e-9

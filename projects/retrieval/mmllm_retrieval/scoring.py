@@ -20,6 +20,7 @@ logits [no match, match] and ``sim`` the ITC cosine similarity (no temperature):
 * ``margin_sim``: ``itm[:, 1] - itm[:, 0] + sim`` — the logit margin (the log-odds of a match)
   plus the similarity: this library's earlier rule, neither BLIP's nor ALBEF's.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -39,7 +40,9 @@ def rerank_score(itm_logits: np.ndarray, sim: np.ndarray, rule: str) -> np.ndarr
     """The re-ranking score of candidates from their ITM logits [n, 2] and ITC similarities [n]."""
     itm_logits, sim = np.asarray(itm_logits, dtype=np.float64), np.asarray(sim, dtype=np.float64)
     if itm_logits.ndim != 2 or itm_logits.shape[1] != 2 or itm_logits.shape[0] != sim.shape[0]:
-        raise DataError(f"ITM logits of shape {itm_logits.shape} do not match {sim.shape[0]} similarities (need [n, 2])")
+        raise DataError(
+            f"ITM logits of shape {itm_logits.shape} do not match {sim.shape[0]} similarities (need [n, 2])"
+        )
     if rule == "blip":
         return itm_logits[:, 1] + sim
     if rule == "albef":
@@ -51,12 +54,20 @@ def rerank_score(itm_logits: np.ndarray, sim: np.ndarray, rule: str) -> np.ndarr
 
 def _check_finite(name: str, values: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(values)):
-        raise DataError(f"{name}: {int(np.count_nonzero(~np.isfinite(values)))} non-finite ITM score(s): refusing to rank them")
+        raise DataError(
+            f"{name}: {int(np.count_nonzero(~np.isfinite(values)))} non-finite ITM score(s): refusing to rank them"
+        )
     return values
 
 
-def topk_rerank(sims: np.ndarray, pair_logits: PairLogits, k: int, rule: str, transpose: bool = False,
-                rows: Sequence[int] | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def topk_rerank(
+    sims: np.ndarray,
+    pair_logits: PairLogits,
+    k: int,
+    rule: str,
+    transpose: bool = False,
+    rows: Sequence[int] | None = None,
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Re-rank each row's ITC top-``k`` columns: {row: (columns, scores)} for ``rows`` (default all).
 
     ``sims`` is [queries x candidates]; ``transpose`` says the queries are texts (so the pair passed
@@ -81,8 +92,14 @@ def fill_reranked(parts: dict[int, tuple[np.ndarray, np.ndarray]], shape: tuple[
     return full
 
 
-def full_itm_scores(n_images: int, n_texts: int, pair_logits: PairLogits, batch_size: int,
-                    image_rows: Sequence[int] | None = None, progress: bool = False) -> dict[int, np.ndarray]:
+def full_itm_scores(
+    n_images: int,
+    n_texts: int,
+    pair_logits: PairLogits,
+    batch_size: int,
+    image_rows: Sequence[int] | None = None,
+    progress: bool = False,
+) -> dict[int, np.ndarray]:
     """METER's protocol: the ITM match logit of every (image, text) pair, ``batch_size`` pairs per
     forward pass; {image: scores over all texts} for ``image_rows`` (default all). ``progress``
     shows a tqdm bar over the pairs (the whole matrix is slow: images x texts fused passes)."""
@@ -101,4 +118,4 @@ def full_itm_scores(n_images: int, n_texts: int, pair_logits: PairLogits, batch_
             scores[start:stop] = logits[:, 1]
             bar.update(len(logits))
     _check_finite("full ITM", scores)
-    return {r: scores[i * n_texts:(i + 1) * n_texts] for i, r in enumerate(rows)}
+    return {r: scores[i * n_texts : (i + 1) * n_texts] for i, r in enumerate(rows)}

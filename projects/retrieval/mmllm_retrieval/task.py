@@ -1,6 +1,7 @@
 """METER's image–text retrieval model on the retrieval benchmark (:mod:`.benchmark`): ITC + ITM training; at
 test, ITM re-ranking of the ITC top-k (ALBEF/BLIP) and, with ``run.full_itm``, every pair scored by ITM
 (METER): see :mod:`mmllm_retrieval.scoring`."""
+
 from __future__ import annotations
 
 import logging
@@ -34,10 +35,15 @@ log = logging.getLogger(__name__)
 class RetrievalRunOptions(RunConfig):
     k_test: int = Field(16, gt=0, description="ITM re-ranks each query's top k_test contrastive candidates")
     rerank_score: Literal["blip", "albef", "margin_sim"] = Field(
-        "blip", description="re-ranking score: blip = itm[:,1] + sim (BLIP); albef = itm[:,1] (ALBEF); "
-        "margin_sim = itm[:,1] - itm[:,0] + sim (this library's earlier rule)")
-    full_itm: bool = Field(False, description="also score every image-text pair with the ITM head (METER's protocol) "
-                           "and report it as full_itm_*: images x texts fused passes")
+        "blip",
+        description="re-ranking score: blip = itm[:,1] + sim (BLIP); albef = itm[:,1] (ALBEF); "
+        "margin_sim = itm[:,1] - itm[:,0] + sim (this library's earlier rule)",
+    )
+    full_itm: bool = Field(
+        False,
+        description="also score every image-text pair with the ITM head (METER's protocol) "
+        "and report it as full_itm_*: images x texts fused passes",
+    )
 
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -45,10 +51,15 @@ DEFAULTS = Path(__file__).resolve().parent / "lavis_defaults"
 
 
 @registered_model(
-    "meter_retrieval", task="mmllm_retrieval", model_arch="mmllm_meter_retrieval",
+    "meter_retrieval",
+    task="mmllm_retrieval",
+    model_arch="mmllm_meter_retrieval",
     default_config=ROOT / "configs/retrieval/emoji_meter_smollm2.yaml",
-    lavis_model_config=DEFAULTS / "mmllm_meter_retrieval.yaml", lavis_dataset_config=DEFAULTS / "mmllm_retrieval.yaml",
-    insertion_depths=InsertionDepths(fixed={"head": ("model.llm_block_at=before_fusion",), "tail": ("model.llm_block_at=after_fusion",)}),
+    lavis_model_config=DEFAULTS / "mmllm_meter_retrieval.yaml",
+    lavis_dataset_config=DEFAULTS / "mmllm_retrieval.yaml",
+    insertion_depths=InsertionDepths(
+        fixed={"head": ("model.llm_block_at=before_fusion",), "tail": ("model.llm_block_at=after_fusion",)}
+    ),
     description="METER-style ITC + ITM retrieval with the frozen LLM block after fusion; Recall@K",
 )
 class RetrievalTask(BenchmarkModel):
@@ -69,13 +80,18 @@ class RetrievalTask(BenchmarkModel):
         return create_retrieval_model(self.model_cfg)
 
     def _tokenize(self, captions):
-        return self.tokenizer(captions, padding="longest", truncation=True,
-                              max_length=self.data_cfg.max_text_len, return_tensors="pt")
+        return self.tokenizer(
+            captions, padding="longest", truncation=True, max_length=self.data_cfg.max_text_len, return_tensors="pt"
+        )
 
     def collate(self, samples):
         text = self._tokenize([s["caption"] for s in samples])
-        return {"images": torch.stack([s["image"] for s in samples]), "input_ids": text["input_ids"],
-                "attention_mask": text["attention_mask"], "image_index": torch.tensor([s["image_index"] for s in samples])}
+        return {
+            "images": torch.stack([s["image"] for s in samples]),
+            "input_ids": text["input_ids"],
+            "attention_mask": text["attention_mask"],
+            "image_index": torch.tensor([s["image_index"] for s in samples]),
+        }
 
     def training_loss(self, model, batch):
         out = model(batch)
@@ -102,10 +118,12 @@ class RetrievalTask(BenchmarkModel):
             text = self._tokenize([x["caption"] for x in s])
             return {"index": torch.tensor([x["index"] for x in s]), **text}
 
-        images = list(predict_split(model, data.images(), image_collate, batch_size, image_step, "eval images",
-                                    task=self).items())
-        texts = list(predict_split(model, data.captions(), text_collate, batch_size, text_step, "eval texts",
-                                   task=self).items())
+        images = list(
+            predict_split(model, data.images(), image_collate, batch_size, image_step, "eval images", task=self).items()
+        )
+        texts = list(
+            predict_split(model, data.captions(), text_collate, batch_size, text_step, "eval texts", task=self).items()
+        )
         images, texts = [r for _, r in images], [r for _, r in texts]  # in index order
         img_tok = torch.stack([r[0] for r in images])
         img_feat = torch.stack([r[1] for r in images])
@@ -121,16 +139,20 @@ class RetrievalTask(BenchmarkModel):
 
         def pair_logits(rows_img, rows_txt):
             rows_img, rows_txt = torch.as_tensor(rows_img), torch.as_tensor(rows_txt)
-            logits = model.itm_logits(img_tok[rows_img].to(device, dtype), txt_tok[rows_txt].to(device, dtype),
-                                      txt_pad[rows_txt].to(device))
+            logits = model.itm_logits(
+                img_tok[rows_img].to(device, dtype), txt_tok[rows_txt].to(device, dtype), txt_pad[rows_txt].to(device)
+            )
             return logits.float().cpu().numpy()
 
         return pair_logits
 
     @staticmethod
     def _my_rows(n: int) -> range:
-        rank, world = ((torch.distributed.get_rank(), torch.distributed.get_world_size())
-                       if torch.distributed.is_initialized() else (0, 1))
+        rank, world = (
+            (torch.distributed.get_rank(), torch.distributed.get_world_size())
+            if torch.distributed.is_initialized()
+            else (0, 1)
+        )
         return range(rank, n, world)
 
     @torch.no_grad()
@@ -161,8 +183,16 @@ class RetrievalTask(BenchmarkModel):
         scores_t2i = fill_reranked(gathered(t2i), (n_txt, n_img))
         full = None
         if full_itm:
-            rows = gathered(full_itm_scores(n_img, n_txt, pair_logits, self.run.batch_size_eval, self._my_rows(n_img),
-                                            progress=distributed.is_main()))
+            rows = gathered(
+                full_itm_scores(
+                    n_img,
+                    n_txt,
+                    pair_logits,
+                    self.run.batch_size_eval,
+                    self._my_rows(n_img),
+                    progress=distributed.is_main(),
+                )
+            )
             full = np.stack([rows[i] for i in range(n_img)])
         model.train(was_training)
         return scores_i2t, scores_t2i, sims, full
@@ -175,8 +205,12 @@ class RetrievalTask(BenchmarkModel):
         scores_i2t, scores_t2i, sims, full = self.score_matrices(model, dataset, full_itm=self.run.full_itm)
         seconds = time.perf_counter() - start
         itc_only = retrieval_metrics(sims, sims.T, dataset.img2txt, dataset.txt2img)  # before re-ranking
-        report: dict[str, Any] = {"itc_only": itc_only, "rerank_score": self.run.rerank_score,
-                                  "k_test": self.run.k_test, "eval_seconds": round(seconds, 2)}
+        report: dict[str, Any] = {
+            "itc_only": itc_only,
+            "rerank_score": self.run.rerank_score,
+            "k_test": self.run.k_test,
+            "eval_seconds": round(seconds, 2),
+        }
         extra = {"itc_r_mean": round(itc_only["r_mean"], 2)}
         if full is not None:
             full_metrics = retrieval_metrics(full, full.T, dataset.img2txt, dataset.txt2img)

@@ -4,6 +4,7 @@ ranking by cosine similarity in the LLM's word-embedding space, the same Recall@
 Variants: ``vlap`` (``0.1 · L_map + L_cap``, the release's weighting) and ``vlap_assign_only``
 (``caption_weight=0``: no captioning; with the release's ``text_features: llm_hidden`` the frozen
 LLM still runs forward on the captions, without backward)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,7 +41,9 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 @registered_model(  # VLAP (issue 13): one linear layer into the LLM's word-embedding space
-    "vlap_retrieval", task="mmllm_retrieval_vlap", model_arch="mmllm_vlap_retrieval",
+    "vlap_retrieval",
+    task="mmllm_retrieval_vlap",
+    model_arch="mmllm_vlap_retrieval",
     default_config=ROOT / "configs/retrieval/emoji_vlap_smollm2.yaml",
     variants={"vlap": (), "vlap_assign_only": ("model.caption_weight=0",)},
     description="VLAP: frozen ViT -> linear -> LLM word-embedding space, 0.1 x assignment prediction "
@@ -61,8 +64,9 @@ class VLAPRetrievalTask(BenchmarkModel):
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.model_cfg.llm)
         if self.tokenizer.eos_token_id is None:
             raise ConfigError(f"model.llm={self.model_cfg.llm}: the tokenizer has no EOS token")
-        self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
-                          else self.tokenizer.eos_token_id)
+        self.pad_id = int(
+            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        )
         self.transform = image_transform(*vision_input_spec(self.model_cfg.vision))
         return Preprocess.shared(self.transform, self.tokenizer)
 
@@ -76,8 +80,12 @@ class VLAPRetrievalTask(BenchmarkModel):
         spec = self.data_cfg.splits["train"]
         items = load_karpathy(spec.annotation, spec.image_root, check_images=False)
         vocab = len(self.tokenizer)
-        return word_frequency_prior((self._ids(c) for item in items for c in item.captions), vocab,
-                                    self.model_cfg.prior_smoothing, ignore_ids=[self.pad_id])
+        return word_frequency_prior(
+            (self._ids(c) for item in items for c in item.captions),
+            vocab,
+            self.model_cfg.prior_smoothing,
+            ignore_ids=[self.pad_id],
+        )
 
     def build_model(self, lm=None):
         self.preprocess  # noqa: B018 - the call-order check: build_preprocess loaded the tokenizer
@@ -98,8 +106,9 @@ class VLAPRetrievalTask(BenchmarkModel):
             prompt = self._ids(self.model_cfg.caption_prompt)
             eos = int(self.tokenizer.eos_token_id)
             batch["prompt_ids"], batch["prompt_mask"] = _pad([prompt] * len(samples), self.pad_id)
-            batch["answer_ids"], batch["answer_mask"] = _pad([self._ids(" " + c.strip()) + [eos] for c in captions],
-                                                             self.pad_id)
+            batch["answer_ids"], batch["answer_mask"] = _pad(
+                [self._ids(" " + c.strip()) + [eos] for c in captions], self.pad_id
+            )
         return batch
 
     def training_loss(self, model, batch):

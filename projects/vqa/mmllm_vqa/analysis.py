@@ -9,6 +9,7 @@ an ``nn.MultiheadAttention``) — the attention map a ViT is usually read by, co
 The fusion layers' self-attention would also see the question through cross-attention, and the block
 itself sits after them; the unimodal encoder's map is the comparison the paper's ViT maps make.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -64,10 +65,15 @@ def analysis_inputs(task, model, dataset, num: int) -> AnalysisInputs:
     display = torch.from_numpy(np.stack(raw)).float() / 255
     batch = task.collate([dataset[i] for i in indices])
     param = next(model.parameters())
-    batch = task.move_batch({k: batch[k] for k in ("images", "input_ids", "attention_mask")}, param.device,
-                            model_dtype(model))
+    batch = task.move_batch(
+        {k: batch[k] for k in ("images", "input_ids", "attention_mask")}, param.device, model_dtype(model)
+    )
     visual = backbone.vision.visual
-    return AnalysisInputs(forward=lambda m: m(batch["images"], batch["input_ids"], batch["attention_mask"]),
-                          masks=masks, display=display, prefix=1, grid=tuple(visual.grid_size),
-                          attention=visual.transformer.resblocks[-1].attn)
-
+    return AnalysisInputs(
+        forward=lambda m: m(batch["images"], batch["input_ids"], batch["attention_mask"]),
+        masks=masks,
+        display=display,
+        prefix=1,
+        grid=tuple(visual.grid_size),
+        attention=visual.transformer.resblocks[-1].attn,
+    )

@@ -3,6 +3,7 @@
 The same loader reads real VQAv2 (COCO images, ``COCO_{split}2014_{image_id:012d}.jpg``)
 and the embedded easy-VQA conversion; only ``image_pattern`` differs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,13 +36,16 @@ def load_json_records(path: str | Path, field: str) -> list[dict[str, Any]]:
     kinds: dict[str, str] = {}
     for i, record in enumerate(records):
         if not isinstance(record, dict):
-            raise DataError(f"{path}: inconsistent records under {field!r}: item {i} is a "
-                            f"{type(record).__name__}, not an object")
+            raise DataError(
+                f"{path}: inconsistent records under {field!r}: item {i} is a {type(record).__name__}, not an object"
+            )
         for key, value in record.items():  # one type per key, as a table column would need
             kind = "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value).__name__
             if value is not None and kinds.setdefault(key, kind) != kind:
-                raise DataError(f"{path}: inconsistent records under {field!r}: item {i} has {key!r} of type "
-                                f"{kind}, earlier items {kinds[key]}")
+                raise DataError(
+                    f"{path}: inconsistent records under {field!r}: item {i} has {key!r} of type "
+                    f"{kind}, earlier items {kinds[key]}"
+                )
     return records
 
 
@@ -63,8 +67,15 @@ class VQASplit:
         return [self.annotations[q["question_id"]] for q in self.questions] if self.annotations else []
 
 
-def load_split(name: str, questions: str | Path, annotations: str | Path | None, image_root: str | Path,
-               image_pattern: str = COCO_PATTERN, image_split: str | None = None, check_images: bool = True) -> VQASplit:
+def load_split(
+    name: str,
+    questions: str | Path,
+    annotations: str | Path | None,
+    image_root: str | Path,
+    image_pattern: str = COCO_PATTERN,
+    image_split: str | None = None,
+    check_images: bool = True,
+) -> VQASplit:
     qs = load_json_records(questions, "questions")
     if not qs:
         raise DataError(f"{questions}: the question list of split {name!r} is empty")
@@ -87,7 +98,9 @@ def load_split(name: str, questions: str | Path, annotations: str | Path | None,
             anns[a["question_id"]] = a
         unannotated = [q["question_id"] for q in qs if q["question_id"] not in anns]
         if unannotated:
-            raise DataError(f"{questions}: {len(unannotated)} question(s) have no annotation in {annotations}, e.g. {unannotated[:5]}")
+            raise DataError(
+                f"{questions}: {len(unannotated)} question(s) have no annotation in {annotations}, e.g. {unannotated[:5]}"
+            )
     return VQASplit(name, qs, anns)
 
 
@@ -135,8 +148,10 @@ class VQADataset(Dataset):
         self.transform = image_transform(image_size, mean, std)
         self._targets = None
         if split.annotations:
-            self._targets = [soft_scores(split.annotations[q["question_id"]]["answers"], self.index, soft_score)
-                             for q in split.questions]
+            self._targets = [
+                soft_scores(split.annotations[q["question_id"]]["answers"], self.index, soft_score)
+                for q in split.questions
+            ]
 
     def __len__(self) -> int:
         return len(self.split.questions)
@@ -154,7 +169,11 @@ class VQADataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         q = self.split.questions[i]
-        item = {"image": self.transform(load_image(q["image_path"])), "question": q["question"], "question_id": q["question_id"]}
+        item = {
+            "image": self.transform(load_image(q["image_path"])),
+            "question": q["question"],
+            "question_id": q["question_id"],
+        }
         if self._targets is not None:
             item["target"] = self._targets[i]
         return item
@@ -162,8 +181,13 @@ class VQADataset(Dataset):
 
 def make_collate(tokenizer, num_answers: int, max_text_len: int = 40):
     def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-        text = tokenizer([s["question"] for s in samples], padding="longest", truncation=True,
-                         max_length=max_text_len, return_tensors="pt")
+        text = tokenizer(
+            [s["question"] for s in samples],
+            padding="longest",
+            truncation=True,
+            max_length=max_text_len,
+            return_tensors="pt",
+        )
         batch = {
             "images": torch.stack([s["image"] for s in samples]),
             "input_ids": text["input_ids"],

@@ -6,6 +6,7 @@ questions) becomes the val split; easy-VQA's test set is the test split. Caption
 VL pretraining ("a blue circle") are derived from each image's own QA pairs and written
 in the Karpathy format.
 """
+
 from __future__ import annotations
 
 import re
@@ -16,7 +17,15 @@ from mmllm.errors import AssetMissingError
 from mmllm.jsonio import write_json
 
 PIP = "pip install easy-vqa==1.0"
-QUESTION_TYPES = ("what color is", "what shape is", "what shape does", "what is the", "is there", "does the image", "is")
+QUESTION_TYPES = (
+    "what color is",
+    "what shape is",
+    "what shape does",
+    "what is the",
+    "is there",
+    "does the image",
+    "is",
+)
 SHAPES = {"circle", "rectangle", "triangle"}
 
 
@@ -44,11 +53,16 @@ def _records(questions, answers, image_ids, start_id: int, keep_images: set[int]
             continue
         qid = start_id + offset
         qs.append({"question_id": qid, "image_id": int(img), "question": q})
-        anns.append({
-            "question_id": qid, "image_id": int(img), "question_type": question_type(q), "answer_type": answer_type(a),
-            "multiple_choice_answer": a,
-            "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": k + 1} for k in range(10)],
-        })
+        anns.append(
+            {
+                "question_id": qid,
+                "image_id": int(img),
+                "question_type": question_type(q),
+                "answer_type": answer_type(a),
+                "multiple_choice_answer": a,
+                "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": k + 1} for k in range(10)],
+            }
+        )
     return qs, anns
 
 
@@ -100,9 +114,17 @@ def convert(out_dir: str | Path, val_fraction: float = 0.1) -> dict[str, str]:
     # captions (Karpathy format): train one caption per row; val/test a list per image
     train_caps = captions_from_qa(tq, ta, tids)
     test_caps = captions_from_qa(sq, sa, sids)
-    write_json(out / "captions_train.json", [{"image": f"{i}.png", "caption": c, "image_id": i} for i, c in sorted(train_caps.items()) if i in fit_images])
-    write_json(out / "captions_val.json", [{"image": f"{i}.png", "caption": [c]} for i, c in sorted(train_caps.items()) if i in val_images])
-    write_json(out / "captions_test.json", [{"image": f"{i}.png", "caption": [c]} for i, c in sorted(test_caps.items())])
+    write_json(
+        out / "captions_train.json",
+        [{"image": f"{i}.png", "caption": c, "image_id": i} for i, c in sorted(train_caps.items()) if i in fit_images],
+    )
+    write_json(
+        out / "captions_val.json",
+        [{"image": f"{i}.png", "caption": [c]} for i, c in sorted(train_caps.items()) if i in val_images],
+    )
+    write_json(
+        out / "captions_test.json", [{"image": f"{i}.png", "caption": [c]} for i, c in sorted(test_caps.items())]
+    )
     for name in ("train", "val", "test"):
         paths[f"captions_{name}"] = str(out / f"captions_{name}.json")
     write_json(out / MARKER, paths)

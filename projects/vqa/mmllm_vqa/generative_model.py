@@ -5,6 +5,7 @@ pretrained causal LM (:class:`mmllm.models.llava.VisualPrefixLM`), answer genera
 LLaViT (c), global + local features, is here: the encoder's tokens at several depths (each
 through the encoder's final LayerNorm) concatenated channel-wise before the projector.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -42,13 +43,18 @@ class LLaViTOptions(Section):
 
     visual_qkv: bool = Field(False, description="(a) separate trainable Q/K/V for visual tokens in every layer")
     bidirectional_visual: bool = Field(False, description="(b) visual tokens attend to each other both ways")
-    feature_layers: list[int] | None = Field(None, description="(c) encoder depths concatenated channel-wise, e.g. [1, -1]")
+    feature_layers: list[int] | None = Field(
+        None, description="(c) encoder depths concatenated channel-wise, e.g. [1, -1]"
+    )
 
 
 class GenerativeVQAOptions(ModelSection):
     vision: VisionOptions = VisionOptions()
-    train_vision: bool = Field(True, description="train the vision encoder (a random-init ViT must; the pretrained "
-                               "CNN of model.vision.cnn can stay frozen, as LLaVA's stage 1 keeps CLIP)")
+    train_vision: bool = Field(
+        True,
+        description="train the vision encoder (a random-init ViT must; the pretrained "
+        "CNN of model.vision.cnn can stay frozen, as LLaVA's stage 1 keeps CLIP)",
+    )
     llm: LLMOptions = LLMOptions()
     llavit: LLaViTOptions = LLaViTOptions()
     max_new_tokens: int = Field(8, gt=0)
@@ -84,10 +90,17 @@ class MultiDepthVision(nn.Module):
         if self.cnn:
             return self.encoder.depth_tokens(images, self.layers)
         out = self.encoder.visual.forward_intermediates(
-            images, indices=self.layers, normalize_intermediates=True, intermediates_only=True,
-            output_fmt="NLC", output_extra_tokens=True)
-        by_depth = [torch.cat([cls, patches], dim=1)
-                    for cls, patches in zip(out["image_intermediates_prefix"], out["image_intermediates"])]
+            images,
+            indices=self.layers,
+            normalize_intermediates=True,
+            intermediates_only=True,
+            output_fmt="NLC",
+            output_extra_tokens=True,
+        )
+        by_depth = [
+            torch.cat([cls, patches], dim=1)
+            for cls, patches in zip(out["image_intermediates_prefix"], out["image_intermediates"])
+        ]
         depth = len(self.encoder.visual.transformer.resblocks)
         order = sorted(range(len(self.layers)), key=lambda i: self.layers[i] % depth)  # timm returns them shallow first
         ranked = {j: by_depth[rank] for rank, j in enumerate(order)}
@@ -123,16 +136,32 @@ def create_generative_vqa_model(options: GenerativeVQAOptions, fmt: PromptFormat
     llm = options.llm
     if llm.train == "lora":
         if options.llavit.visual_qkv:
-            raise ConfigError("model.llm.train: lora with model.llavit.visual_qkv is not supported (use frozen or full)")
+            raise ConfigError(
+                "model.llm.train: lora with model.llavit.visual_qkv is not supported (use frozen or full)"
+            )
         try:
             from peft import LoraConfig, get_peft_model
         except ImportError as exc:
             raise ConfigError("model.llm.train: lora needs peft (pip install peft==0.21.2)") from exc
-        lm = get_peft_model(lm, LoraConfig(r=llm.lora.r, lora_alpha=llm.lora.alpha, lora_dropout=llm.lora.dropout,
-                                           target_modules=list(llm.lora.target_modules)))  # freezes all but LoRA
-    model = VisualPrefixLM(lm, vision.out_dim, llm.projector, fmt.prefix_ids, fmt.pad_id, fmt.eos_ids,
-                           visual_qkv=options.llavit.visual_qkv,
-                           bidirectional_visual=options.llavit.bidirectional_visual)
+        lm = get_peft_model(
+            lm,
+            LoraConfig(
+                r=llm.lora.r,
+                lora_alpha=llm.lora.alpha,
+                lora_dropout=llm.lora.dropout,
+                target_modules=list(llm.lora.target_modules),
+            ),
+        )  # freezes all but LoRA
+    model = VisualPrefixLM(
+        lm,
+        vision.out_dim,
+        llm.projector,
+        fmt.prefix_ids,
+        fmt.pad_id,
+        fmt.eos_ids,
+        visual_qkv=options.llavit.visual_qkv,
+        bidirectional_visual=options.llavit.bidirectional_visual,
+    )
     if llm.train == "frozen":
         model.freeze_lm()
     elif llm.train == "full":

@@ -5,6 +5,7 @@ generated as free text (greedy, ``model.max_new_tokens``) and scored after the o
 normalisation (:func:`metrics.evaluate` normalises every result answer itself). Training
 target: the most frequent normalised annotator answer of each question (ties: alphabetical).
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -61,12 +62,17 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 @registered_model(  # LLaVA-style generative baseline and LLaViT (issue 13)
-    "llava_vqa", task="mmllm_vqa_generative", model_arch="mmllm_llava_vqa",
+    "llava_vqa",
+    task="mmllm_vqa_generative",
+    model_arch="mmllm_llava_vqa",
     default_config=ROOT / "configs/vqa/easyvqa_llava_smollm2.yaml",
     variants={  # LLaViT's three modifications together and each on its own (the paper's ablation)
         "llava": (),
-        "llavit": ("model.llavit.visual_qkv=true", "model.llavit.bidirectional_visual=true",
-                   "model.llavit.feature_layers=[2,-1]"),
+        "llavit": (
+            "model.llavit.visual_qkv=true",
+            "model.llavit.bidirectional_visual=true",
+            "model.llavit.feature_layers=[2,-1]",
+        ),
         "llavit_qkv": ("model.llavit.visual_qkv=true",),
         "llavit_bidirectional": ("model.llavit.bidirectional_visual=true",),
         "llavit_multidepth": ("model.llavit.feature_layers=[2,-1]",),
@@ -100,9 +106,15 @@ class GenerativeVQATask(BenchmarkModel):
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         fmt = self.fmt
-        prompt_ids, prompt_mask = fmt.batch_prompts([s["question"] for s in samples], self.model_cfg.max_question_tokens)
-        batch = {"images": torch.stack([s["image"] for s in samples]), "prompt_ids": prompt_ids,
-                 "prompt_mask": prompt_mask, "question_id": torch.tensor([s["question_id"] for s in samples])}
+        prompt_ids, prompt_mask = fmt.batch_prompts(
+            [s["question"] for s in samples], self.model_cfg.max_question_tokens
+        )
+        batch = {
+            "images": torch.stack([s["image"] for s in samples]),
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "question_id": torch.tensor([s["question_id"] for s in samples]),
+        }
         if "answers" in samples[0]:
             rows = [fmt.answer_ids(self.answer_of(s))[: self.data_cfg.max_answer_tokens] for s in samples]
             batch["answer_ids"], batch["answer_mask"] = fmt._batch(rows, None)
@@ -114,11 +126,15 @@ class GenerativeVQATask(BenchmarkModel):
         return most_frequent_answer(item["answers"], item["question_id"])
 
     def training_loss(self, model, batch):
-        loss = model(batch["images"], batch["prompt_ids"], batch["prompt_mask"], batch["answer_ids"], batch["answer_mask"])
+        loss = model(
+            batch["images"], batch["prompt_ids"], batch["prompt_mask"], batch["answer_ids"], batch["answer_mask"]
+        )
         return loss, {}
 
     def predict(self, model, batch):
         """Greedy answers, decoded (the official evaluator normalises them)."""
         module = getattr(model, "module", model)
-        tokens = module.generate(batch["images"], batch["prompt_ids"], batch["prompt_mask"], self.model_cfg.max_new_tokens)
+        tokens = module.generate(
+            batch["images"], batch["prompt_ids"], batch["prompt_mask"], self.model_cfg.max_new_tokens
+        )
         return zip(batch["question_id"].tolist(), self.fmt.decode(tokens))

@@ -12,6 +12,7 @@ Rules reproduced, including their quirks, so our numbers equal the leaderboard's
   answer record equal to the held-out one;
 * overall / per question type / per answer type are means, x100, rounded to 2 decimals.
 """
+
 from __future__ import annotations
 
 import re
@@ -104,8 +105,10 @@ def _check_annotation(ann: object, n: int, source: str) -> None:
             raise DataError(f"{source}: question {qid}: {key} is {ann.get(key)!r}, expected a string")
     answers = ann.get("answers")
     if not isinstance(answers, list) or not answers:
-        raise DataError(f"{source}: question {qid}: answers is {answers!r}, expected a non-empty list of "
-                        "annotator records (VQAv2 has 10)")
+        raise DataError(
+            f"{source}: question {qid}: answers is {answers!r}, expected a non-empty list of "
+            "annotator records (VQAv2 has 10)"
+        )
     for a in answers:
         if not isinstance(a, Mapping) or not isinstance(a.get("answer"), str):
             raise DataError(f"{source}: question {qid}: annotator record {a!r} has no string 'answer'")
@@ -129,15 +132,18 @@ def evaluate(annotations: Iterable[Mapping], results: Mapping[int, str], source:
             duplicated.append(ann["question_id"])
         seen.add(ann["question_id"])
     if duplicated:
-        raise DataError(f"{source}: {len(duplicated)} duplicated annotation record(s), e.g. question(s) "
-                        f"{sorted(set(duplicated))[:5]}: each question must be annotated once")
+        raise DataError(
+            f"{source}: {len(duplicated)} duplicated annotation record(s), e.g. question(s) "
+            f"{sorted(set(duplicated))[:5]}: each question must be annotated once"
+        )
     missing = sorted(seen - set(results))
     if missing:
         raise DataError(f"{len(missing)} annotated question(s) of {source} have no result, e.g. {missing[:5]}")
     unannotated = sorted(set(results) - seen, key=str)
     if unannotated:
-        raise DataError(f"{len(unannotated)} result(s) answer questions not annotated in {source}, "
-                        f"e.g. {unannotated[:5]}")
+        raise DataError(
+            f"{len(unannotated)} result(s) answer questions not annotated in {source}, e.g. {unannotated[:5]}"
+        )
     overall: list[float] = []
     per_q: dict[str, list[float]] = defaultdict(list)
     per_a: dict[str, list[float]] = defaultdict(list)

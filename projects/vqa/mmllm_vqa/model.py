@@ -1,4 +1,5 @@
 """METER-style VQA model: backbone (with the frozen LLM block after fusion) + answer classifier."""
+
 from __future__ import annotations
 
 import torch

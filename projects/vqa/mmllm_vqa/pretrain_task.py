@@ -3,6 +3,7 @@
 Fine-tuning runs (VQA here; retrieval too: a run's final model is a file, no import) start from its
 final model with ``run.init_from`` and ``run.init_prefixes: [backbone.]``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,10 +27,16 @@ DEFAULTS = Path(__file__).resolve().parent / "lavis_defaults"
 
 
 @registered_task(
-    "mmllm_itm_mlm", dataset="mmllm_captions", model_arch="mmllm_meter_pretrain", metric="itm_acc",
+    "mmllm_itm_mlm",
+    dataset="mmllm_captions",
+    model_arch="mmllm_meter_pretrain",
+    metric="itm_acc",
     default_config=ROOT / "configs/vqa/easyvqa_pretrain_itm_mlm.yaml",
-    lavis_model_config=DEFAULTS / "mmllm_meter_pretrain.yaml", lavis_dataset_config=DEFAULTS / "mmllm_captions.yaml",
-    insertion_depths=InsertionDepths(fixed={"head": ("model.llm_block_at=before_fusion",), "tail": ("model.llm_block_at=after_fusion",)}),
+    lavis_model_config=DEFAULTS / "mmllm_meter_pretrain.yaml",
+    lavis_dataset_config=DEFAULTS / "mmllm_captions.yaml",
+    insertion_depths=InsertionDepths(
+        fixed={"head": ("model.llm_block_at=before_fusion",), "tail": ("model.llm_block_at=after_fusion",)}
+    ),
     variants={"block": ()},
     description="METER stage 1: image-text matching + masked language modelling on Karpathy-format captions",
 )
@@ -51,20 +58,26 @@ class ITMMLMTask(Task):
     def build_datasets(self) -> dict[str, Dataset]:
         self.preprocess  # noqa: B018 - the call-order check: build_preprocess made the transform
         d = self.data_cfg
-        return {name: CaptionPairs(load_karpathy(spec.annotation, spec.image_root, d.check_images), self.transform)
-                for name, spec in d.splits.items()}
+        return {
+            name: CaptionPairs(load_karpathy(spec.annotation, spec.image_root, d.check_images), self.transform)
+            for name, spec in d.splits.items()
+        }
 
     def collate(self, samples: list[dict[str, Any]], generator: torch.Generator | None = None) -> dict[str, Any]:
         captions = [s["caption"] for s in samples]
-        text = self.tokenizer(captions, padding="longest", truncation=True,
-                              max_length=self.data_cfg.max_text_len, return_tensors="pt")
-        masked, labels = mask_tokens(text["input_ids"], text["attention_mask"], self.tokenizer,
-                                     self.data_cfg.mlm_probability, generator)
+        text = self.tokenizer(
+            captions, padding="longest", truncation=True, max_length=self.data_cfg.max_text_len, return_tensors="pt"
+        )
+        masked, labels = mask_tokens(
+            text["input_ids"], text["attention_mask"], self.tokenizer, self.data_cfg.mlm_probability, generator
+        )
         rolled = captions[-1:] + captions[:-1]
         return {
             "images": torch.stack([s["image"] for s in samples]),
-            "input_ids": text["input_ids"], "attention_mask": text["attention_mask"],
-            "mlm_input_ids": masked, "mlm_labels": labels,
+            "input_ids": text["input_ids"],
+            "attention_mask": text["attention_mask"],
+            "mlm_input_ids": masked,
+            "mlm_labels": labels,
             "same_caption_as_rolled": torch.tensor([a == b for a, b in zip(captions, rolled)]),
         }
 

@@ -1,4 +1,5 @@
 """METER's VQA classifier as a model of the VQA benchmark (:mod:`.benchmark`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,8 +37,10 @@ class METERVQADataOptions(VQADataOptions):
     num_answers: int = Field(3129, gt=0)
     max_text_len: int = Field(40, gt=0)
     soft_score: Literal["meter", "vqa_min3"] = Field(
-        "meter", description="training targets: meter = 0.3/0.6/0.9/1.0 for 1/2/3/>=4 annotators (METER, ViLT); "
-        "vqa_min3 = min(1, n/3)")
+        "meter",
+        description="training targets: meter = 0.3/0.6/0.9/1.0 for 1/2/3/>=4 annotators (METER, ViLT); "
+        "vqa_min3 = min(1, n/3)",
+    )
 
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -45,11 +48,16 @@ DEFAULTS = Path(__file__).resolve().parent / "lavis_defaults"
 
 
 @registered_model(
-    "meter_vqa", task="mmllm_vqa", model_arch="mmllm_meter_vqa",
+    "meter_vqa",
+    task="mmllm_vqa",
+    model_arch="mmllm_meter_vqa",
     default_config=ROOT / "configs/vqa/easyvqa_meter_smollm2.yaml",
     analysis="mmllm_vqa.analysis:analysis_inputs",
-    lavis_model_config=DEFAULTS / "mmllm_meter_vqa.yaml", lavis_dataset_config=DEFAULTS / "mmllm_vqa.yaml",
-    insertion_depths=InsertionDepths(fixed={"head": ("model.llm_block_at=before_fusion",), "tail": ("model.llm_block_at=after_fusion",)}),
+    lavis_model_config=DEFAULTS / "mmllm_meter_vqa.yaml",
+    lavis_dataset_config=DEFAULTS / "mmllm_vqa.yaml",
+    insertion_depths=InsertionDepths(
+        fixed={"head": ("model.llm_block_at=before_fusion",), "tail": ("model.llm_block_at=after_fusion",)}
+    ),
     description="METER-style VQA with the frozen LLM block after fusion; official VQA accuracy",
 )
 class VQATask(BenchmarkModel):
@@ -93,8 +101,10 @@ class VQATask(BenchmarkModel):
         out_dir = Path(self.run.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "answer_vocab.json", self._vocab())
-        return {name: VQADataset(self._split(name), self._vocab(), *self.image_spec, soft_score=self.data_cfg.soft_score)
-                for name in self.data_cfg.splits}
+        return {
+            name: VQADataset(self._split(name), self._vocab(), *self.image_spec, soft_score=self.data_cfg.soft_score)
+            for name in self.data_cfg.splits
+        }
 
     def collate(self, samples):
         return make_collate(self.tokenizer, len(self._vocab()), self.data_cfg.max_text_len)(samples)
@@ -114,11 +124,18 @@ class VQATask(BenchmarkModel):
     def answer_questions(self, model, images: torch.Tensor, questions: list[str]) -> list[str]:
         """The best vocabulary answer to each question about its (transformed) image: LAVIS's
         ``model.predict_answers`` calls this; tokenized exactly as :meth:`collate` does."""
-        text = self.tokenizer(list(questions), padding="longest", truncation=True,
-                              max_length=self.data_cfg.max_text_len, return_tensors="pt")
-        batch = self.move_batch({"images": images, "input_ids": text["input_ids"],
-                                 "attention_mask": text["attention_mask"]},
-                                next(model.parameters()).device, model_dtype(model))
+        text = self.tokenizer(
+            list(questions),
+            padding="longest",
+            truncation=True,
+            max_length=self.data_cfg.max_text_len,
+            return_tensors="pt",
+        )
+        batch = self.move_batch(
+            {"images": images, "input_ids": text["input_ids"], "attention_mask": text["attention_mask"]},
+            next(model.parameters()).device,
+            model_dtype(model),
+        )
         logits = model(batch["images"], batch["input_ids"], batch["attention_mask"])
         vocab = self._vocab()
         return [vocab[i] for i in logits.argmax(-1).tolist()]

@@ -1,4 +1,5 @@
 """3D VQA data: SQA3D and ScanQA files written by hand, .npy/.ply scenes, bad inputs, the scene generator."""
+
 import json
 import math
 
@@ -25,19 +26,40 @@ def _scene(n=300, seed=0):
 
 def sqa3d_files(tmp_path, answers=("left", "white", "two"), scenes_present=("scene0000_00", "scene0001_00")):
     questions = [
-        {"scene_id": "scene0000_00", "situation": "I am sitting on the bed.", "alternative_situation": ["On the bed."],
-         "question": "Is the door on my left or right?", "question_id": 220602000002},
-        {"scene_id": "scene0000_00", "situation": "I am facing the sink.", "alternative_situation": [],
-         "question": "What color is the towel?", "question_id": 220602000017},
-        {"scene_id": "scene0001_00", "situation": "I am standing by the desk.", "alternative_situation": [],
-         "question": "How many chairs are behind me?", "question_id": 220602000029},
+        {
+            "scene_id": "scene0000_00",
+            "situation": "I am sitting on the bed.",
+            "alternative_situation": ["On the bed."],
+            "question": "Is the door on my left or right?",
+            "question_id": 220602000002,
+        },
+        {
+            "scene_id": "scene0000_00",
+            "situation": "I am facing the sink.",
+            "alternative_situation": [],
+            "question": "What color is the towel?",
+            "question_id": 220602000017,
+        },
+        {
+            "scene_id": "scene0001_00",
+            "situation": "I am standing by the desk.",
+            "alternative_situation": [],
+            "question": "How many chairs are behind me?",
+            "question_id": 220602000029,
+        },
     ]
     annotations = [
-        {"scene_id": q["scene_id"], "question_type": "N/A", "answer_type": "other", "question_id": q["question_id"],
-         "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": 1}],
-         "rotation": {"_x": 0, "_y": 0, "_z": 0.7071067811865476, "_w": 0.7071067811865476},
-         "position": {"x": 0.5 * i, "y": -1.0, "z": 0}}
-        for i, (q, a) in enumerate(zip(questions, answers))]
+        {
+            "scene_id": q["scene_id"],
+            "question_type": "N/A",
+            "answer_type": "other",
+            "question_id": q["question_id"],
+            "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": 1}],
+            "rotation": {"_x": 0, "_y": 0, "_z": 0.7071067811865476, "_w": 0.7071067811865476},
+            "position": {"x": 0.5 * i, "y": -1.0, "z": 0},
+        }
+        for i, (q, a) in enumerate(zip(questions, answers))
+    ]
     q = _write(tmp_path / "v1_balanced_questions_train_scannetv2.json", {"info": {}, "questions": questions})
     a = _write(tmp_path / "v1_balanced_sqa_annotations_train_scannetv2.json", {"info": {}, "annotations": annotations})
     (tmp_path / "scenes").mkdir(exist_ok=True)
@@ -59,16 +81,34 @@ def test_sqa3d_loader_joins_questions_and_annotations(tmp_path):
 
 
 def test_scanqa_loader(tmp_path):
-    path = _write(tmp_path / "ScanQA_v1.0_val.json", [
-        {"question_id": "val-scene0000-0", "question": "What is in the corner?", "answers": ["chair", "brown chair"],
-         "scene_id": "scene0000_00", "object_ids": [3], "object_names": ["chair"]},
-        {"question_id": "val-scene0000-1", "question": "Where is the lamp?", "answers": ["on desk"],
-         "scene_id": "scene0000_00", "object_ids": [5], "object_names": ["lamp"]}])
+    path = _write(
+        tmp_path / "ScanQA_v1.0_val.json",
+        [
+            {
+                "question_id": "val-scene0000-0",
+                "question": "What is in the corner?",
+                "answers": ["chair", "brown chair"],
+                "scene_id": "scene0000_00",
+                "object_ids": [3],
+                "object_names": ["chair"],
+            },
+            {
+                "question_id": "val-scene0000-1",
+                "question": "Where is the lamp?",
+                "answers": ["on desk"],
+                "scene_id": "scene0000_00",
+                "object_ids": [5],
+                "object_names": ["lamp"],
+            },
+        ],
+    )
     records = d3.load_scanqa(path)
     assert records[0]["answers"] == ["chair", "brown chair"] and records[0]["situation"] == ""
     assert records[1]["pose"] is None and records[1]["qid_json"] == '"val-scene0000-1"'
-    test = _write(tmp_path / "ScanQA_v1.0_test_w_obj.json", [
-        {"question_id": "test-scene0700-0", "question": "What is it?", "scene_id": "scene0700_00"}])
+    test = _write(
+        tmp_path / "ScanQA_v1.0_test_w_obj.json",
+        [{"question_id": "test-scene0700-0", "question": "What is it?", "scene_id": "scene0700_00"}],
+    )
     assert d3.load_scanqa(test)[0]["answers"] == []
     dup = _write(tmp_path / "dup.json", json.loads((tmp_path / "ScanQA_v1.0_val.json").read_text()) * 2)
     with pytest.raises(DataError, match="more than once"):
@@ -123,17 +163,27 @@ def test_bad_question_files(tmp_path):
 
 def _config(tmp_path, q, a, **data_overrides):
     split = {"questions": q, "annotations": a}
-    return OmegaConf.create({
-        "model": {"text": {"name": "minilm-l6"}, "llm_block": {"kind": "none"}},
-        "datasets": {"mmllm_3dvqa": {"scene_dir": str(tmp_path / "scenes"), "num_points": 64,
-                                     "splits": {"train": split, "test": split}, **data_overrides}},
-        "run": {"task": "mmllm_3dvqa", "output_dir": str(tmp_path / "run")},
-    })
+    return OmegaConf.create(
+        {
+            "model": {"text": {"name": "minilm-l6"}, "llm_block": {"kind": "none"}},
+            "datasets": {
+                "mmllm_3dvqa": {
+                    "scene_dir": str(tmp_path / "scenes"),
+                    "num_points": 64,
+                    "splits": {"train": split, "test": split},
+                    **data_overrides,
+                }
+            },
+            "run": {"task": "mmllm_3dvqa", "output_dir": str(tmp_path / "run")},
+        }
+    )
 
 
 def test_datasets_and_out_of_vocabulary_answers(tmp_path):
     q, a = sqa3d_files(tmp_path)
-    task = get_task("mmllm_3dvqa").build(_config(tmp_path, q, a, answer_vocab=_write(tmp_path / "v.json", ["left", "two"])))
+    task = get_task("mmllm_3dvqa").build(
+        _config(tmp_path, q, a, answer_vocab=_write(tmp_path / "v.json", ["left", "two"]))
+    )
     task.build_preprocess()
     sets = task.build_datasets()
     train, test = sets["train"], sets["test"]
@@ -211,8 +261,9 @@ def test_generator_is_deterministic_and_writes_sqa3d_files(generated, tmp_path):
     assert scenes.is_generated(root, settings) and not scenes.is_generated(root)  # settings are recorded
     # the same loader reads the generated files as a user's SQA3D files
     for split in scenes.SPLITS:
-        records = d3.load_sqa3d(root / scenes.QUESTIONS_FILE.format(split=split),
-                                root / scenes.ANNOTATIONS_FILE.format(split=split))
+        records = d3.load_sqa3d(
+            root / scenes.QUESTIONS_FILE.format(split=split), root / scenes.ANNOTATIONS_FILE.format(split=split)
+        )
         assert len(records) == counts[split] > 0
     cloud = d3.read_point_cloud(root / scenes.SCENE_FILE.format(scene_id="pbscene0000_00"), True)
     assert cloud.shape[1] == 6 and cloud[:, 2].min() >= 0 and cloud[:, 3:].max() <= 255
@@ -233,11 +284,17 @@ def test_situation_decides_left_and_right(generated):
             answers_by_question.setdefault((q["scene_id"], q["question"]), set()).add(answer)
             if not q["question"].endswith("on my left or right?"):
                 continue
-            phrase = q["question"][len("Is the "):-len(" on my left or right?")]
+            phrase = q["question"][len("Is the ") : -len(" on my left or right?")]
             objects = graphs[q["scene_id"]]["objects"]
-            target = [o for o in objects if phrase in (o["category"], f"{o['color']} {o['category']}")
-                      and (phrase == f"{o['color']} {o['category']}" or
-                           sum(p["category"] == o["category"] for p in objects) == 1)]
+            target = [
+                o
+                for o in objects
+                if phrase in (o["category"], f"{o['color']} {o['category']}")
+                and (
+                    phrase == f"{o['color']} {o['category']}"
+                    or sum(p["category"] == o["category"] for p in objects) == 1
+                )
+            ]
             assert len(target) == 1, phrase
             yaw = 2 * math.atan2(a["rotation"]["_z"], a["rotation"]["_w"])
             dx = target[0]["position"][0] - a["position"]["x"]
@@ -265,13 +322,19 @@ def test_question_family_is_recovered_from_the_text():
 
 
 def test_situated_breakdown_by_hand():
-    refs = {"1": {"question": "Is the duck on my left or right?", "answers": ["left"]},
-            "2": {"question": "Can I see the mug without turning around?", "answers": ["yes"]},
-            "3": {"question": "How many ducks are there?", "answers": ["two"]}}
+    refs = {
+        "1": {"question": "Is the duck on my left or right?", "answers": ["left"]},
+        "2": {"question": "Can I see the mug without turning around?", "answers": ["yes"]},
+        "3": {"question": "How many ducks are there?", "answers": ["two"]},
+    }
     preds = {"1": ["left", "right"], "2": ["no", "yes"], "3": ["two"]}
     # situated: q1 right, q2 wrong at rank 1 -> 50%; general: q3 right -> 100%
-    assert scenes.situated_breakdown(refs, preds) == {"em1_situated": 50.0, "num_situated": 2,
-                                                      "em1_general": 100.0, "num_general": 1}
+    assert scenes.situated_breakdown(refs, preds) == {
+        "em1_situated": 50.0,
+        "num_situated": 2,
+        "em1_general": 100.0,
+        "num_general": 1,
+    }
     refs["4"] = {"question": "What is on the table?", "answers": ["cup"]}  # a user's question: no breakdown
     preds["4"] = ["cup"]
     assert scenes.situated_breakdown(refs, preds) is None

@@ -1,4 +1,5 @@
 """3D VQA evaluator: EM@1/EM@10, SQA3D's refined match and question types, on hand-worked cases."""
+
 import json
 import subprocess
 import sys
@@ -86,42 +87,105 @@ class Result:
 @pytest.fixture
 def run(capsys):
     """The evaluation command in this process (importing mmllm takes seconds per subprocess)."""
+
     def call(*args):
         code = task.main(list(args))
         out = capsys.readouterr()
         return Result(code, out.out, out.err)
+
     return call
 
 
 def test_cli_scanqa_layout(tmp_path):
     """The script run by path, as a user runs it."""
-    anns = _write(tmp_path / "ScanQA_v1.0_val.json", [
-        {"question_id": f"val-scene0000-{i}", "question": q, "answers": a, "scene_id": "scene0000_00",
-         "object_ids": [1], "object_names": ["chair"]} for i, (q, a, _) in enumerate(CASES)])
-    results = _write(tmp_path / "r.json", [{"question_id": f"val-scene0000-{i}", "answer_top10": p}
-                                           for i, (_, _, p) in enumerate(CASES)])
-    proc = subprocess.run([sys.executable, EVALUATE, "--annotations", anns, "--results", results],
-                          capture_output=True, text=True, timeout=300)
+    anns = _write(
+        tmp_path / "ScanQA_v1.0_val.json",
+        [
+            {
+                "question_id": f"val-scene0000-{i}",
+                "question": q,
+                "answers": a,
+                "scene_id": "scene0000_00",
+                "object_ids": [1],
+                "object_names": ["chair"],
+            }
+            for i, (q, a, _) in enumerate(CASES)
+        ],
+    )
+    results = _write(
+        tmp_path / "r.json",
+        [{"question_id": f"val-scene0000-{i}", "answer_top10": p} for i, (_, _, p) in enumerate(CASES)],
+    )
+    proc = subprocess.run(
+        [sys.executable, EVALUATE, "--annotations", anns, "--results", results],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert (report["em1"], report["em10"], report["em1_refined"], report["em10_refined"]) == (28.57, 57.14, 71.43, 100.0)
+    assert (report["em1"], report["em10"], report["em1_refined"], report["em10_refined"]) == (
+        28.57,
+        57.14,
+        71.43,
+        100.0,
+    )
 
 
 def test_cli_sqa3d_pair_and_errors(tmp_path, run):
-    questions = _write(tmp_path / "q.json", {"questions": [
-        {"scene_id": "scene0000_00", "situation": "I am sitting on the bed.", "alternative_situation": [],
-         "question": "Is the door on my left?", "question_id": 220602000002},
-        {"scene_id": "scene0000_00", "situation": "I am facing the sink.", "alternative_situation": [],
-         "question": "What color is the towel?", "question_id": 220602000017}]})
-    annotations = _write(tmp_path / "a.json", {"annotations": [
-        {"scene_id": "scene0000_00", "question_type": "N/A", "answer_type": "other", "question_id": 220602000002,
-         "answers": [{"answer": "left", "answer_confidence": "yes", "answer_id": 1}],
-         "rotation": {"_x": 0, "_y": 0, "_z": 0, "_w": 1}, "position": {"x": 0.5, "y": -1.0, "z": 0}},
-        {"scene_id": "scene0000_00", "question_type": "N/A", "answer_type": "other", "question_id": 220602000017,
-         "answers": [{"answer": "white", "answer_confidence": "yes", "answer_id": 1}],
-         "rotation": {"_x": 0, "_y": 0, "_z": 1, "_w": 0}, "position": {"x": 1.0, "y": 1.0, "z": 0}}]})
-    results = _write(tmp_path / "r.json", [{"question_id": 220602000002, "answer_top10": ["right", "left"]},
-                                           {"question_id": 220602000017, "answer_top10": ["white"]}])
+    questions = _write(
+        tmp_path / "q.json",
+        {
+            "questions": [
+                {
+                    "scene_id": "scene0000_00",
+                    "situation": "I am sitting on the bed.",
+                    "alternative_situation": [],
+                    "question": "Is the door on my left?",
+                    "question_id": 220602000002,
+                },
+                {
+                    "scene_id": "scene0000_00",
+                    "situation": "I am facing the sink.",
+                    "alternative_situation": [],
+                    "question": "What color is the towel?",
+                    "question_id": 220602000017,
+                },
+            ]
+        },
+    )
+    annotations = _write(
+        tmp_path / "a.json",
+        {
+            "annotations": [
+                {
+                    "scene_id": "scene0000_00",
+                    "question_type": "N/A",
+                    "answer_type": "other",
+                    "question_id": 220602000002,
+                    "answers": [{"answer": "left", "answer_confidence": "yes", "answer_id": 1}],
+                    "rotation": {"_x": 0, "_y": 0, "_z": 0, "_w": 1},
+                    "position": {"x": 0.5, "y": -1.0, "z": 0},
+                },
+                {
+                    "scene_id": "scene0000_00",
+                    "question_type": "N/A",
+                    "answer_type": "other",
+                    "question_id": 220602000017,
+                    "answers": [{"answer": "white", "answer_confidence": "yes", "answer_id": 1}],
+                    "rotation": {"_x": 0, "_y": 0, "_z": 1, "_w": 0},
+                    "position": {"x": 1.0, "y": 1.0, "z": 0},
+                },
+            ]
+        },
+    )
+    results = _write(
+        tmp_path / "r.json",
+        [
+            {"question_id": 220602000002, "answer_top10": ["right", "left"]},
+            {"question_id": 220602000017, "answer_top10": ["white"]},
+        ],
+    )
     proc = run("--questions", questions, "--annotations", annotations, "--results", results)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -132,8 +196,10 @@ def test_cli_sqa3d_pair_and_errors(tmp_path, run):
     proc = run("--questions", questions, "--annotations", annotations, "--results", partial)
     assert proc.returncode == 2 and "220602000017" in proc.stderr and "no prediction" in proc.stderr
     # a prediction for a question that does not exist: an error naming it
-    extra = _write(tmp_path / "e.json", json.loads((tmp_path / "r.json").read_text())
-                   + [{"question_id": 999, "answer_top10": ["x"]}])
+    extra = _write(
+        tmp_path / "e.json",
+        json.loads((tmp_path / "r.json").read_text()) + [{"question_id": 999, "answer_top10": ["x"]}],
+    )
     proc = run("--questions", questions, "--annotations", annotations, "--results", extra)
     assert proc.returncode == 2 and "999" in proc.stderr
     # SQA3D annotations without their questions file

@@ -1,5 +1,6 @@
 """3D VQA through the shared engine: a toy 2-step run on generated scenes with a tiny frozen block,
 its summary, result file and checkpoint evaluation; the model keeps point coordinates in fp32."""
+
 import json
 import os
 import subprocess
@@ -21,7 +22,9 @@ def tiny_model_section(llm_folder):
         "arch": "mmllm_meter_3dvqa",
         "scene": {"num_groups": 8, "group_size": 8, "width": 32, "pointnet_hidden": 16, "layers": 1, "heads": 2},
         "text": {"name": "minilm-l6", "random_init": True, "config_overrides": {"num_hidden_layers": 1}},
-        "hidden_size": 32, "fusion_layers": 1, "num_heads": 2,
+        "hidden_size": 32,
+        "fusion_layers": 1,
+        "num_heads": 2,
         "llm_block_on": "vision",
         "llm_block": {"kind": "llm_block", "source": str(llm_folder), "layers": "last", "dtype": "float32"},
         "situation_loss": True,
@@ -31,18 +34,35 @@ def tiny_model_section(llm_folder):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy3dvqa")
-    scenes.generate(root / "data", scenes.GeneratorSettings(seed=1, num_scenes=6, situations_per_scene=2,
-                                                            points_per_object=48, floor_points=48))
+    scenes.generate(
+        root / "data",
+        scenes.GeneratorSettings(seed=1, num_scenes=6, situations_per_scene=2, points_per_object=48, floor_points=48),
+    )
     save_tiny("llama", root / "llm")
     data = root / "data"
-    split = {s: {"questions": str(data / scenes.QUESTIONS_FILE.format(split=s)),
-                 "annotations": str(data / scenes.ANNOTATIONS_FILE.format(split=s))} for s in ("train", "test")}
+    split = {
+        s: {
+            "questions": str(data / scenes.QUESTIONS_FILE.format(split=s)),
+            "annotations": str(data / scenes.ANNOTATIONS_FILE.format(split=s)),
+        }
+        for s in ("train", "test")
+    }
     cfg = {
         "model": tiny_model_section(root / "llm"),
-        "datasets": {"mmllm_3dvqa": {"scene_dir": str(data / "scenes"), "num_points": 96, "max_text_len": 40,
-                                     "splits": split}},
-        "run": {"task": "mmllm_3dvqa", "output_dir": str(root / "run"), "precision": "fp32", "max_steps": 2,
-                "batch_size_train": 8, "batch_size_eval": 32, "init_lr": 1e-3, "log_every": 1, "seed": 0},
+        "datasets": {
+            "mmllm_3dvqa": {"scene_dir": str(data / "scenes"), "num_points": 96, "max_text_len": 40, "splits": split}
+        },
+        "run": {
+            "task": "mmllm_3dvqa",
+            "output_dir": str(root / "run"),
+            "precision": "fp32",
+            "max_steps": 2,
+            "batch_size_train": 8,
+            "batch_size_eval": 32,
+            "init_lr": 1e-3,
+            "log_every": 1,
+            "seed": 0,
+        },
     }
     path = root / "toy.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -53,8 +73,13 @@ def test_two_step_training_through_the_engine(setup):
     root, config = setup
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     env["DS_ACCELERATOR"] = "cpu"
-    proc = subprocess.run([sys.executable, str(ROOT / "projects/3dvqa/train.py"), "--config", str(config)],
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "projects/3dvqa/train.py"), "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = root / "run"
     summary = json.loads((out / "summary.json").read_text())
@@ -68,8 +93,13 @@ def test_two_step_training_through_the_engine(setup):
     qs = json.loads((root / "data" / scenes.QUESTIONS_FILE.format(split="test")).read_text())["questions"]
     anns = json.loads((root / "data" / scenes.ANNOTATIONS_FILE.format(split="test")).read_text())["annotations"]
     gold = {str(a["question_id"]): a["answers"][0]["answer"] for a in anns}
-    situated = [str(q["question_id"]) for q in qs if q["question"].startswith(("Is the", "Can I see", "Which direction"))
-                and not q["question"].endswith("in the room?") or "on my" in q["question"]]
+    situated = [
+        str(q["question_id"])
+        for q in qs
+        if q["question"].startswith(("Is the", "Can I see", "Which direction"))
+        and not q["question"].endswith("in the room?")
+        or "on my" in q["question"]
+    ]
     expected = 100.0 * sum(results[q][0] == gold[q] for q in situated) / len(situated)
     assert summary["test_em1_situated"] == pytest.approx(expected, abs=0.01)
     train_logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -2,6 +2,7 @@
 measuring the frames with independent tools: intensity centroids, spreads, masses and PIL's rotation),
 time reversal giving the paired class, single frames that look alike within a pair, and the SSv2 files
 it writes read back by the loader."""
+
 import json
 
 import numpy as np
@@ -89,8 +90,12 @@ def test_one_frame_looks_alike_within_each_pair(digits):
     for a in (0, 2, 4, 6, 8):
         sa, sb = np.array(per_clip[a]), np.array(per_clip[a + 1])
         error = np.sqrt(sa.var(axis=0, ddof=1) / len(sa) + sb.var(axis=0, ddof=1) / len(sb))
-        assert (np.abs(sa.mean(axis=0) - sb.mean(axis=0)) < 4 * error).all(), (clips.TEMPLATES[a], sa.mean(0),
-                                                                              sb.mean(0), error)
+        assert (np.abs(sa.mean(axis=0) - sb.mean(axis=0)) < 4 * error).all(), (
+            clips.TEMPLATES[a],
+            sa.mean(0),
+            sb.mean(0),
+            error,
+        )
 
 
 def test_deterministic_from_the_seed(digits):
@@ -109,8 +114,10 @@ def test_generate_writes_ssv2_files_the_loader_reads(tmp_path):
     classes = read_ssv2_labels(root / "labels.json")
     assert classes[0] == "Pushing something from left to right" and len(classes) == 10
     records = read_ssv2(root / "train.json", classes, root / "videos", "mp4")
-    assert len(records) == 10 and len({r.video_id for r in read_ssv2(root / "test.json", classes, root / "videos",
-                                                                    "mp4")}) == 4
+    assert (
+        len(records) == 10
+        and len({r.video_id for r in read_ssv2(root / "test.json", classes, root / "videos", "mp4")}) == 4
+    )
     raw = json.loads((root / "train.json").read_text())[0]
     assert set(raw) == {"id", "label", "template", "placeholders"} and "[" in raw["template"]
     assert raw["placeholders"][0] in raw["label"]

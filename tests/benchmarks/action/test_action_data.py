@@ -1,5 +1,6 @@
 """Action-recognition data: SSv2 / list readers on hand-written files, VideoMAE's sampling indices
 worked out by hand, decoding of small videos written with PyAV, and the bad inputs."""
+
 import json
 
 import av
@@ -83,7 +84,10 @@ def test_dense_sampling_train_and_test():
     assert sampler.train_indices(30, FixedRng([7])).tolist() == [7, 10, 13, 16]
     # 3 test clips over 30 frames: starts 0, 10, 20 (first to last possible start, evenly)
     assert [sampler.test_indices(30, c, 3).tolist() for c in range(3)] == [
-        [0, 3, 6, 9], [10, 13, 16, 19], [20, 23, 26, 29]]
+        [0, 3, 6, 9],
+        [10, 13, 16, 19],
+        [20, 23, 26, 29],
+    ]
     assert sampler.test_indices(30, 0, 1).tolist() == [10, 13, 16, 19]  # one clip: the centre window
     assert sampler.test_indices(10, 0, 1).tolist() == [0, 3, 6, 9]
 
@@ -138,22 +142,35 @@ def test_bad_videos_name_the_file(tmp_path, decoder):
 
 # ---------------------------------------------------------------------------------------------- annotations
 def write_ssv2(folder, records, labels=None):
-    labels = labels or {"Pushing something from left to right": "0", "Pushing something from right to left": "1",
-                        "Something appearing": "2"}
+    labels = labels or {
+        "Pushing something from left to right": "0",
+        "Pushing something from right to left": "1",
+        "Something appearing": "2",
+    }
     (folder / "labels.json").write_text(json.dumps(labels))
     (folder / "train.json").write_text(json.dumps(records))
     return folder / "labels.json", folder / "train.json"
 
 
 def test_ssv2_reader(tmp_path):
-    labels, train = write_ssv2(tmp_path, [
-        {"id": "74225", "label": "pushing a cup from right to left",
-         "template": "Pushing [something] from right to left", "placeholders": ["a cup"]},
-        {"id": 3, "label": "a pen appearing", "template": "[Something] appearing", "placeholders": ["a pen"]},
-    ])
+    labels, train = write_ssv2(
+        tmp_path,
+        [
+            {
+                "id": "74225",
+                "label": "pushing a cup from right to left",
+                "template": "Pushing [something] from right to left",
+                "placeholders": ["a cup"],
+            },
+            {"id": 3, "label": "a pen appearing", "template": "[Something] appearing", "placeholders": ["a pen"]},
+        ],
+    )
     classes = read_ssv2_labels(labels)
-    assert classes == ["Pushing something from left to right", "Pushing something from right to left",
-                       "Something appearing"]
+    assert classes == [
+        "Pushing something from left to right",
+        "Pushing something from right to left",
+        "Something appearing",
+    ]
     records = read_ssv2(train, classes, tmp_path / "videos", "webm")
     assert [(r.video_id, r.label) for r in records] == [("74225", 1), ("3", 2)]
     assert records[0].path == tmp_path / "videos" / "74225.webm"
@@ -184,7 +201,8 @@ def test_list_reader_and_bad_lines(tmp_path):
     records = read_video_list(listing, num_classes=3, video_root=tmp_path / "videos")
     assert [(r.video_id, r.label, r.path) for r in records] == [
         ("abseiling/a b.mp4", 0, tmp_path / "videos/abseiling/a b.mp4"),
-        ("zumba/x.mp4", 2, tmp_path / "videos/zumba/x.mp4")]
+        ("zumba/x.mp4", 2, tmp_path / "videos/zumba/x.mp4"),
+    ]
     listing.write_text("a.mp4 0\nb.mp4\n")
     with pytest.raises(DataError, match=r"train.csv:2: expected `path label`, got 'b.mp4' \(missing label\)"):
         read_video_list(listing, 3)
@@ -212,13 +230,30 @@ def test_datasets_from_ssv2_and_list_files(tmp_path):
     videos.mkdir()
     for name in ("1", "2"):
         write_video(videos / f"{name}.mp4", 12)
-    write_ssv2(tmp_path, [{"id": "1", "template": "Something appearing"},
-                          {"id": "2", "template": "Pushing [something] from right to left"}])
-    opts = ActionDataOptions(format="ssv2", labels=str(tmp_path / "labels.json"), video_ext="mp4",
-                             splits={"train": {"annotation": str(tmp_path / "train.json"), "video_root": str(videos)},
-                                     "test": {"annotation": str(tmp_path / "train.json"), "video_root": str(videos)}},
-                             num_frames=4, input_size=32, mean=(0, 0, 0), std=(1, 1, 1), train_crop_scale=(1.0, 1.0),
-                             train_crop_ratio=(2.0, 2.0), test_num_clips=3, test_num_crops=2)
+    write_ssv2(
+        tmp_path,
+        [
+            {"id": "1", "template": "Something appearing"},
+            {"id": "2", "template": "Pushing [something] from right to left"},
+        ],
+    )
+    opts = ActionDataOptions(
+        format="ssv2",
+        labels=str(tmp_path / "labels.json"),
+        video_ext="mp4",
+        splits={
+            "train": {"annotation": str(tmp_path / "train.json"), "video_root": str(videos)},
+            "test": {"annotation": str(tmp_path / "train.json"), "video_root": str(videos)},
+        },
+        num_frames=4,
+        input_size=32,
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+        train_crop_scale=(1.0, 1.0),
+        train_crop_ratio=(2.0, 2.0),
+        test_num_clips=3,
+        test_num_crops=2,
+    )
     data = build_datasets(opts, num_classes=3)
     item = data["train"][1]
     assert item["video"].shape == (3, 4, 32, 32) and item["label"] == 1
@@ -234,8 +269,15 @@ def test_datasets_from_ssv2_and_list_files(tmp_path):
 
     listing = tmp_path / "list.txt"
     listing.write_text("1.mp4 0\n2.mp4 1\n")
-    dense = ActionDataOptions(format="list", splits={"train": {"annotation": str(listing), "video_root": str(videos)}},
-                              num_frames=3, sampling_rate=4, input_size=32, mean=(0, 0, 0), std=(1, 1, 1))
+    dense = ActionDataOptions(
+        format="list",
+        splits={"train": {"annotation": str(listing), "video_root": str(videos)}},
+        num_frames=3,
+        sampling_rate=4,
+        input_size=32,
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+    )
     assert dense.sampling_mode == "dense"
     clip = build_datasets(dense, num_classes=2)["train"][0]["video"]
     ids = [round(float(clip[0, t].mean()) * 255 / STEP) for t in range(3)]

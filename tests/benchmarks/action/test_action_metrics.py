@@ -1,4 +1,5 @@
 """Action metrics on hand-computed cases: multi-view softmax averaging, top-1/top-5, the CLI, bad input."""
+
 import json
 import math
 import subprocess
@@ -23,12 +24,14 @@ def test_views_are_averaged_as_probabilities_not_logits():
 
 
 def test_top1_top5_by_hand():
-    probs = np.array([
-        [0.30, 0.25, 0.20, 0.10, 0.08, 0.07],  # label 0: rank 1
-        [0.30, 0.25, 0.20, 0.10, 0.08, 0.07],  # label 4: rank 5 -> top-5 hit only
-        [0.30, 0.25, 0.20, 0.10, 0.08, 0.07],  # label 5: rank 6 -> miss
-        [0.05, 0.05, 0.60, 0.10, 0.10, 0.10],  # label 2: rank 1
-    ])
+    probs = np.array(
+        [
+            [0.30, 0.25, 0.20, 0.10, 0.08, 0.07],  # label 0: rank 1
+            [0.30, 0.25, 0.20, 0.10, 0.08, 0.07],  # label 4: rank 5 -> top-5 hit only
+            [0.30, 0.25, 0.20, 0.10, 0.08, 0.07],  # label 5: rank 6 -> miss
+            [0.05, 0.05, 0.60, 0.10, 0.10, 0.10],  # label 2: rank 1
+        ]
+    )
     labels = np.array([0, 4, 5, 2])
     assert topk_accuracy(probs, labels) == {"top1": 50.0, "top5": 75.0}
     # ties: the lower class index ranks first (classes 0 and 1 tie at 0.5)
@@ -43,14 +46,17 @@ def test_action_metrics_counts_and_probability_input():
     assert out == {"top1": 50.0, "num_videos": 2, "num_views": 2}
 
 
-@pytest.mark.parametrize("logits,labels,message", [
-    (np.array([[0.0, np.nan]]), np.array([0]), "NaN/inf"),
-    (np.array([[0.0, np.inf]]), np.array([0]), "NaN/inf"),
-    (np.array([[0.0, 1.0]]), np.array([2]), "labels outside the class list 0..1: \\[2\\]"),
-    (np.array([[0.0, 1.0]]), np.array([0, 1]), "labels must be \\[N\\] = \\[1\\]"),
-    (np.zeros((0, 3)), np.zeros(0, dtype=int), "N, V, K > 0"),
-    (np.zeros(3), np.array([0]), "must be \\[N, K\\] or \\[N, V, K\\]"),
-])
+@pytest.mark.parametrize(
+    "logits,labels,message",
+    [
+        (np.array([[0.0, np.nan]]), np.array([0]), "NaN/inf"),
+        (np.array([[0.0, np.inf]]), np.array([0]), "NaN/inf"),
+        (np.array([[0.0, 1.0]]), np.array([2]), "labels outside the class list 0..1: \\[2\\]"),
+        (np.array([[0.0, 1.0]]), np.array([0, 1]), "labels must be \\[N\\] = \\[1\\]"),
+        (np.zeros((0, 3)), np.zeros(0, dtype=int), "N, V, K > 0"),
+        (np.zeros(3), np.array([0]), "must be \\[N, K\\] or \\[N, V, K\\]"),
+    ],
+)
 def test_bad_scores_are_refused(logits, labels, message):
     with pytest.raises(DataError, match=message):
         action_metrics(labels, logits=logits)
@@ -70,7 +76,8 @@ def test_cli_on_score_files(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["top1"] == 66.67
     bad = tmp_path / "bad.npz"
     np.savez(bad, logits=logits)
-    run = subprocess.run([sys.executable, "-m", "vision.action.evaluate", "--scores", str(bad)],
-                         capture_output=True, text=True)  # the real command line: one line on stderr, exit 2
+    run = subprocess.run(
+        [sys.executable, "-m", "vision.action.evaluate", "--scores", str(bad)], capture_output=True, text=True
+    )  # the real command line: one line on stderr, exit 2
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.strip().count("\n") == 0 and "has no 'labels' array" in run.stderr

@@ -1,5 +1,6 @@
 """The video ViT: tubelet embedding and position table against hand references, and the LLM block
 sitting exactly after ViT block k (checked with forward hooks)."""
+
 import math
 
 import pytest
@@ -8,14 +9,33 @@ import torch
 from mmllm.errors import ConfigError
 from vision.action.model import VideoViTOptions, create_videovit_model, sinusoid_table
 
-TINY_LLM = {"kind": "random_frozen", "llm_config": {
-    "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-    "num_attention_heads": 2, "num_key_value_heads": 1}, "layers": "last", "dtype": "float32"}
+TINY_LLM = {
+    "kind": "random_frozen",
+    "llm_config": {
+        "model_type": "llama",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+    },
+    "layers": "last",
+    "dtype": "float32",
+}
 
 
 def options(**overrides):
-    base = dict(num_classes=5, img_size=32, num_frames=4, patch_size=16, tubelet_size=2, embed_dim=24, depth=3,
-                num_heads=2, llm_block=TINY_LLM)
+    base = dict(
+        num_classes=5,
+        img_size=32,
+        num_frames=4,
+        patch_size=16,
+        tubelet_size=2,
+        embed_dim=24,
+        depth=3,
+        num_heads=2,
+        llm_block=TINY_LLM,
+    )
     return {**base, **overrides}
 
 
@@ -29,7 +49,7 @@ def test_tubelet_embedding_is_a_linear_map_of_each_tubelet():
     # token order: time slice, then row, then column; each token = W . tubelet + b
     for b in range(2):
         for n, (t, r, c) in enumerate((t, r, c) for t in range(2) for r in range(2) for c in range(2)):
-            tubelet = video[b, :, 2 * t:2 * t + 2, 16 * r:16 * r + 16, 16 * c:16 * c + 16]
+            tubelet = video[b, :, 2 * t : 2 * t + 2, 16 * r : 16 * r + 16, 16 * c : 16 * c + 16]
             expected = conv.weight.flatten(1) @ tubelet.flatten() + conv.bias
             torch.testing.assert_close(tokens[b, n], expected, rtol=1e-5, atol=1e-5)
 

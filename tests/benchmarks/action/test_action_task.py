@@ -1,5 +1,6 @@
 """Action recognition through the engine: the registered variants' configs, config consistency, and two
 training steps through ``mmllm train`` whose score file and checkpoint re-score to the summary's numbers."""
+
 import json
 import os
 import subprocess
@@ -59,23 +60,62 @@ def test_two_steps_through_mmllm_train(tmp_path):
     root = clips.generate(tmp_path / "clips", clips.ClipSettings(train=8, val=2, test=6, seed=2))
     split = lambda name: {"annotation": str(root / f"{name}.json"), "video_root": str(root / "videos")}  # noqa: E731
     cfg = {
-        "model": {"num_classes": 10, "img_size": 32, "num_frames": 8, "patch_size": 16, "tubelet_size": 2,
-                  "embed_dim": 16, "depth": 2, "num_heads": 2, "insert_after": 0,
-                  "llm_block": {"kind": "random_frozen", "dtype": "float32",
-                                "llm_config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
-                                               "num_attention_heads": 4, "num_key_value_heads": 2,
-                                               "num_hidden_layers": 2}}},
-        "datasets": {"mmllm_action": {"labels": str(root / "labels.json"), "video_ext": "mp4", "num_frames": 8,
-                                      "input_size": 32, "splits": {"train": split("train"), "test": split("test")},
-                                      "test_num_clips": 2, "test_num_crops": 1, "train_crop_scale": [0.7, 1.0]}},
-        "run": {"task": "mmllm_action", "output_dir": str(tmp_path / "run"), "max_steps": 2,
-                "batch_size_train": 4, "batch_size_eval": 4, "precision": "fp32", "log_every": 1},
+        "model": {
+            "num_classes": 10,
+            "img_size": 32,
+            "num_frames": 8,
+            "patch_size": 16,
+            "tubelet_size": 2,
+            "embed_dim": 16,
+            "depth": 2,
+            "num_heads": 2,
+            "insert_after": 0,
+            "llm_block": {
+                "kind": "random_frozen",
+                "dtype": "float32",
+                "llm_config": {
+                    "model_type": "llama",
+                    "hidden_size": 32,
+                    "intermediate_size": 64,
+                    "num_attention_heads": 4,
+                    "num_key_value_heads": 2,
+                    "num_hidden_layers": 2,
+                },
+            },
+        },
+        "datasets": {
+            "mmllm_action": {
+                "labels": str(root / "labels.json"),
+                "video_ext": "mp4",
+                "num_frames": 8,
+                "input_size": 32,
+                "splits": {"train": split("train"), "test": split("test")},
+                "test_num_clips": 2,
+                "test_num_crops": 1,
+                "train_crop_scale": [0.7, 1.0],
+            }
+        },
+        "run": {
+            "task": "mmllm_action",
+            "output_dir": str(tmp_path / "run"),
+            "max_steps": 2,
+            "batch_size_train": 4,
+            "batch_size_eval": 4,
+            "precision": "fp32",
+            "log_every": 1,
+        },
     }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     env.update(DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "mmllm.cli", "train", "--config", str(tmp_path / "cfg.yaml")],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=400)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmllm.cli", "train", "--config", str(tmp_path / "cfg.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
@@ -86,8 +126,9 @@ def test_two_steps_through_mmllm_train(tmp_path):
     with np.load(run / "scores_test.npz") as npz:
         assert npz["logits"].shape == (6, 2, 10) and npz["labels"].shape == (6,)
         assert not np.allclose(npz["logits"][:, 0], npz["logits"][:, 1])  # the 2 clips: even and odd frames
-        assert npz["labels"].tolist() == [clips.TEMPLATES.index(r["template"])
-                                          for r in json.loads((root / "test.json").read_text())]
+        assert npz["labels"].tolist() == [
+            clips.TEMPLATES.index(r["template"]) for r in json.loads((root / "test.json").read_text())
+        ]
     again = from_scores(run / "scores_test.npz")
     assert again["top1"] == summary["test_top1"] and again["top5"] == summary["test_top5"]
     assert again["num_views"] == 2

@@ -1,6 +1,7 @@
 """`mmllm analyze` end to end on image classification: a 2-step `mmllm train` run, then the three §6 maps
 (magnitude, frequency, CLS attention of the ViT's last block) on digits composited onto a texture, and the
 command's refusals (Pang et al., ICLR 2024, §6)."""
+
 import json
 import os
 import subprocess
@@ -24,18 +25,39 @@ def env():
 
 
 def mmllm(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "mmllm.cli", *map(str, args)], env=env(), capture_output=True,
-                          text=True, timeout=600, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "mmllm.cli", *map(str, args)],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+    )
 
 
 def train(tmp, name, block):
     config = {
         "model": {"vit": "vit_tiny_patch16_224", "vit_kwargs": TINY_VIT, "llm_block": block},
-        "datasets": {"mmllm_image_cls": {"root": str(tmp / "data"), "augment": False, "mean": [0.5] * 3,
-                                         "std": [0.5] * 3, "crop_pct": 1.0}},
-        "run": {"task": "mmllm_image_cls", "output_dir": str(tmp / name), "max_steps": 2, "batch_size_train": 4,
-                "batch_size_eval": 8, "precision": "fp32", "init_lr": 1e-3, "checkpoint_every": 0,
-                "deepspeed_config": str(ROOT / "configs/deepspeed/zero0.json")},
+        "datasets": {
+            "mmllm_image_cls": {
+                "root": str(tmp / "data"),
+                "augment": False,
+                "mean": [0.5] * 3,
+                "std": [0.5] * 3,
+                "crop_pct": 1.0,
+            }
+        },
+        "run": {
+            "task": "mmllm_image_cls",
+            "output_dir": str(tmp / name),
+            "max_steps": 2,
+            "batch_size_train": 4,
+            "batch_size_eval": 8,
+            "precision": "fp32",
+            "init_lr": 1e-3,
+            "checkpoint_every": 0,
+            "deepspeed_config": str(ROOT / "configs/deepspeed/zero0.json"),
+        },
     }
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -55,14 +77,21 @@ def runs(tmp_path_factory):
 
 def test_textured_analysis_reports_all_three_maps(runs):
     tmp, run = runs
-    done = mmllm("analyze", "--run", run, "--num", 6, "--figures", 2, "--background", "textured", "--out",
-                 tmp / "an", cwd=tmp)
+    done = mmllm(
+        "analyze", "--run", run, "--num", 6, "--figures", 2, "--background", "textured", "--out", tmp / "an", cwd=tmp
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp / "an" / "analysis.json").read_text())
     assert report["images"] == 6 and report["background"] == "textured"
     assert report["cls_attention"] == "vit.blocks.3.attn"  # TINY_VIT has 4 blocks: the last one's attention
-    for kind in ("magnitude_before", "magnitude_after", "frequency_before", "frequency_after", "cls_attention",
-                 "random"):  # random: the chance level of the same scoring
+    for kind in (
+        "magnitude_before",
+        "magnitude_after",
+        "frequency_before",
+        "frequency_after",
+        "cls_attention",
+        "random",
+    ):  # random: the chance level of the same scoring
         assert 0.0 <= report[f"miou_{kind}"] <= 100.0
     assert json.loads(done.stdout) == report
     assert sorted(p.name for p in (tmp / "an").glob("maps_*.png")) == ["maps_000.png", "maps_001.png"]

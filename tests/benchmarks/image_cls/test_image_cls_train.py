@@ -94,7 +94,11 @@ def test_two_steps_through_mmllm_train_then_evaluate_checkpoint(tmp_path):
     # the information-filtering analysis of the same run: maps before/after the block, overlays, mIoU
     analysed = subprocess.run(
         [sys.executable, "-m", "mmllm.cli", "analyze", "--run", str(out), "--num", "4", "--out", str(tmp_path / "an")],
-        env=clean_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
     )
     assert analysed.returncode == 0, analysed.stderr[-2000:]
     result = json.loads((tmp_path / "an" / "analysis.json").read_text())
@@ -102,6 +106,12 @@ def test_two_steps_through_mmllm_train_then_evaluate_checkpoint(tmp_path):
     for key in ("miou_magnitude_before", "miou_magnitude_after", "miou_frequency_before", "miou_frequency_after"):
         assert 0.0 <= result[key] <= 100.0
     assert (tmp_path / "an" / "maps_000.png").stat().st_size > 0
-    missing = subprocess.run([sys.executable, "-m", "mmllm.cli", "analyze", "--run", str(tmp_path)],
-                             env=clean_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    missing = subprocess.run(
+        [sys.executable, "-m", "mmllm.cli", "analyze", "--run", str(tmp_path)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert missing.returncode == 2 and "model_final.pt" in missing.stderr

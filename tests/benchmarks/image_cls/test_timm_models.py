@@ -1,4 +1,5 @@
 """The ViT + LLM-block classifiers as timm models (vision/classification/timm_models.py)."""
+
 import ast
 from pathlib import Path
 
@@ -29,7 +30,8 @@ def _images(n=3, size=28, seed=0):
 
 def test_registered_names():
     assert {"vit_tiny_patch16_224_llm", "vit_small_patch16_224_llm", "vit_tiny_patch7_28_llm"} <= set(
-        timm.list_models("*_llm"))
+        timm.list_models("*_llm")
+    )
 
 
 def test_create_model_with_block_and_real_input_size(tiny_block):
@@ -113,6 +115,9 @@ def test_no_private_timm_attributes():
     ``_pos_embed`` could move in any release)."""
     for path in (ROOT / "vision/classification/model.py", ROOT / "vision/classification/timm_models.py"):
         tree = ast.parse(path.read_text())
-        private = [n.attr for n in ast.walk(tree)
-                   if isinstance(n, ast.Attribute) and n.attr.startswith("_") and not n.attr.startswith("__")]
+        private = [
+            n.attr
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute) and n.attr.startswith("_") and not n.attr.startswith("__")
+        ]
         assert private == [], f"{path.name} uses private attributes {private}"

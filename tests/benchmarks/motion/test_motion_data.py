@@ -1,5 +1,6 @@
 """The Argoverse 1 CSV + lane-file loader on small hand-written files: agent-centric normalisation checked
 by hand, and every malformed input refused with a message naming the file (and track/time)."""
+
 import json
 import math
 
@@ -45,20 +46,32 @@ def scene_lines(n_agent=50):
     agent = rows("agent-1", "AGENT", agent_line(n_agent))
     av = rows("av-0", "AV", [(110.0, 200.0 + k) for k in range(n_agent)])
     # an OTHERS track seen in frames 3-6 and 9-12 (a tracking drop-out, allowed) and one seen once
-    other = rows("other-7", "OTHERS", [(90.0, 190.0 + k) for k in (3, 4, 5, 6, 9, 10, 11, 12)],
-                 steps=[3, 4, 5, 6, 9, 10, 11, 12])
+    other = rows(
+        "other-7", "OTHERS", [(90.0, 190.0 + k) for k in (3, 4, 5, 6, 9, 10, 11, 12)], steps=[3, 4, 5, 6, 9, 10, 11, 12]
+    )
     once = rows("other-8", "OTHERS", [(95.0, 195.0)], steps=[5])
     return sorted(agent + av + other + once)
 
 
 @pytest.fixture
 def lane_file(tmp_path):
-    lanes = {"format": "mmllm-lanes", "version": 1, "cities": {"PIT": [
-        {"id": 1, "centerline": [[100.0, 180.0 + 4 * k] for k in range(21)]},  # along the agent's path, 80 m
-        {"id": "turn", "centerline": [[100.0, 260.0], [110.0, 270.0]], "is_intersection": True,
-         "turn_direction": "RIGHT", "has_traffic_control": True},
-        {"id": 3, "centerline": [[900.0, 900.0], [910.0, 900.0]]},  # far away
-    ]}}
+    lanes = {
+        "format": "mmllm-lanes",
+        "version": 1,
+        "cities": {
+            "PIT": [
+                {"id": 1, "centerline": [[100.0, 180.0 + 4 * k] for k in range(21)]},  # along the agent's path, 80 m
+                {
+                    "id": "turn",
+                    "centerline": [[100.0, 260.0], [110.0, 270.0]],
+                    "is_intersection": True,
+                    "turn_direction": "RIGHT",
+                    "has_traffic_control": True,
+                },
+                {"id": 3, "centerline": [[900.0, 900.0], [910.0, 900.0]]},  # far away
+            ]
+        },
+    }
     path = tmp_path / "lanes.json"
     path.write_text(json.dumps(lanes))
     return path
@@ -96,7 +109,11 @@ def test_read_and_vectorize_hand_written_scene(tmp_path, lanes):
     assert av[0, -1, 0:2] == pytest.approx([-1.0, 0.0], abs=1e-5)
     assert av[0, 0, 0:2] == pytest.approx([-19.0, 0.0], abs=1e-5)
     assert av[0, :, 4].tolist() == pytest.approx([-1.8 + 0.1 * k for k in range(19)])  # end time, 0 = now
-    assert av[0, 0, 5:8].tolist() == [1, 0, 0] and av[1, 0, 5:8].tolist() == [0, 1, 0] and av[2, 3, 5:8].tolist() == [0, 0, 1]
+    assert (
+        av[0, 0, 5:8].tolist() == [1, 0, 0]
+        and av[1, 0, 5:8].tolist() == [0, 1, 0]
+        and av[2, 3, 5:8].tolist() == [0, 0, 1]
+    )
     # the AV drives 10 m east of the agent's path (x=110 vs 100): on its right, y = -10 in the agent frame
     assert av[1, -1, 2:4] == pytest.approx([0.0, -10.0], abs=1e-5)
     # other-7: vectors only between consecutive frames 3-4, 4-5, 5-6, 9-10, 10-11, 11-12
@@ -149,8 +166,12 @@ def test_bad_csvs_are_refused(tmp_path, lanes):
     refused(no_y, "missing column(s) ['Y']", header="TIMESTAMP,TRACK_ID,OBJECT_TYPE,X,CITY_NAME")
     gap = [line for line in good if not (line.split(",")[1] == "agent-1" and line.startswith(f"{T0 + 3.0:.6f}"))]
     refused(gap, "AGENT track 'agent-1' has a gap of 0.200 s after TIMESTAMP 315969631.900", "step 29")
-    nan = [line.replace(",agent-1,AGENT,100.0,", ",agent-1,AGENT,nan,", 1) if line.startswith(f"{T0 + 0.4:.6f},agent-1")
-           else line for line in good]
+    nan = [
+        line.replace(",agent-1,AGENT,100.0,", ",agent-1,AGENT,nan,", 1)
+        if line.startswith(f"{T0 + 0.4:.6f},agent-1")
+        else line
+        for line in good
+    ]
     refused(nan, "X is NaN", "TRACK_ID 'agent-1'")
     refused(good + [good[0].replace("PIT", "MIA")], "one CITY_NAME per sequence")
     refused(good + [good[0]], "duplicated frame")
@@ -178,8 +199,9 @@ def test_bad_lane_files_and_unknown_city(tmp_path, lanes):
     refused({"cities": {"PIT": [{"id": 1, "centerline": [[0, 0]]}]}}, ">= 2 [x, y] points")
     refused({"cities": {"PIT": [{"id": 1, "centerline": [[0, 0], [float("nan"), 1]]}]}}, "NaN")
     refused({"cities": {"PIT": [{"id": 1, "centerline": [[0, 0], [1, 1]]}] * 2}}, "appears twice")
-    refused({"cities": {"PIT": [{"id": 1, "centerline": [[0, 0], [1, 1]], "turn_direction": "UTURN"}]}},
-            "turn_direction")
+    refused(
+        {"cities": {"PIT": [{"id": 1, "centerline": [[0, 0], [1, 1]], "turn_direction": "UTURN"}]}}, "turn_direction"
+    )
     seq, _ = read_sequence(write_csv(tmp_path / "mia.csv", [line.replace("PIT", "MIA") for line in scene_lines()]))
     with pytest.raises(DataError, match="city 'MIA' is not in the lane file"):
         vectorize(seq, lanes)

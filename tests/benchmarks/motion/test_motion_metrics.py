@@ -1,5 +1,6 @@
 """The motion evaluator against hand-computed Argoverse 1 metrics (min-FDE mode != min-ADE mode, ties, K=1,
 pruning by probability) and every malformed input it must refuse."""
+
 import json
 
 import numpy as np
@@ -16,10 +17,13 @@ from vision.motion.metrics import forecasting_metrics
 #  seq 1, gt (0,0),(0,0): A (0,1),(0,1) -> 1, 1      ADE 1    FDE 1     <- min FDE
 #                          B (0,0),(3,4) -> 0, 5      ADE 2.5  FDE 5
 #                          C (0,.1),(0,1.5) -> .1, 1.5 ADE .8  FDE 1.5  (min ADE)
-FORECASTS = np.array([
-    [[[1, 0], [2, 3]], [[1, 2], [2, 2.5]], [[1, 0.5], [2, 2.8]]],
-    [[[0, 1], [0, 1]], [[0, 0], [3, 4]], [[0, 0.1], [0, 1.5]]],
-], dtype=np.float64)
+FORECASTS = np.array(
+    [
+        [[[1, 0], [2, 3]], [[1, 2], [2, 2.5]], [[1, 0.5], [2, 2.8]]],
+        [[[0, 1], [0, 1]], [[0, 0], [3, 4]], [[0, 0.1], [0, 1.5]]],
+    ],
+    dtype=np.float64,
+)
 GT = np.array([[[1, 0], [2, 0]], [[0, 0], [0, 0]]], dtype=np.float64)
 PROBS = np.array([[0.5, 0.3, 0.2], [0.2, 0.2, 0.6]])
 
@@ -104,18 +108,21 @@ def test_matches_a_plain_loop_on_random_forecasts():
         assert (m["minADE"], m["minFDE"], m["brier-minFDE"]) == pytest.approx(_api_loop(f, g, p, guesses))
 
 
-@pytest.mark.parametrize("forecasts, gt, probs, message", [
-    (np.zeros((2, 6, 30, 2)), np.zeros((3, 30, 2)), None, "disagree"),
-    (np.zeros((2, 6, 30, 2)), np.zeros((2, 20, 2)), None, "disagree"),
-    (np.zeros((2, 30, 2)), np.zeros((2, 30, 2)), None, r"\[N, K, T, 2\]"),
-    (np.zeros((2, 6, 30, 3)), np.zeros((2, 30, 2)), None, r"\[N, K, T, 2\]"),
-    (np.full((2, 6, 30, 2), np.nan), np.zeros((2, 30, 2)), None, "forecasts holds 720 NaN"),
-    (np.zeros((2, 6, 30, 2)), np.full((2, 30, 2), np.inf), None, "gt holds"),
-    (np.zeros((2, 6, 30, 2)), np.zeros((2, 30, 2)), np.full((2, 6), 0.5), "sum to 3"),
-    (np.zeros((2, 6, 30, 2)), np.zeros((2, 30, 2)), np.full((2, 5), 0.2), r"\[N, K\]"),
-    (np.zeros((2, 2, 30, 2)), np.zeros((2, 30, 2)), np.array([[1.5, -0.5]] * 2), "negative"),
-    (np.zeros((2, 2, 30, 2)), np.zeros((2, 30, 2)), np.array([[np.nan, 1.0]] * 2), "NaN"),
-])
+@pytest.mark.parametrize(
+    "forecasts, gt, probs, message",
+    [
+        (np.zeros((2, 6, 30, 2)), np.zeros((3, 30, 2)), None, "disagree"),
+        (np.zeros((2, 6, 30, 2)), np.zeros((2, 20, 2)), None, "disagree"),
+        (np.zeros((2, 30, 2)), np.zeros((2, 30, 2)), None, r"\[N, K, T, 2\]"),
+        (np.zeros((2, 6, 30, 3)), np.zeros((2, 30, 2)), None, r"\[N, K, T, 2\]"),
+        (np.full((2, 6, 30, 2), np.nan), np.zeros((2, 30, 2)), None, "forecasts holds 720 NaN"),
+        (np.zeros((2, 6, 30, 2)), np.full((2, 30, 2), np.inf), None, "gt holds"),
+        (np.zeros((2, 6, 30, 2)), np.zeros((2, 30, 2)), np.full((2, 6), 0.5), "sum to 3"),
+        (np.zeros((2, 6, 30, 2)), np.zeros((2, 30, 2)), np.full((2, 5), 0.2), r"\[N, K\]"),
+        (np.zeros((2, 2, 30, 2)), np.zeros((2, 30, 2)), np.array([[1.5, -0.5]] * 2), "negative"),
+        (np.zeros((2, 2, 30, 2)), np.zeros((2, 30, 2)), np.array([[np.nan, 1.0]] * 2), "NaN"),
+    ],
+)
 def test_bad_forecasts_are_refused(forecasts, gt, probs, message):
     with pytest.raises(DataError, match=message):
         forecasting_metrics(forecasts, gt, probs)

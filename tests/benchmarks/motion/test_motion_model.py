@@ -1,6 +1,7 @@
 """The VectorNet-style model: padded vectors and polylines change nothing (sub-graph, global graph and the
 block all see the mask), the block sits between the global graph and the decoder, the winner-takes-all
 loss matches hand-computed values, and trajectories stay fp32 in a bf16 model."""
+
 import math
 
 import pytest
@@ -10,15 +11,26 @@ from mmllm.engine.batch import move_batch
 from vision.motion.model import create_vectornet_model, forecasting_loss
 from vision.motion.task import MotionForecastingTask
 
-TINY_BLOCK = {"kind": "random_frozen", "dtype": "float32",
-              "llm_config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
-                             "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2}}
+TINY_BLOCK = {
+    "kind": "random_frozen",
+    "dtype": "float32",
+    "llm_config": {
+        "model_type": "llama",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "num_hidden_layers": 2,
+    },
+}
 
 
 def tiny_model(block=TINY_BLOCK):
     torch.manual_seed(0)
-    return create_vectornet_model({"hidden_dim": 16, "dim": 16, "num_heads": 2, "num_modes": 3,
-                                   "global_layers": 2, "llm_block": block}, pred_len=5).eval()
+    return create_vectornet_model(
+        {"hidden_dim": 16, "dim": 16, "num_heads": 2, "num_modes": 3, "global_layers": 2, "llm_block": block},
+        pred_len=5,
+    ).eval()
 
 
 def tiny_batch():
@@ -53,7 +65,8 @@ def test_padding_changes_nothing_and_the_block_sees_the_mask():
     seen = {}
     model.global_graph.register_forward_hook(lambda m, i, o: seen.__setitem__("global", o))
     model.llm_block.register_forward_pre_hook(
-        lambda m, args, kwargs: seen.update(block_in=args[0], pad=kwargs["padding_mask"]), with_kwargs=True)
+        lambda m, args, kwargs: seen.update(block_in=args[0], pad=kwargs["padding_mask"]), with_kwargs=True
+    )
     model.llm_block.register_forward_hook(lambda m, i, o: seen.__setitem__("block_out", o))
     model.decoder.register_forward_pre_hook(lambda m, args: seen.__setitem__("decoder_in", args[0]))
     with torch.no_grad():
@@ -88,9 +101,15 @@ def test_gradients_reach_trainable_parts_only():
 
 def test_winner_takes_all_loss_by_hand():
     target = torch.tensor([[[1.0, 0.0], [2.0, 0.0]]])
-    traj = torch.tensor([[[[1.5, 0.0], [2.5, 0.0]],  # errors .5, .5: best mean distance
-                          [[1.0, 0.0], [2.0, 3.0]],  # errors 0, 3
-                          [[1.0, 4.0], [2.0, 0.2]]]])  # errors 4, .2: best final point
+    traj = torch.tensor(
+        [
+            [
+                [[1.5, 0.0], [2.5, 0.0]],  # errors .5, .5: best mean distance
+                [[1.0, 0.0], [2.0, 3.0]],  # errors 0, 3
+                [[1.0, 4.0], [2.0, 0.2]],
+            ]
+        ]
+    )  # errors 4, .2: best final point
     loss, parts = forecasting_loss(traj, torch.zeros(1, 3), target, winner="fde")
     # smooth L1 (beta 1) of mode 2: elements 0, 4 -> 3.5, 0, .2 -> .02; mean 3.52 / 4; CE of uniform scores log 3
     assert parts["reg_loss"] == pytest.approx(0.88) and parts["cls_loss"] == pytest.approx(math.log(3))

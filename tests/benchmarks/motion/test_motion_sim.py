@@ -1,5 +1,6 @@
 """The embedded scene simulator: deterministic files, physically plausible tracks (an independent ODE
 solver reproduces every frame of the kinematic bicycle), atomic and idempotent writing, readable by the loader."""
+
 import hashlib
 import math
 
@@ -78,8 +79,14 @@ def test_tracks_follow_the_kinematic_bicycle(scenes):
     for i, a in alive[rng.choice(len(alive), 25, replace=False)]:
         for k in rng.choice(simulate.SEQ_LEN, 4, replace=False):
             accel, steer = scenes.inputs[i, a, k]
-            sol = solve_ivp(_bicycle, (0.0, simulate.DT), scenes.states[i, a, k], rtol=1e-10, atol=1e-10,
-                            args=(accel, steer, scenes.wheelbase[i, a]))
+            sol = solve_ivp(
+                _bicycle,
+                (0.0, simulate.DT),
+                scenes.states[i, a, k],
+                rtol=1e-10,
+                atol=1e-10,
+                args=(accel, steer, scenes.wheelbase[i, a]),
+            )
             assert sol.y[:, -1] == pytest.approx(scenes.states[i, a, k + 1], abs=1e-4)
 
 

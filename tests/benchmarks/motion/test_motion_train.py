@@ -1,5 +1,6 @@
 """Two training steps of the motion task through ``mmllm train`` on tiny simulated data; the forecasts file
 it writes re-scores to the summary's numbers with the evaluation script's code."""
+
 import json
 import os
 import subprocess
@@ -19,20 +20,46 @@ DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "
 def test_two_steps_through_mmllm_train(tmp_path):
     data = write_dataset(tmp_path / "sim", {"train": 8, "val": 3, "test": 5}, seed=4)
     cfg = {
-        "model": {"hidden_dim": 16, "dim": 16, "num_heads": 2, "num_modes": 6,
-                  "llm_block": {"kind": "random_frozen", "dtype": "float32",
-                                "llm_config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
-                                               "num_attention_heads": 4, "num_key_value_heads": 2,
-                                               "num_hidden_layers": 2}}},
+        "model": {
+            "hidden_dim": 16,
+            "dim": 16,
+            "num_heads": 2,
+            "num_modes": 6,
+            "llm_block": {
+                "kind": "random_frozen",
+                "dtype": "float32",
+                "llm_config": {
+                    "model_type": "llama",
+                    "hidden_size": 32,
+                    "intermediate_size": 64,
+                    "num_attention_heads": 4,
+                    "num_key_value_heads": 2,
+                    "num_hidden_layers": 2,
+                },
+            },
+        },
         "datasets": {"mmllm_motion": {"root": str(data), "max_lanes": 8, "lane_radius": 30.0}},
-        "run": {"task": "mmllm_motion", "output_dir": str(tmp_path / "run"), "max_steps": 2,
-                "batch_size_train": 4, "batch_size_eval": 4, "precision": "fp32", "log_every": 1},
+        "run": {
+            "task": "mmllm_motion",
+            "output_dir": str(tmp_path / "run"),
+            "max_steps": 2,
+            "batch_size_train": 4,
+            "batch_size_eval": 4,
+            "precision": "fp32",
+            "log_every": 1,
+        },
     }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     env.update(DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "mmllm.cli", "train", "--config", str(tmp_path / "cfg.yaml")],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=400)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmllm.cli", "train", "--config", str(tmp_path / "cfg.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())

@@ -1,4 +1,5 @@
 """Recall@K against hand-computed cases, images with 4 and 5 captions included."""
+
 import numpy as np
 import pytest
 
@@ -37,15 +38,25 @@ def test_hand_computed_recalls():
     t2i[9] = 0.5
     t2i[9, [0, 1, 3, 4]] = [0.9, 0.8, 0.7, 0.6]
     m = retrieval_metrics(i2t, t2i, img2txt, txt2img)
-    assert m["txt_r1"] == pytest.approx(100 * 10 / 12)   # images 2..11
-    assert m["txt_r5"] == pytest.approx(100 * 11 / 12)   # + image 0
-    assert m["txt_r10"] == pytest.approx(100.0)          # + image 1
-    assert m["img_r1"] == pytest.approx(100 * 14 / 19)   # 5 (image 0) + 9 singles (not text 9)
-    assert m["img_r5"] == pytest.approx(100 * 15 / 19)   # + text 9
+    assert m["txt_r1"] == pytest.approx(100 * 10 / 12)  # images 2..11
+    assert m["txt_r5"] == pytest.approx(100 * 11 / 12)  # + image 0
+    assert m["txt_r10"] == pytest.approx(100.0)  # + image 1
+    assert m["img_r1"] == pytest.approx(100 * 14 / 19)  # 5 (image 0) + 9 singles (not text 9)
+    assert m["img_r5"] == pytest.approx(100 * 15 / 19)  # + text 9
     assert m["img_r10"] == pytest.approx(100 * 15 / 19)  # image 1's 4 texts never
     assert m["txt_r_mean"] == pytest.approx((m["txt_r1"] + m["txt_r5"] + m["txt_r10"]) / 3)
     assert m["r_mean"] == pytest.approx((m["txt_r_mean"] + m["img_r_mean"]) / 2)
-    assert set(m) == {"txt_r1", "txt_r5", "txt_r10", "txt_r_mean", "img_r1", "img_r5", "img_r10", "img_r_mean", "r_mean"}
+    assert set(m) == {
+        "txt_r1",
+        "txt_r5",
+        "txt_r10",
+        "txt_r_mean",
+        "img_r1",
+        "img_r5",
+        "img_r10",
+        "img_r_mean",
+        "r_mean",
+    }
 
 
 def test_shape_mismatch_and_empty_captions():
@@ -95,8 +106,11 @@ def test_empty_annotation_is_refused_not_nan():
 @pytest.mark.parametrize(
     "i2t,t2i,message",
     [
-        (np.zeros((3, 4)), np.zeros((3, 4)),
-         r"scores_t2i has shape \(3, 4\), the annotation implies \(4, 3\) \[texts x images\]"),
+        (
+            np.zeros((3, 4)),
+            np.zeros((3, 4)),
+            r"scores_t2i has shape \(3, 4\), the annotation implies \(4, 3\) \[texts x images\]",
+        ),
         (np.zeros(12), np.zeros((4, 3)), r"scores_i2t has shape \(12,\)"),
         (np.zeros((1, 3, 4)), np.zeros((4, 3)), r"scores_i2t has shape \(1, 3, 4\)"),
         (np.full((3, 4), "a"), np.zeros((4, 3)), "scores_i2t has dtype <U1"),

@@ -1,5 +1,6 @@
 """Retrieval scoring protocols on hand-built score matrices: ITC top-k re-ranking under each named
 rule (BLIP, ALBEF, the logit margin) and METER's full ITM, recalls worked out by hand."""
+
 import numpy as np
 import pytest
 
@@ -8,12 +9,14 @@ from mmllm_retrieval.metrics import caption_index, retrieval_metrics
 from mmllm_retrieval.scoring import NOT_RERANKED, fill_reranked, full_itm_scores, rerank_score, topk_rerank
 
 # 3 images, one caption each (text t belongs to image t)
-SIMS = np.array([[0.9, 0.8, 0.1],
-                 [0.7, 0.6, 0.5],
-                 [0.2, 0.3, 0.4]])
-MATCH = np.array([[1.0, 1.5, 3.0],   # ITM logit of "match" for (image i, text t)
-                  [2.0, 1.6, 0.0],
-                  [0.0, 0.0, 0.5]])
+SIMS = np.array([[0.9, 0.8, 0.1], [0.7, 0.6, 0.5], [0.2, 0.3, 0.4]])
+MATCH = np.array(
+    [
+        [1.0, 1.5, 3.0],  # ITM logit of "match" for (image i, text t)
+        [2.0, 1.6, 0.0],
+        [0.0, 0.0, 0.5],
+    ]
+)
 NO_MATCH = np.zeros((3, 3))
 NO_MATCH[1, 0] = 1.5
 
@@ -37,8 +40,8 @@ def reranked(rule, k=2):
 def test_rerank_rules_by_hand():
     logits = np.array([[0.5, 2.0], [1.5, 2.0]])
     sim = np.array([0.25, 0.75])
-    assert rerank_score(logits, sim, "blip").tolist() == [2.25, 2.75]       # itm[:,1] + sim
-    assert rerank_score(logits, sim, "albef").tolist() == [2.0, 2.0]        # itm[:,1]
+    assert rerank_score(logits, sim, "blip").tolist() == [2.25, 2.75]  # itm[:,1] + sim
+    assert rerank_score(logits, sim, "albef").tolist() == [2.0, 2.0]  # itm[:,1]
     assert rerank_score(logits, sim, "margin_sim").tolist() == [1.75, 1.25]  # itm[:,1] - itm[:,0] + sim
     with pytest.raises(ConfigError, match="rerank_score must be one of"):
         rerank_score(logits, sim, "itm_sim")
@@ -59,11 +62,14 @@ def test_only_the_itc_top_k_are_rescored():
 # margin_sim     [1, 0, 0]             [0, 1, 0]
 # full ITM       [2, 1, 0]             [1, 0, 1]
 # With 3 candidates every rank is < 5, so R@5 = R@10 = 100 everywhere; R@1 = share of rank 0.
-@pytest.mark.parametrize("rule, txt_r1, img_r1", [
-    ("albef", 100 / 3, 200 / 3),
-    ("blip", 100 / 3, 100 / 3),
-    ("margin_sim", 200 / 3, 200 / 3),
-])
+@pytest.mark.parametrize(
+    "rule, txt_r1, img_r1",
+    [
+        ("albef", 100 / 3, 200 / 3),
+        ("blip", 100 / 3, 100 / 3),
+        ("margin_sim", 200 / 3, 200 / 3),
+    ],
+)
 def test_recalls_of_each_rerank_rule(rule, txt_r1, img_r1):
     r = recalls(*reranked(rule))
     assert r["txt_r1"] == pytest.approx(txt_r1) and r["img_r1"] == pytest.approx(img_r1)
@@ -130,24 +136,41 @@ def test_retrieval_config_lrs_are_meters_ratios(tmp_path, config):
     from mmllm_retrieval.model import RetrievalModelOptions, create_retrieval_model
 
     save_tiny("llama", tmp_path / "llm")
-    options = RetrievalModelOptions.model_validate({
-        "vision": {"vit": {"image_size": 32, "patch_size": 16, "width": 32, "layers": 1, "heads": 2}},
-        "text": {"name": "minilm-l6", "random_init": True,
-                 "config_overrides": {"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
-                                      "intermediate_size": 64}},
-        "hidden_size": 32, "fusion_layers": 1, "num_heads": 2, "embed_dim": 16,
-        "llm_block": {"kind": "llm_block", "source": str(tmp_path / "llm"), "layers": "last", "dtype": "float32"}})
+    options = RetrievalModelOptions.model_validate(
+        {
+            "vision": {"vit": {"image_size": 32, "patch_size": 16, "width": 32, "layers": 1, "heads": 2}},
+            "text": {
+                "name": "minilm-l6",
+                "random_init": True,
+                "config_overrides": {
+                    "num_hidden_layers": 1,
+                    "hidden_size": 32,
+                    "num_attention_heads": 2,
+                    "intermediate_size": 64,
+                },
+            },
+            "hidden_size": 32,
+            "fusion_layers": 1,
+            "num_heads": 2,
+            "embed_dim": 16,
+            "llm_block": {"kind": "llm_block", "source": str(tmp_path / "llm"), "layers": "last", "dtype": "float32"},
+        }
+    )
     model = create_retrieval_model(options)
     run = load_config(ROOT / config).run
     base = float(run.init_lr)
     lr_of = {n: g["lr"] for g in param_groups(model, base, 0.01, dict(run.lr_multipliers)) for n in g["names"]}
     cross = ("image_proj", "text_proj", "image_layers", "text_layers", "image_pooler", "text_pooler")
     for name, lr in lr_of.items():
-        if name.startswith(("itm_head.", "image_itc.", "text_itc.")) or any(name.startswith(f"backbone.{m}.") for m in cross):
+        if name.startswith(("itm_head.", "image_itc.", "text_itc.")) or any(
+            name.startswith(f"backbone.{m}.") for m in cross
+        ):
             factor = 5.0
         elif name.startswith("backbone.llm_block.adapter_"):
             factor = 10.0
-        elif name.startswith(("backbone.vision.", "backbone.text.", "backbone.modality_embed.")) or name == "logit_scale":
+        elif (
+            name.startswith(("backbone.vision.", "backbone.text.", "backbone.modality_embed.")) or name == "logit_scale"
+        ):
             factor = 1.0
         else:
             raise AssertionError(f"parameter {name} has no expected LR")

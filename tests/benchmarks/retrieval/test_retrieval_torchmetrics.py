@@ -1,5 +1,6 @@
 """Our retrieval recall (R@1/5/10 both ways) cross-checked against torchmetrics' RetrievalHitRate,
 an independent implementation: hit rate@k of a query = 1 if a relevant item is in its top k."""
+
 import numpy as np
 import pytest
 import torch
@@ -33,6 +34,10 @@ def test_recall_matches_torchmetrics(seed):
     scores_t2i = sims.T + rng.normal(scale=0.3, size=sims.T.shape)  # a different ranking each way
     ours = retrieval_metrics(sims, scores_t2i, img2txt, txt2img)
     for k in (1, 5, 10):
-        assert ours[f"txt_r{k}"] == pytest.approx(hit_rate(sims, img2txt, k), abs=1e-4)  # torchmetrics averages in float32
-        assert ours[f"img_r{k}"] == pytest.approx(hit_rate(scores_t2i, [[i] for i in txt2img], k), abs=1e-4)  # torchmetrics averages in float32
+        assert ours[f"txt_r{k}"] == pytest.approx(
+            hit_rate(sims, img2txt, k), abs=1e-4
+        )  # torchmetrics averages in float32
+        assert ours[f"img_r{k}"] == pytest.approx(
+            hit_rate(scores_t2i, [[i] for i in txt2img], k), abs=1e-4
+        )  # torchmetrics averages in float32
     assert 0 < ours["txt_r1"] < 100 and 0 < ours["img_r1"] < 100  # a non-trivial case

@@ -1,6 +1,7 @@
 """`mmllm analyze` end to end on METER VQA over the real easy-VQA data: a 2-step `mmllm train` run of the
 shipped config, then the §6 maps of the block on the fused vision stream (CLS + 4×4 patches) and the CLS
 attention of the open_clip ViT's last resblock, scored against the shapes' exact foregrounds."""
+
 import json
 import os
 import subprocess
@@ -24,8 +25,14 @@ def env():
 
 def mmllm(*args):
     # the config's data paths are relative to the repository root
-    return subprocess.run([sys.executable, "-m", "mmllm.cli", *map(str, args)], env=env(), capture_output=True,
-                          text=True, timeout=600, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "mmllm.cli", *map(str, args)],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +40,21 @@ def run(tmp_path_factory):
     if not (ROOT / "data/easy_vqa/images/test/0.png").is_file():
         pytest.skip("easy-VQA is not converted (mmllm assets prepare, or one training run of the config)")
     out = tmp_path_factory.mktemp("analysis_vqa") / "run"
-    done = mmllm("train", "--config", CONFIG, "--options", f"run.output_dir={out}", "run.max_steps=2",
-                 "run.batch_size_train=8", "run.batch_size_eval=16", "run.max_eval_samples=16", "run.checkpoint_every=0",
-                 "run.evaluate_val=false", "run.precision=fp32", "model.llm_block.dtype=float32")
+    done = mmllm(
+        "train",
+        "--config",
+        CONFIG,
+        "--options",
+        f"run.output_dir={out}",
+        "run.max_steps=2",
+        "run.batch_size_train=8",
+        "run.batch_size_eval=16",
+        "run.max_eval_samples=16",
+        "run.checkpoint_every=0",
+        "run.evaluate_val=false",
+        "run.precision=fp32",
+        "model.llm_block.dtype=float32",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return out
 
@@ -79,8 +98,12 @@ def test_vqa_inputs_first_question_of_each_image_and_exact_masks(run):
     with torch.no_grad():
         inputs.forward(model.eval())
     handle.remove()
-    expected_ids = task.tokenizer([firsts[k]["question"] for k in list(firsts)[:3]], padding="longest",
-                                  truncation=True, max_length=task.data_cfg.max_text_len)["input_ids"]
+    expected_ids = task.tokenizer(
+        [firsts[k]["question"] for k in list(firsts)[:3]],
+        padding="longest",
+        truncation=True,
+        max_length=task.data_cfg.max_text_len,
+    )["input_ids"]
     assert seen[0].tolist() == expected_ids
     with pytest.raises(ConfigError, match="no background option"):  # easy-VQA keeps its own solid backgrounds
         _call_hook(analysis_inputs, task, model, test, 3, "textured")

@@ -4,6 +4,7 @@ official normalisation of generated answers, and one short run through the share
 Tiny random LLaMA models (transformers' own class), never the real asset's weights; the real
 SmolLM2 tokenizer (built by transformers from the asset's GGUF file) where a tokenizer is needed.
 """
+
 import json
 
 import pytest
@@ -75,7 +76,7 @@ def test_loss_is_cross_entropy_on_answer_tokens_only():
     for i in range(2):  # independent reference: each sample alone, unpadded
         logits = reference_logits(model, visual[i], prompts[i], answers[i])
         n = len(answers[i])
-        terms.append(F.cross_entropy(logits[-n - 1:-1], torch.tensor(answers[i]), reduction="sum"))
+        terms.append(F.cross_entropy(logits[-n - 1 : -1], torch.tensor(answers[i]), reduction="sum"))
     torch.testing.assert_close(loss, sum(terms) / 5, rtol=1e-5, atol=1e-5)
 
 
@@ -138,8 +139,9 @@ def test_chat_prompt_matches_the_template(smollm_tokenizer):
     tok = smollm_tokenizer
     fmt = PromptFormat(tok, "auto")
     assert fmt.mode == "chat" and fmt.eos_ids == (tok.convert_tokens_to_ids("<|im_end|>"),)
-    text = tok.apply_chat_template([{"role": "user", "content": "<image>\nwhat shape is it?"}], tokenize=False,
-                                   add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "<image>\nwhat shape is it?"}], tokenize=False, add_generation_prompt=True
+    )
     before, after = text.split("<image>")
     assert tok.decode(fmt.prefix_ids) == before and tok.decode(fmt.prompt_ids("what shape is it?")) == after
     assert after.endswith("<|im_start|>assistant\n")
@@ -156,12 +158,18 @@ def test_generated_answers_get_the_official_normalisation(tmp_path):
     from mmllm_vqa.generative_task import score_generated, training_answer
 
     def ann(qid, answers):
-        return {"question_id": qid, "image_id": 0, "question_type": "how many", "answer_type": "number",
-                "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(answers)]}
+        return {
+            "question_id": qid,
+            "image_id": 0,
+            "question_type": "how many",
+            "answer_type": "number",
+            "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(answers)],
+        }
 
     anns = [ann(1, ["2"] * 10), ann(2, ["circle"] * 10), ann(3, ["red"] * 2 + ["blue"] * 8), ann(4, ["yes"] * 10)]
-    (tmp_path / "q.json").write_text(json.dumps({"questions": [{"question_id": a["question_id"], "image_id": 0,
-                                                                "question": "?"} for a in anns]}))
+    (tmp_path / "q.json").write_text(
+        json.dumps({"questions": [{"question_id": a["question_id"], "image_id": 0, "question": "?"} for a in anns]})
+    )
     (tmp_path / "a.json").write_text(json.dumps({"annotations": anns}))
     split = load_split("test", tmp_path / "q.json", tmp_path / "a.json", tmp_path, "{image_id}.png", check_images=False)
     # raw generated text: number word + period, article + capital, a minority answer, a wrong one
@@ -179,9 +187,17 @@ def _tiny_lm_folder(folder, tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     LlamaForCausalLM(cfg).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     return folder
@@ -200,24 +216,55 @@ def test_trains_and_evaluates_through_the_engine(tmp_path, smollm_tokenizer):
 
     data = write_images_and_qa(tmp_path / "data", n_images=6)
     lm_dir = _tiny_lm_folder(tmp_path / "lm", smollm_tokenizer)
-    split = {"questions": str(data / "questions.json"), "annotations": str(data / "annotations.json"),
-             "image_root": str(data / "images")}
-    cfg = {"model": {"vision": {"vit": {"image_size": 32, "patch_size": 16, "width": 32, "layers": 2, "heads": 2}},
-                     "llm": {"source": str(lm_dir), "dtype": "fp32", "prompt": "plain", "projector": "linear"},
-                     "max_new_tokens": 3},
-           "datasets": {"mmllm_vqa": {"image_pattern": "{image_id}.png", "eval_limit": 10,
-                                                 "splits": {"train": split, "test": split}}},
-           "run": {"task": "mmllm_vqa_generative", "output_dir": str(tmp_path / "run"),
-                   "deepspeed_config": str(ROOT / "configs/deepspeed/zero0.json"), "precision": "fp32", "seed": 0,
-                   "max_epoch": 1, "max_steps": 3, "batch_size_train": 4, "batch_size_eval": 4, "init_lr": 1e-3,
-                   "log_every": 1, "num_workers": 0}}
+    split = {
+        "questions": str(data / "questions.json"),
+        "annotations": str(data / "annotations.json"),
+        "image_root": str(data / "images"),
+    }
+    cfg = {
+        "model": {
+            "vision": {"vit": {"image_size": 32, "patch_size": 16, "width": 32, "layers": 2, "heads": 2}},
+            "llm": {"source": str(lm_dir), "dtype": "fp32", "prompt": "plain", "projector": "linear"},
+            "max_new_tokens": 3,
+        },
+        "datasets": {
+            "mmllm_vqa": {
+                "image_pattern": "{image_id}.png",
+                "eval_limit": 10,
+                "splits": {"train": split, "test": split},
+            }
+        },
+        "run": {
+            "task": "mmllm_vqa_generative",
+            "output_dir": str(tmp_path / "run"),
+            "deepspeed_config": str(ROOT / "configs/deepspeed/zero0.json"),
+            "precision": "fp32",
+            "seed": 0,
+            "max_epoch": 1,
+            "max_steps": 3,
+            "batch_size_train": 4,
+            "batch_size_eval": 4,
+            "init_lr": 1e-3,
+            "log_every": 1,
+            "num_workers": 0,
+        },
+    }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                             "MASTER_PORT", "LOCAL_WORLD_SIZE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
+    }
     env["DS_ACCELERATOR"] = "cpu"
-    subprocess.run([sys.executable, str(ROOT / "projects/vqa/train.py"), "--config", str(path)], env=env,
-                   capture_output=True, text=True, check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, str(ROOT / "projects/vqa/train.py"), "--config", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
     summary = json.loads((tmp_path / "run/summary.json").read_text())
     assert summary["steps"] == 3 and summary["test_questions"] == 10.0 and 0.0 <= summary["test_accuracy"] <= 100.0
     answers = json.loads((tmp_path / "run/results_test.json").read_text())
@@ -231,8 +278,16 @@ def _tiny_lm(tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
 
 
 @pytest.mark.parametrize("mode", ["frozen", "full", "lora"])
@@ -241,9 +296,13 @@ def test_stage_options_choose_what_trains(mode, smollm_tokenizer):
         pytest.importorskip("peft")
     from mmllm_vqa.generative_model import GenerativeVQAOptions, build_prompt_format, create_generative_vqa_model
 
-    opts = GenerativeVQAOptions.parse({"vision": {"vit": {"image_size": 32, "patch_size": 16, "width": 16,
-                                                          "layers": 1, "heads": 2}},
-                                       "llm": {"train": mode, "prompt": "plain"}}, "model")
+    opts = GenerativeVQAOptions.parse(
+        {
+            "vision": {"vit": {"image_size": 32, "patch_size": 16, "width": 16, "layers": 1, "heads": 2}},
+            "llm": {"train": mode, "prompt": "plain"},
+        },
+        "model",
+    )
     fmt = build_prompt_format(opts, smollm_tokenizer)
     model = create_generative_vqa_model(opts, fmt, lm=_tiny_lm(smollm_tokenizer))
     lm_trainable = [n for n, p in model.lm.lm.named_parameters() if p.requires_grad]
@@ -300,14 +359,18 @@ def test_eval_subset_is_the_same_for_every_training_seed(tmp_path):
     from mmllm.engine.preprocess import Preprocess
 
     data = write_images_and_qa(tmp_path / "data", n_images=12)
-    split = {"questions": str(data / "questions.json"), "annotations": str(data / "annotations.json"),
-             "image_root": str(data / "images")}
+    split = {
+        "questions": str(data / "questions.json"),
+        "annotations": str(data / "annotations.json"),
+        "image_root": str(data / "images"),
+    }
     all_ids = {q["question_id"] for q in json.loads((data / "questions.json").read_text())["questions"]}
     assert len(all_ids) > 8
 
     def test_ids(*options):
-        cfg = load_config(ROOT_CONFIG, [f"run.output_dir={tmp_path / 'run'}", "datasets.mmllm_vqa.eval_limit=8",
-                                        *options])
+        cfg = load_config(
+            ROOT_CONFIG, [f"run.output_dir={tmp_path / 'run'}", "datasets.mmllm_vqa.eval_limit=8", *options]
+        )
         cfg.datasets.mmllm_vqa.splits = {"train": split, "test": split}
         task = task_for(cfg)
         task._preprocess = Preprocess.shared(lambda image: image)  # the split's ids need no tokenizer or transform

@@ -1,6 +1,7 @@
 """LLaViT's three switches: visual Q/K/V copies (exactly the baseline at init), the block mask
 (against a hand-built one, and its effect), multi-depth encoder features, and cached generation
 under both changes against a no-cache recomputation. Tiny random LMs only."""
+
 import copy
 
 import pytest
@@ -15,8 +16,10 @@ PAD, EOS = 0, 3
 
 def batch(rows):
     width = max(len(r) for r in rows)
-    return (torch.tensor([r + [PAD] * (width - len(r)) for r in rows]),
-            torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]))
+    return (
+        torch.tensor([r + [PAD] * (width - len(r)) for r in rows]),
+        torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
+    )
 
 
 def pair(arch="llama", **options):
@@ -87,23 +90,27 @@ def test_block_mask_against_a_hand_built_one():
     # one row: [pad, text, vis, vis, vis, text, text]
     modality = torch.tensor([[0, 0, 1, 1, 1, 0, 0]])
     attention = torch.tensor([[0, 1, 1, 1, 1, 1, 1]])
-    allowed = torch.tensor([  # rows: queries, columns: keys
-        [1, 0, 0, 0, 0, 0, 0],  # padding query: itself only
-        [0, 1, 0, 0, 0, 0, 0],  # text: causal
-        [0, 1, 1, 1, 1, 0, 0],  # visual: earlier text + every visual token
-        [0, 1, 1, 1, 1, 0, 0],
-        [0, 1, 1, 1, 1, 0, 0],
-        [0, 1, 1, 1, 1, 1, 0],  # text after the image: causal (sees all visual tokens)
-        [0, 1, 1, 1, 1, 1, 1],
-    ], dtype=torch.bool)
+    allowed = torch.tensor(
+        [  # rows: queries, columns: keys
+            [1, 0, 0, 0, 0, 0, 0],  # padding query: itself only
+            [0, 1, 0, 0, 0, 0, 0],  # text: causal
+            [0, 1, 1, 1, 1, 0, 0],  # visual: earlier text + every visual token
+            [0, 1, 1, 1, 1, 0, 0],
+            [0, 1, 1, 1, 1, 0, 0],
+            [0, 1, 1, 1, 1, 1, 0],  # text after the image: causal (sees all visual tokens)
+            [0, 1, 1, 1, 1, 1, 1],
+        ],
+        dtype=torch.bool,
+    )
     mask = visual_block_mask(modality, attention, torch.float32)
     assert mask.shape == (1, 1, 7, 7)
     expected = torch.zeros(7, 7).masked_fill(~allowed, torch.finfo(torch.float32).min)
     assert torch.equal(mask[0, 0], expected)
     # with no visual token it is transformers' own causal + padding mask
     causal = visual_block_mask(torch.zeros_like(modality), attention, torch.float32)[0, 0]
-    causal_allowed = torch.tensor([[1, 0, 0, 0, 0, 0, 0]] + [[0] + [1] * q + [0] * (6 - q) for q in range(1, 7)],
-                                  dtype=torch.bool)
+    causal_allowed = torch.tensor(
+        [[1, 0, 0, 0, 0, 0, 0]] + [[0] + [1] * q + [0] * (6 - q) for q in range(1, 7)], dtype=torch.bool
+    )
     assert torch.equal(causal == 0, causal_allowed)
 
 
@@ -128,10 +135,14 @@ def test_custom_4d_causal_mask_equals_transformers_own_mask():
     visual = torch.randn(2, 3, 8)
     inputs = base.assemble(visual, *batch(INPUTS["prompts"]), *batch(INPUTS["answers"]))
     mask4d = visual_block_mask(torch.zeros_like(inputs["modality_ids"]), inputs["attention_mask"], torch.float32)
-    ref = base.lm(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
-                  position_ids=inputs["position_ids"]).logits
-    got = base.lm(inputs_embeds=inputs["inputs_embeds"], attention_mask=mask4d,
-                  position_ids=inputs["position_ids"]).logits
+    ref = base.lm(
+        inputs_embeds=inputs["inputs_embeds"],
+        attention_mask=inputs["attention_mask"],
+        position_ids=inputs["position_ids"],
+    ).logits
+    got = base.lm(
+        inputs_embeds=inputs["inputs_embeds"], attention_mask=mask4d, position_ids=inputs["position_ids"]
+    ).logits
     real = inputs["attention_mask"].bool()
     torch.testing.assert_close(got[real], ref[real], rtol=1e-5, atol=1e-5)
 
@@ -149,7 +160,7 @@ def test_cached_generation_matches_recomputation_with_both_changes():
         out = []
         for _ in range(5):  # no cache: the whole sequence again, generated tokens as text
             ids, mask = batch([prompts[i] + out])
-            token = int(llavit.logits(visual[i:i + 1], ids, mask)[0, -1].argmax())
+            token = int(llavit.logits(visual[i : i + 1], ids, mask)[0, -1].argmax())
             if token == 63:
                 break
             out.append(token)
@@ -162,8 +173,9 @@ def test_multi_depth_features_concatenate_encoder_depths():
     from mmllm_vqa.generative_model import MultiDepthVision
 
     torch.manual_seed(0)
-    enc = build_vision_encoder(VisionOptions(vit={"image_size": 32, "patch_size": 16, "width": 16, "layers": 3,
-                                                  "heads": 2})).eval()
+    enc = build_vision_encoder(
+        VisionOptions(vit={"image_size": 32, "patch_size": 16, "width": 16, "layers": 3, "heads": 2})
+    ).eval()
     images = torch.randn(2, 3, 32, 32)
     captured = []  # independent reference: each residual block's output, through the final LayerNorm
     hooks = [b.register_forward_hook(lambda m, i, o: captured.append(o)) for b in enc.visual.transformer.resblocks]
@@ -194,7 +206,9 @@ def test_multi_depth_features_of_the_cnn_encoder():
     images = torch.randn(2, 3, 64, 64)
     stage_modules = [enc.net.get_submodule(info["module"]) for info in enc.net.feature_info]
     captured = {}
-    hooks = [m.register_forward_hook(lambda m, i, o, k=k: captured.__setitem__(k, o)) for k, m in enumerate(stage_modules)]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o, k=k: captured.__setitem__(k, o)) for k, m in enumerate(stage_modules)
+    ]
     with torch.no_grad():
         head = enc.net.forward_features(images)  # [2, 1280, 2, 2]
         for h in hooks:

@@ -1,5 +1,6 @@
 """VLAP: Sinkhorn marginals, the swapped-prediction loss by hand, the word prior, what trains, and the
 retrieval task end to end through the engine with a tiny LLM."""
+
 import json
 import math
 import os
@@ -24,8 +25,10 @@ from mmllm.models.vlap import (
 
 def _case(B=4, K=6, seed=0):
     g = torch.Generator().manual_seed(seed)
-    scores = torch.nn.functional.normalize(torch.randn(B, 8, generator=g), dim=-1) @ \
-        torch.nn.functional.normalize(torch.randn(K, 8, generator=g), dim=-1).T  # cosines, as in VLAP
+    scores = (
+        torch.nn.functional.normalize(torch.randn(B, 8, generator=g), dim=-1)
+        @ torch.nn.functional.normalize(torch.randn(K, 8, generator=g), dim=-1).T
+    )  # cosines, as in VLAP
     prior = torch.tensor([0.4, 0.25, 0.15, 0.1, 0.06, 0.04])[:K]
     return scores, prior / prior.sum()
 
@@ -35,7 +38,7 @@ def test_sinkhorn_marginals_match_prior_and_uniform(epsilon, iterations):
     scores, prior = _case()
     plan = sinkhorn_knopp(scores, prior, epsilon=epsilon, iterations=iterations).double()
     B = scores.shape[0]
-    assert torch.allclose(plan.sum(0), prior.double(), atol=1e-4)               # words: the frequency prior
+    assert torch.allclose(plan.sum(0), prior.double(), atol=1e-4)  # words: the frequency prior
     assert torch.allclose(plan.sum(1), torch.full((B,), 1 / B, dtype=torch.float64), atol=1e-4)  # samples: 1/B
     if plan.min() < 1e-30:  # eps = 0.01: some entries underflow fp32 (exp(-200)); the form is checked at 0.05
         return
@@ -62,8 +65,10 @@ def test_sinkhorn_paper_setting_three_iterations():
 def test_swapped_prediction_loss_by_hand():
     """2 samples x 3 words, temperature 0.5; scores chosen so the softmaxes are simple fractions."""
     tau = 0.5
-    visual = tau * torch.tensor([[0.0, math.log(2), 0.0], [math.log(3), 0.0, 0.0]])   # p_v = [1/4 1/2 1/4], [3/5 1/5 1/5]
-    text = tau * torch.tensor([[0.0, 0.0, 0.0], [math.log(4), 0.0, 0.0]])            # p_t = [1/3 1/3 1/3], [2/3 1/6 1/6]
+    visual = tau * torch.tensor(
+        [[0.0, math.log(2), 0.0], [math.log(3), 0.0, 0.0]]
+    )  # p_v = [1/4 1/2 1/4], [3/5 1/5 1/5]
+    text = tau * torch.tensor([[0.0, 0.0, 0.0], [math.log(4), 0.0, 0.0]])  # p_t = [1/3 1/3 1/3], [2/3 1/6 1/6]
     text_codes = torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.5, 0.0]])
     visual_codes = torch.tensor([[1 / 3, 1 / 3, 1 / 3], [0.0, 0.0, 1.0]])
     out = swapped_prediction_loss(visual, text, visual_codes, text_codes, tau)
@@ -119,8 +124,14 @@ def tiny_lm_dir(tmp_path_factory):
 
     tok = load_tokenizer("smollm2-135m")
     folder = tmp_path_factory.mktemp("tiny_lm")
-    model = tiny_model("llama", vocab_size=len(tok), tie_word_embeddings=True, eos_token_id=tok.eos_token_id,
-                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
+    model = tiny_model(
+        "llama",
+        vocab_size=len(tok),
+        tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
     model.save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
     return folder
@@ -129,13 +140,31 @@ def tiny_lm_dir(tmp_path_factory):
 def _config(tmp_path, data, lm_dir, **model):
     split = {"annotation": str(data / "captions_train.json"), "image_root": str(data / "images")}
     test = {"annotation": str(data / "captions_val.json"), "image_root": str(data / "images")}
-    cfg = {"model": {"vision": {"vit": {"image_size": 32, "patch_size": 16, "width": 32, "layers": 1, "heads": 2}},
-                     "llm": str(lm_dir), "llm_dtype": "fp32", "caption_prompt": "An image of", **model},
-           "datasets": {"mmllm_retrieval": {"splits": {"train": split, "test": test}}},
-           "run": {"task": "mmllm_retrieval_vlap", "output_dir": str(tmp_path / "run"),
-                   "deepspeed_config": str(ROOT / "configs/deepspeed/zero0.json"), "precision": "fp32", "seed": 0,
-                   "max_epoch": 4, "max_steps": 2, "batch_size_train": 4, "batch_size_eval": 4, "init_lr": 1e-2,
-                   "log_every": 1, "num_workers": 0, "evaluate_val": False}}
+    cfg = {
+        "model": {
+            "vision": {"vit": {"image_size": 32, "patch_size": 16, "width": 32, "layers": 1, "heads": 2}},
+            "llm": str(lm_dir),
+            "llm_dtype": "fp32",
+            "caption_prompt": "An image of",
+            **model,
+        },
+        "datasets": {"mmllm_retrieval": {"splits": {"train": split, "test": test}}},
+        "run": {
+            "task": "mmllm_retrieval_vlap",
+            "output_dir": str(tmp_path / "run"),
+            "deepspeed_config": str(ROOT / "configs/deepspeed/zero0.json"),
+            "precision": "fp32",
+            "seed": 0,
+            "max_epoch": 4,
+            "max_steps": 2,
+            "batch_size_train": 4,
+            "batch_size_eval": 4,
+            "init_lr": 1e-2,
+            "log_every": 1,
+            "num_workers": 0,
+            "evaluate_val": False,
+        },
+    }
     return cfg
 
 
@@ -174,11 +203,19 @@ def test_vlap_retrieval_trains_two_steps_end_to_end(tmp_path, tiny_lm_dir):
     data = write_images_and_qa(tmp_path / "d", n_images=6)
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(_config(tmp_path, data, tiny_lm_dir, text_features="llm_hidden")))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                             "MASTER_PORT", "LOCAL_WORLD_SIZE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
+    }
     env["DS_ACCELERATOR"] = "cpu"
-    done = subprocess.run([sys.executable, "-m", "mmllm.cli", "train", "--config", str(path)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "mmllm.cli", "train", "--config", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
@@ -203,22 +240,35 @@ def test_vqa_with_vlap_projector_trains_only_the_linear_layer_and_generates(tmp_
     from mmllm.engine.registry import get_task
 
     data = write_images_and_qa(tmp_path / "d", n_images=6)
-    split = {"questions": str(data / "questions.json"), "annotations": str(data / "annotations.json"),
-             "image_root": str(data / "images")}
-    cfg = OmegaConf.create({
-        "model": {"vision": {"vit": {"image_size": 32, "patch_size": 16, "width": 32, "layers": 1, "heads": 2}},
-                  "train_vision": False, "llm": {"source": str(tiny_lm_dir), "dtype": "fp32", "prompt": "plain",
-                                                 "projector": "linear"}, "max_new_tokens": 3},
-        "datasets": {"mmllm_vqa": {"image_pattern": "{image_id}.png", "splits": {"train": split}}},
-        "run": {"task": "mmllm_vqa_vlap", "output_dir": str(tmp_path / "run")}})
+    split = {
+        "questions": str(data / "questions.json"),
+        "annotations": str(data / "annotations.json"),
+        "image_root": str(data / "images"),
+    }
+    cfg = OmegaConf.create(
+        {
+            "model": {
+                "vision": {"vit": {"image_size": 32, "patch_size": 16, "width": 32, "layers": 1, "heads": 2}},
+                "train_vision": False,
+                "llm": {"source": str(tiny_lm_dir), "dtype": "fp32", "prompt": "plain", "projector": "linear"},
+                "max_new_tokens": 3,
+            },
+            "datasets": {"mmllm_vqa": {"image_pattern": "{image_id}.png", "splits": {"train": split}}},
+            "run": {"task": "mmllm_vqa_vlap", "output_dir": str(tmp_path / "run")},
+        }
+    )
     task = get_task("mmllm_vqa_vlap").build(cfg)
     task.build_preprocess()
     model = task.build_model()
-    assert sorted(n for n, p in model.named_parameters() if p.requires_grad) == \
-        ["vqa.lm.projector.bias", "vqa.lm.projector.weight"]
+    assert sorted(n for n, p in model.named_parameters() if p.requires_grad) == [
+        "vqa.lm.projector.bias",
+        "vqa.lm.projector.weight",
+    ]
     # the prior counts question + answer tokens of the training split
-    assert model.assign.prior.argmax().item() in task.fmt.tokenizer("what color is the image?")["input_ids"] + \
-        task.fmt.tokenizer(" image")["input_ids"]
+    assert (
+        model.assign.prior.argmax().item()
+        in task.fmt.tokenizer("what color is the image?")["input_ids"] + task.fmt.tokenizer(" image")["input_ids"]
+    )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     batch = task.collate([task.build_datasets()["train"][i] for i in range(4)])
     loss, logs = task.training_loss(model.train(), batch)
@@ -227,8 +277,10 @@ def test_vqa_with_vlap_projector_trains_only_the_linear_layer_and_generates(tmp_
     assert model.text_features == "llm_hidden" and model.assign.temperature == pytest.approx(0.01)
     loss.backward()
     torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).step()
-    assert {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])} == \
-        {"vqa.lm.projector.weight", "vqa.lm.projector.bias"}
+    assert {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])} == {
+        "vqa.lm.projector.weight",
+        "vqa.lm.projector.bias",
+    }
     tokens = model.eval().generate(batch["images"], batch["prompt_ids"], batch["prompt_mask"], 3)
     assert len(tokens) == 4 and all(len(t) <= 3 for t in tokens)
     cfg.model.llm.projector = "mlp2"

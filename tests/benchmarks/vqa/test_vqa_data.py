@@ -1,4 +1,5 @@
 """VQAv2-format loading, answer vocabulary, soft scores, easy-VQA conversion, and bad inputs."""
+
 import json
 
 import pytest
@@ -18,7 +19,9 @@ def data(tmp_path):
 
 
 def split(data, **kw):
-    return load_split("train", data / "questions.json", data / "annotations.json", data / "images", "{image_id}.png", **kw)
+    return load_split(
+        "train", data / "questions.json", data / "annotations.json", data / "images", "{image_id}.png", **kw
+    )
 
 
 def test_join_and_image_paths(data):
@@ -77,8 +80,10 @@ def test_training_split_refuses_duplicated_annotations_and_empty_questions(data)
         split(data)
 
 
-@pytest.mark.parametrize("content,message", [("{not json", "malformed JSON"), ('{"qs": []}', "VQAv2 format"),
-                                             ('{"questions": [{"question_id": 1}]}', "lacks")])
+@pytest.mark.parametrize(
+    "content,message",
+    [("{not json", "malformed JSON"), ('{"qs": []}', "VQAv2 format"), ('{"questions": [{"question_id": 1}]}', "lacks")],
+)
 def test_malformed_question_file(data, content, message):
     (data / "questions.json").write_text(content)
     with pytest.raises(DataError, match=message):
@@ -88,7 +93,9 @@ def test_malformed_question_file(data, content, message):
 def test_karpathy_captions(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
     (tmp_path / "test.json").write_text(json.dumps([{"image": "a.png", "caption": ["x", "y"]}]))
-    (tmp_path / "train.json").write_text(json.dumps([{"image": "a.png", "caption": "x"}, {"image": "a.png", "caption": "z"}]))
+    (tmp_path / "train.json").write_text(
+        json.dumps([{"image": "a.png", "caption": "x"}, {"image": "a.png", "caption": "z"}])
+    )
     assert load_karpathy(tmp_path / "test.json", tmp_path)[0].captions == ["x", "y"]
     assert load_karpathy(tmp_path / "train.json", tmp_path)[0].captions == ["x", "z"]
     (tmp_path / "bad.json").write_text(json.dumps([{"image": "a.png", "caption": []}]))
@@ -115,10 +122,27 @@ def test_easy_vqa_conversion(tmp_path):
     paths = convert(tmp_path / "ev")
     counts = {s: len(json.loads(open(paths[f"{s}_questions"]).read())["questions"]) for s in ("train", "val", "test")}
     assert counts["train"] + counts["val"] == 38575 and counts["test"] == 9673  # easy-VQA's own sizes
-    s = load_split("test", paths["test_questions"], paths["test_annotations"], paths["test_image_root"], "{image_id}.png")
+    s = load_split(
+        "test", paths["test_questions"], paths["test_annotations"], paths["test_image_root"], "{image_id}.png"
+    )
     assert len(s.questions) == 9673
     assert sorted(build_answer_vocab(s, 100)) == sorted(
-        ["circle", "green", "red", "gray", "yes", "teal", "black", "rectangle", "yellow", "triangle", "brown", "blue", "no"])
+        [
+            "circle",
+            "green",
+            "red",
+            "gray",
+            "yes",
+            "teal",
+            "black",
+            "rectangle",
+            "yellow",
+            "triangle",
+            "brown",
+            "blue",
+            "no",
+        ]
+    )
     caps = json.loads(open(paths["captions_train"]).read())
     assert caps and all(c["caption"].startswith("a ") for c in caps)
 

@@ -1,6 +1,7 @@
 """METER fidelity of the VQA task: the classifier's layer shapes, the two soft-score schemes on
 hand-worked counts (METER's checked against the official accuracy), the per-module learning rates
 of the METER configs, and the block's insertion depth in METER's fusion stack."""
+
 import pytest
 import torch
 from conftest import ROOT
@@ -35,7 +36,9 @@ def _answers(counts: dict[str, int]) -> list[dict]:
     return [{"answer": a, "answer_id": i} for a, n in counts.items() for i in range(n)]
 
 
-@pytest.mark.parametrize("n, meter, min3", [(1, 0.3, 1 / 3), (2, 0.6, 2 / 3), (3, 0.9, 1.0), (4, 1.0, 1.0), (7, 1.0, 1.0)])
+@pytest.mark.parametrize(
+    "n, meter, min3", [(1, 0.3, 1 / 3), (2, 0.6, 2 / 3), (3, 0.9, 1.0), (4, 1.0, 1.0), (7, 1.0, 1.0)]
+)
 def test_soft_scores_by_hand(n, meter, min3):
     answers = _answers({"red": n, "blue": 10 - n})
     index = {"red": 0}
@@ -59,13 +62,27 @@ def test_soft_score_option():
 
 
 def _tiny_options(source, **extra) -> VQAModelOptions:
-    return VQAModelOptions.model_validate({
-        "vision": {"vit": {"image_size": 32, "patch_size": 16, "width": 32, "layers": 1, "heads": 2}},
-        "text": {"name": "minilm-l6", "random_init": True,
-                 "config_overrides": {"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
-                                      "intermediate_size": 64}},
-        "hidden_size": 32, "fusion_layers": 1, "num_heads": 2, "dropout": 0.0,
-        "llm_block": {"kind": "llm_block", "source": str(source), "layers": "last", "dtype": "float32"}, **extra})
+    return VQAModelOptions.model_validate(
+        {
+            "vision": {"vit": {"image_size": 32, "patch_size": 16, "width": 32, "layers": 1, "heads": 2}},
+            "text": {
+                "name": "minilm-l6",
+                "random_init": True,
+                "config_overrides": {
+                    "num_hidden_layers": 1,
+                    "hidden_size": 32,
+                    "num_attention_heads": 2,
+                    "intermediate_size": 64,
+                },
+            },
+            "hidden_size": 32,
+            "fusion_layers": 1,
+            "num_heads": 2,
+            "dropout": 0.0,
+            "llm_block": {"kind": "llm_block", "source": str(source), "layers": "last", "dtype": "float32"},
+            **extra,
+        }
+    )
 
 
 def _meter_factor(name: str) -> float:
@@ -98,7 +115,9 @@ def test_meter_config_param_groups_get_the_multiplied_lrs(tmp_path, config):
     assert {round(lr / base, 6) for lr in lr_of.values()} == {1.0, 5.0, 10.0, 50.0}
     # the paper's rule, stated directly: adapters at 10x the image encoder's LR
     vision_lrs = {lr for name, lr in lr_of.items() if name.startswith("backbone.vision.")}
-    assert len(vision_lrs) == 1 and lr_of["backbone.llm_block.adapter_in.weight"] == pytest.approx(10 * vision_lrs.pop())
+    assert len(vision_lrs) == 1 and lr_of["backbone.llm_block.adapter_in.weight"] == pytest.approx(
+        10 * vision_lrs.pop()
+    )
     # the schedule scales every group by the same factor: the ratios hold at every step
     for g in groups:
         g.pop("names")
@@ -108,7 +127,8 @@ def test_meter_config_param_groups_get_the_multiplied_lrs(tmp_path, config):
         optimizer.step()
         scheduler.step()
         assert [g["lr"] / g["lr_scale"] for g in optimizer.param_groups] == pytest.approx(
-            [optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_scale"]] * len(optimizer.param_groups))
+            [optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_scale"]] * len(optimizer.param_groups)
+        )
 
 
 def test_block_before_or_after_fusion(tmp_path):

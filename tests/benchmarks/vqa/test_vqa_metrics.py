@@ -1,4 +1,5 @@
 """VQA accuracy against cases worked out by hand from the official evaluation's rules."""
+
 import json
 import subprocess
 import sys
@@ -52,8 +53,16 @@ def test_identical_answer_records_are_all_held_out():
 
 @pytest.mark.parametrize(
     "text,expected",
-    [("Two dogs.", "2 dogs"), ("a-b", "b"), ("Isnt it?", "isn't it"), ("e.g. 3.5", "eg 3.5"),
-     ("none", "0"), ("(left)", "left"), ("yes !", "yes"), ("  red\tcar\n", "red car")],
+    [
+        ("Two dogs.", "2 dogs"),
+        ("a-b", "b"),
+        ("Isnt it?", "isn't it"),
+        ("e.g. 3.5", "eg 3.5"),
+        ("none", "0"),
+        ("(left)", "left"),
+        ("yes !", "yes"),
+        ("  red\tcar\n", "red car"),
+    ],
 )
 def test_normalization(text, expected):
     assert normalize_answer(text) == expected
@@ -62,13 +71,26 @@ def test_normalization(text, expected):
 def _files(tmp_path):
     anns = [
         {"question_id": 1, "question_type": "is this", "answer_type": "yes/no", "answers": answers(("yes", 10))},
-        {"question_id": 2, "question_type": "what color", "answer_type": "other", "answers": answers(("red", 2), ("blue", 8))},
+        {
+            "question_id": 2,
+            "question_type": "what color",
+            "answer_type": "other",
+            "answers": answers(("red", 2), ("blue", 8)),
+        },
         {"question_id": 3, "question_type": "what color", "answer_type": "other", "answers": answers(("red", 10))},
     ]
     qs = [{"question_id": i, "image_id": i, "question": "?"} for i in (1, 2, 3)]
     (tmp_path / "a.json").write_text(json.dumps({"annotations": anns}))
     (tmp_path / "q.json").write_text(json.dumps({"questions": qs}))
-    (tmp_path / "r.json").write_text(json.dumps([{"question_id": 1, "answer": "yes"}, {"question_id": 2, "answer": "red"}, {"question_id": 3, "answer": "blue"}]))
+    (tmp_path / "r.json").write_text(
+        json.dumps(
+            [
+                {"question_id": 1, "answer": "yes"},
+                {"question_id": 2, "answer": "red"},
+                {"question_id": 3, "answer": "blue"},
+            ]
+        )
+    )
     return anns
 
 
@@ -76,15 +98,30 @@ def test_overall_and_per_type_rounding(tmp_path):
     anns = _files(tmp_path)
     acc = evaluate(anns, {1: "yes", 2: "red", 3: "blue"})
     # (1 + 0.6 + 0) / 3 = 53.333.. ; 'what color': (0.6 + 0) / 2 = 30.0
-    assert acc == {"overall": 53.33, "perQuestionType": {"is this": 100.0, "what color": 30.0},
-                   "perAnswerType": {"yes/no": 100.0, "other": 30.0}}
+    assert acc == {
+        "overall": 53.33,
+        "perQuestionType": {"is this": 100.0, "what color": 30.0},
+        "perAnswerType": {"yes/no": 100.0, "other": 30.0},
+    }
 
 
 def test_evaluate_script_on_official_format_files(tmp_path):
     _files(tmp_path)
-    out = subprocess.run([sys.executable, str(ROOT / "projects/vqa/evaluate.py"), "--questions", str(tmp_path / "q.json"),
-                          "--annotations", str(tmp_path / "a.json"), "--results", str(tmp_path / "r.json")],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "projects/vqa/evaluate.py"),
+            "--questions",
+            str(tmp_path / "q.json"),
+            "--annotations",
+            str(tmp_path / "a.json"),
+            "--results",
+            str(tmp_path / "r.json"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(out.stdout)["overall"] == 53.33
 
 
@@ -96,7 +133,10 @@ def test_evaluate_script_on_official_format_files(tmp_path):
         ('[{"question_id": "1", "answer": "yes"}]', "is not"),
         ('{"1": "yes"}', "JSON list"),
         ("[{", "malformed JSON"),
-        ('[{"question_id": 1, "answer": "yes"}, {"question_id": 2, "answer": "x"}, {"question_id": 3, "answer": "x"}, {"question_id": 9, "answer": "x"}]', "not in the question file"),
+        (
+            '[{"question_id": 1, "answer": "yes"}, {"question_id": 2, "answer": "x"}, {"question_id": 3, "answer": "x"}, {"question_id": 9, "answer": "x"}]',
+            "not in the question file",
+        ),
     ],
 )
 def test_evaluate_script_rejects_bad_results(tmp_path, capsys, results, message):
@@ -107,15 +147,25 @@ def test_evaluate_script_rejects_bad_results(tmp_path, capsys, results, message)
     spec.loader.exec_module(script)
     _files(tmp_path)
     (tmp_path / "r.json").write_text(results)
-    code = script.main(["--questions", str(tmp_path / "q.json"), "--annotations", str(tmp_path / "a.json"),
-                        "--results", str(tmp_path / "r.json")])
+    code = script.main(
+        [
+            "--questions",
+            str(tmp_path / "q.json"),
+            "--annotations",
+            str(tmp_path / "a.json"),
+            "--results",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert code == 2 and message in capsys.readouterr().err
 
 
 def _five_questions():
     """q1..q4 answered right (accuracy 1), q5 wrong (0): overall 4/5 = 80.0."""
-    anns = [{"question_id": q, "question_type": "is this", "answer_type": "yes/no", "answers": answers(("yes", 10))}
-            for q in (1, 2, 3, 4)]
+    anns = [
+        {"question_id": q, "question_type": "is this", "answer_type": "yes/no", "answers": answers(("yes", 10))}
+        for q in (1, 2, 3, 4)
+    ]
     anns.append({"question_id": 5, "question_type": "is this", "answer_type": "yes/no", "answers": answers(("no", 10))})
     return anns, {q: "yes" for q in range(1, 6)}
 
