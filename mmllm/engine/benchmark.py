@@ -16,7 +16,7 @@ Register a benchmark with ``@registered_benchmark(...)`` and a model with ``@reg
 
 from __future__ import annotations
 
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar, cast
@@ -33,7 +33,7 @@ from .splits import EvalSplit
 from .task import Task
 
 
-class Benchmark:
+class Benchmark(ABC):
     """One benchmark's data and evaluator, built from its typed ``datasets.<key>`` section.
 
     Subclasses set ``DataOptions`` and implement :meth:`build_datasets` (items every model of the
@@ -76,6 +76,12 @@ class BenchmarkModel(Task):
         bench = cls.__dict__.get("benchmark")
         if bench is not None and "DataOptions" not in cls.__dict__:
             cls.DataOptions = bench.DataOptions  # one data section for every model of the benchmark
+        bench = getattr(cls, "benchmark", None)
+        if bench is not None and not issubclass(cls.DataOptions, bench.DataOptions):
+            raise TypeError(
+                f"{cls.__name__}.DataOptions must extend {bench.__name__}.DataOptions (the benchmark's "
+                "keys stay readable by every model; add only the model's own answer-side keys)"
+            )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -118,3 +118,23 @@ def test_eval_limit_draws_the_same_fixed_subset_for_every_model(tmp_path):
     assert [q["question_id"] for q in again.split("test").questions] == ids
     with pytest.raises(DataError, match="has no split 'val'"):
         bench.split("val")
+
+
+def test_a_model_extends_the_benchmarks_data_section_never_replaces_it():
+    from mmllm.engine.benchmark import BenchmarkModel
+    from mmllm.schema import DataSection
+    from mmllm_vqa.benchmark import VQABenchmark, VQADataOptions
+
+    class Extended(VQADataOptions):
+        my_key: int = 1
+
+    class Good(BenchmarkModel):  # its own answer-side key on top of the benchmark's
+        benchmark = VQABenchmark
+        DataOptions = Extended
+
+    assert Good.DataOptions is Extended
+    with pytest.raises(TypeError, match="must extend VQABenchmark.DataOptions"):
+
+        class Bad(BenchmarkModel):
+            benchmark = VQABenchmark
+            DataOptions = DataSection
