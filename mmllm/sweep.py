@@ -275,7 +275,7 @@ def run_state(run: SweepRun) -> tuple[str, list[str]]:
     ``resume`` (started, same config), ``broken`` (same config, but its ``summary.json`` is corrupt or no
     result: the run is trained again), ``different`` (holds another run; the differences say how).
     Builds the run's task from its config, so a bad override fails here, before any training."""
-    from omegaconf import DictConfig, OmegaConf
+    from omegaconf import OmegaConf
 
     from .config import load_config
     from .engine.launch import task_for
@@ -288,12 +288,11 @@ def run_state(run: SweepRun) -> tuple[str, list[str]]:
     if not stored_file.is_file():
         return "different", [f"{stored_file} is missing (not a run of this version?)"]
     try:
-        task.entry.build(OmegaConf.create(read_json(stored_file, "stored run config")))
+        stored = task.entry.build(OmegaConf.create(read_json(stored_file, "stored run config"))).resolved_config()
     except MMLLMError as exc:
         return "different", [f"its {CONFIG_FILE} no longer parses: {exc}"]
-    differences = stored_differences(  # against its resolved_config.json where the run stored one
-        run.out_dir, task.resolved_config(), lambda raw: task.entry.build(DictConfig(raw)).resolved_config()
-    )
+    # against its resolved_config.json where the run stored one, else its config.json as resolved just now
+    differences = stored_differences(run.out_dir, task.resolved_config(), lambda raw: stored)
     if differences:
         return "different", differences
     summary = run.out_dir / "summary.json"

@@ -17,6 +17,23 @@ from transformers import (
 COMMON = dict(vocab_size=64, hidden_size=48, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4)
 
 
+def random_llama_block() -> dict:
+    """Block options of a frozen random-init tiny LLaMA (2 layers, width 32, GQA 4/2): no weights to read, any
+    host width. A fresh dict each call, so a test may change it."""
+    return {
+        "kind": "random_frozen",
+        "dtype": "float32",
+        "llm_config": {
+            "model_type": "llama",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "num_hidden_layers": 2,
+        },
+    }
+
+
 def tiny_config(arch: str, **overrides):
     if arch == "llama":
         return LlamaConfig(**{**COMMON, "num_key_value_heads": 2, **overrides})

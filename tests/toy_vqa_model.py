@@ -24,6 +24,7 @@ from mmllm.engine.preprocess import Preprocess
 from mmllm.engine.registry import registered_model
 from mmllm.schema import ModelSection
 from mmllm_vqa.benchmark import VQABenchmark
+from mmllm_vqa.data import build_answer_vocab
 from mmllm_vqa.metrics import normalize_answer
 
 
@@ -58,16 +59,8 @@ class ToyVQA(BenchmarkModel):
     def build_preprocess(self) -> Preprocess:
         return Preprocess.shared(transforms.Compose([transforms.Resize((16, 16)), transforms.ToTensor()]))
 
-    def vocab(self) -> list[str]:
-        counts = Counter(
-            normalize_answer(a["answer"])
-            for ann in (self.bench.split("train").annotations or {}).values()
-            for a in ann["answers"]
-        )
-        return [a for a, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: self.model_cfg.answers]]
-
     def build_model(self) -> nn.Module:
-        self.answers = self.vocab()
+        self.answers = build_answer_vocab(self.bench.split("train"), self.model_cfg.answers)
         return ToyVQANet(self.model_cfg)
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -48,16 +48,6 @@ def training_answer(annotation: dict[str, Any]) -> str:
     return most_frequent_answer((a["answer"] for a in annotation["answers"]), annotation.get("question_id"))
 
 
-def score_generated(split: VQASplit, answers: dict[int, str]) -> dict[str, Any]:
-    """Official VQA accuracy of generated (raw, un-normalised) answers on the questions answered.
-
-    The official evaluator normalises each result answer (punctuation, number words, articles,
-    contractions), so "Two." scores as "2"."""
-    if not split.annotations:
-        raise DataError(f"split {split.name!r} has no annotations to score against")
-    return metrics.evaluate([split.annotations[qid] for qid in sorted(answers)], answers, f"split {split.name}")
-
-
 ROOT = Path(__file__).resolve().parents[3]
 
 

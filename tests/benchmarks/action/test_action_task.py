@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import ROOT
+from tiny_llms import random_llama_block
 
 from mmllm.config import load_config
 from mmllm.engine.registry import get_task
@@ -70,18 +71,7 @@ def test_two_steps_through_mmllm_train(tmp_path):
             "depth": 2,
             "num_heads": 2,
             "insert_after": 0,
-            "llm_block": {
-                "kind": "random_frozen",
-                "dtype": "float32",
-                "llm_config": {
-                    "model_type": "llama",
-                    "hidden_size": 32,
-                    "intermediate_size": 64,
-                    "num_attention_heads": 4,
-                    "num_key_value_heads": 2,
-                    "num_hidden_layers": 2,
-                },
-            },
+            "llm_block": random_llama_block(),
         },
         "datasets": {
             "mmllm_action": {

@@ -6,23 +6,13 @@ import math
 
 import pytest
 import torch
+from tiny_llms import random_llama_block
 
 from mmllm.engine.batch import move_batch
 from vision.motion.model import create_vectornet_model, forecasting_loss
 from vision.motion.task import MotionForecastingTask
 
-TINY_BLOCK = {
-    "kind": "random_frozen",
-    "dtype": "float32",
-    "llm_config": {
-        "model_type": "llama",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "num_hidden_layers": 2,
-    },
-}
+TINY_BLOCK = random_llama_block()
 
 
 def tiny_model(block=TINY_BLOCK):

@@ -35,6 +35,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from tiny_llms import random_llama_block
 
 from mmllm.config import load_config
 from mmllm.engine.launch import task_for
@@ -46,18 +47,7 @@ from vision.pointcloud.pointbert_checkpoint import load_point_bert_checkpoint, m
 
 ROOT = Path(__file__).resolve().parents[3]
 OFF = {"random_subset": False, "rotate_up": False, "scale": [1, 1], "translate": 0, "jitter_sigma": 0}
-TINY_LLM = {
-    "kind": "random_frozen",
-    "dtype": "float32",
-    "llm_config": {
-        "model_type": "llama",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "num_hidden_layers": 2,
-    },
-}
+TINY_LLM = random_llama_block()
 
 
 def data_options(**kw):

@@ -2,24 +2,14 @@
 
 import pytest
 import torch
+from tiny_llms import random_llama_block
 
 from mmllm.engine.batch import move_batch
 from mmllm.errors import ConfigError
 from vision.pointcloud.model import PointBERTOptions, create_pointbert_model, resolve_insert_after
 from vision.pointcloud.task import PointCloudClsTask
 
-TINY_LLM = {
-    "kind": "random_frozen",
-    "dtype": "float32",
-    "llm_config": {
-        "model_type": "llama",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "num_hidden_layers": 2,
-    },
-}
+TINY_LLM = random_llama_block()
 
 
 def tiny(insert_after=None, block=TINY_LLM, depth=3):

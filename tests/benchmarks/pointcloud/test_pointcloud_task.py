@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from tiny_llms import random_llama_block
 
 from mmllm.errors import DataError
 from vision.pointcloud.evaluate import classification_metrics, evaluate_files
@@ -118,18 +119,7 @@ def test_two_steps_through_mmllm_train(tmp_path):
             "pos_hidden": 8,
             "head_hidden": 8,
             "insert_after": 1,
-            "llm_block": {
-                "kind": "random_frozen",
-                "dtype": "float32",
-                "llm_config": {
-                    "model_type": "llama",
-                    "hidden_size": 32,
-                    "intermediate_size": 64,
-                    "num_attention_heads": 4,
-                    "num_key_value_heads": 2,
-                    "num_hidden_layers": 2,
-                },
-            },
+            "llm_block": random_llama_block(),
         },
         "datasets": {
             "mmllm_pointcloud_cls": {
