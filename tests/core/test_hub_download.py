@@ -27,6 +27,7 @@ class Hub:
     """Files per repo; records (method, repo, file, Range header) of every request."""
 
     def __init__(self, repos: dict[str, Path]):
+        self.ignore_ranges = False  # True: answer a Range request with the whole file (a server without ranges)
         self.repos = repos
         self.requests: list[tuple[str, str, str, str | None]] = []
         hub = self
@@ -63,7 +64,7 @@ class Hub:
                 data = path.read_bytes()
                 etag = hashlib.sha256(data).hexdigest()
                 status, start, end = 200, 0, len(data)
-                if self.headers.get("Range"):
+                if self.headers.get("Range") and not hub.ignore_ranges:
                     first, last = self.headers["Range"].removeprefix("bytes=").split("-")
                     start, end, status = int(first), (int(last) + 1 if last else len(data)), 206
                 self.send_response(status)
@@ -238,6 +239,15 @@ def test_range_requests_as_a_block_option(hub, checkpoints):
     assert_same(got, block(str(checkpoints / "single"), 1))
     ranges = [r for m, repo, n, r in hub.requests if m == "GET" and n == "model.safetensors"]
     assert ranges[:1] == ["bytes=0-7"] and None not in ranges  # never the whole file
+
+
+def test_a_server_ignoring_ranges_is_refused_not_read(hub, checkpoints, monkeypatch):
+    """A 200 with the whole file where a 206 with the asked bytes was due: a clear error, no small file cached."""
+    monkeypatch.setenv("MMLLM_HUB_RANGE_REQUESTS", "1")
+    hub.ignore_ranges = True
+    with pytest.raises(CheckpointError, match=r"answered bytes=0-7 .* status 200 .* may not support range requests"):
+        block(SINGLE, 2)
+    assert not list((Path(hub_cache_snapshot(SINGLE)).parents[3] / "mmllm-ranges").rglob("model.safetensors"))
 
 
 def test_single_file_downloaded_whole_without_range_option(hub, checkpoints):
