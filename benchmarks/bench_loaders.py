@@ -29,7 +29,9 @@ def loader_rate(config: str, options: list[str], batches: int) -> dict:
     from torch.utils.data import DataLoader
 
     from mmllm.config import load_config
+    from mmllm.engine.distributed import device, local_world_size
     from mmllm.engine.launch import prepare_embedded_data, task_for
+    from mmllm.engine.loader_settings import loader_settings
 
     cfg = load_config(
         config, [*options, f"run.output_dir={tempfile.mkdtemp(prefix='bench_loaders_')}"]
@@ -38,14 +40,14 @@ def loader_rate(config: str, options: list[str], batches: int) -> dict:
     prepare_embedded_data(cfg)
     task.build_preprocess()
     train = task.build_datasets()["train"]
-    run = cfg.run
+    run = task.run
     loader = DataLoader(
         train,
         batch_size=run.batch_size_train,
         shuffle=True,
         collate_fn=task.collate,
-        num_workers=run.get("num_workers", 0) or 0,
         drop_last=True,
+        **loader_settings(run, device(), local_world_size()),  # what the trainer's loader gets
     )
     it = iter(loader)
     next(it)  # worker start-up and first batch left out

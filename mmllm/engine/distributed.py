@@ -53,6 +53,11 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+def local_world_size() -> int:
+    """Processes on this machine (the launchers' ``LOCAL_WORLD_SIZE``; 1 without a launcher)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+
+
 def barrier() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
 
 from ..schema import Section
 
@@ -29,13 +29,26 @@ class RunConfig(Section):
     betas: tuple[float, float] = (0.9, 0.98)
     grad_clip: float = Field(1.0, ge=0, description="gradient-norm clipping (0 = off)")
     lr_multipliers: dict[str, float] = Field(default_factory=dict, description="parameter-name prefix -> LR factor")
+    layer_decay: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="layer-wise LR decay (VideoMAE fine-tuning: 0.75 / 0.7): layer i of L gets decay^(L+1-i), "
+        "times run.lr_multipliers; needs a model naming its layers (the action model); unset: off",
+    )
     # --- batches and length
     batch_size_train: PositiveInt = 32
     batch_size_eval: PositiveInt = 64
     accum_grad_iters: PositiveInt = 1
     max_epoch: PositiveInt = 1
     max_steps: PositiveInt | None = Field(None, description="stop after this many optimizer steps")
-    num_workers: int = Field(0, ge=0)
+    num_workers: NonNegativeInt | Literal["auto"] = Field(
+        "auto", description="loader workers; auto: 0 on CPU (the step uses every core), up to 8 on a GPU"
+    )
+    pin_memory: bool | None = Field(None, description="pinned host memory for batches; unset: on a GPU only")
+    persistent_workers: bool | None = Field(
+        None, description="keep loader workers across epochs; unset: whenever there are workers"
+    )
     # --- engine
     deepspeed_config: str = Field("configs/deepspeed/zero0.json", description="DeepSpeed JSON (ZeRO stage)")
     precision: Literal["auto", "bf16", "fp32"] = Field(
@@ -106,6 +119,8 @@ class RunConfig(Section):
     HARMLESS: ClassVar[frozenset[str]] = frozenset(
         {
             "num_workers",
+            "pin_memory",
+            "persistent_workers",
             "log_every",
             "batch_size_eval",
             "evaluate_val",

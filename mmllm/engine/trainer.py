@@ -37,6 +37,7 @@ from ..params import param_groups
 from ..precision import cast_parameters
 from . import distributed
 from .checkpoint import CheckpointStore, rng_state, set_rng_state
+from .loader_settings import loader_settings
 from .paths import repo_path
 from .rundir import CONFIG_FILE, REEVALUATION_FILE, RESOLVED_FILE, prepare_output_dir, stored_differences
 from .schedule import build_scheduler
@@ -349,8 +350,8 @@ class Trainer:
             batch_size=run.batch_size_train,
             sampler=self.sampler,
             collate_fn=self.task.collate,
-            num_workers=run.num_workers,
             drop_last=True,
+            **loader_settings(run, distributed.device(), distributed.local_world_size()),
         )
         self.accum = run.accum_grad_iters
         self.steps_per_epoch = len(self.sampler) // run.batch_size_train // self.accum
@@ -362,7 +363,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * run.max_epoch
         if run.max_steps:
             self.total_steps = min(self.total_steps, run.max_steps)
-        groups = param_groups(model, run.init_lr, run.weight_decay, self.task.lr_multipliers())
+        groups = param_groups(model, run.init_lr, run.weight_decay, self.task.lr_multipliers(), run.layer_decay)
         if not groups:
             raise ConfigError("the model has no trainable parameter")
         for g in groups:

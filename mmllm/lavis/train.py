@@ -102,6 +102,11 @@ def _main(argv=None):
     dist_utils = sys.modules["lavis.common.dist_utils"]
     cfg = _lavis_config(Config, args)
     dist_utils.init_distributed_mode(cfg.run_cfg)
+    if cfg.run_cfg.get("num_workers", "auto") == "auto":  # LAVIS's runner hands it to DataLoader as an int
+        from ..engine.distributed import device, local_world_size
+        from ..engine.loader_settings import auto_num_workers
+
+        cfg.run_cfg.num_workers = auto_num_workers(device(), local_world_size())
     from ..engine.trainer import seed_everything
 
     seed_everything(int(cfg.run_cfg.get("seed", 42)) + dist_utils.get_rank())

@@ -9,6 +9,9 @@ flattened token index (Vaswani et al. 2017), mean pooling with the norm after th
 and a head initialised small (``head_init_scale``). The paper adds the block after the last ViT block,
 before that norm and head; ``insert_after`` moves it (the position ablation of the ViT, not the choice
 of the LLM layer, which is ``llm_block.layers``).
+
+``checkpoint`` loads VideoMAE weights (released or transformers layout: :mod:`.videomae_checkpoint`);
+:meth:`VideoViTClassifier.layer_id` gives the engine VideoMAE's layer ids for ``run.layer_decay``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from torch import nn
 from mmllm import build_visual_llm_layer
 from mmllm.blocks import BlockOptions
 from mmllm.engine.task import ModelSection
+
+from .videomae_checkpoint import load_videomae_checkpoint
 
 
 class VideoViTOptions(ModelSection):
@@ -53,6 +58,11 @@ class VideoViTOptions(ModelSection):
     insert_after: int = Field(-1, description="the LLM block runs after this ViT block (0-based; -1 = last)")
     llm_block: BlockOptions = Field(
         None, description="block options (mmllm.build_visual_llm_layer): kind, source, layers, dtype, ..."
+    )
+    checkpoint: str | None = Field(
+        None,
+        description="VideoMAE weights: the released .pth (modeling_finetune.py names; pre-training files' encoder) "
+        "or a transformers VideoMAE folder/safetensors; a head of another class count is re-initialised",
     )
 
     @model_validator(mode="after")
@@ -163,6 +173,27 @@ class VideoViTClassifier(nn.Module):
         """Class logits [B, num_classes]."""
         return self.head(self.head_drop(self.forward_features(video)))
 
+    def get_num_layers(self) -> int:
+        """ViT blocks, VideoMAE's ``get_num_layers``: layer-wise LR decay (``run.layer_decay``) spans 0..this+1."""
+        return len(self.blocks)
+
+    def layer_id(self, name: str) -> int:
+        """Layer of parameter ``name`` for ``run.layer_decay``, as VideoMAE's ``get_num_layer_for_vit``: 0 = tubelet
+        and position embeddings, i + 1 = ViT block i, depth + 1 = fc_norm and head (the full LR).
+
+        The LLM block's trainable parts (adapters, the MLP control) count as the ViT block they follow (id k + 1):
+        the block reads and writes block k's token stream, one more residual step at that depth, so it decays
+        like that block. Giving it the head's full LR instead would be a statement that new modules train faster,
+        which ``run.lr_multipliers`` (e.g. ``llm_block.adapter: 10``) makes explicitly and which composes with this.
+        """
+        if name == "pos_embed" or name.startswith("patch_embed."):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        if name.startswith("llm_block."):
+            return self.insert_index + 1
+        return len(self.blocks) + 1
+
 
 def _layer_norm(dim: int, **kwargs) -> nn.LayerNorm:
     return nn.LayerNorm(dim, eps=1e-6, **kwargs)
@@ -183,4 +214,7 @@ def create_videovit_model(options: VideoViTOptions | Mapping[str, Any]) -> Video
     """The classifier from the ``model`` section (a mapping is validated first)."""
     if not isinstance(options, VideoViTOptions):
         options = VideoViTOptions.parse(options, "model")
-    return VideoViTClassifier(options, build_visual_llm_layer(options.llm_block, visual_dim=options.embed_dim))
+    model = VideoViTClassifier(options, build_visual_llm_layer(options.llm_block, visual_dim=options.embed_dim))
+    if options.checkpoint:
+        load_videomae_checkpoint(model, options.checkpoint)
+    return model

@@ -18,6 +18,7 @@ timm's ViT init, trunc-normal std 0.02 (``vit_llama.py`` l. 109, 172-177): ``mod
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 from typing import Any, Literal
 
 import timm
@@ -31,6 +32,10 @@ from mmllm import build_visual_llm_layer
 from mmllm.blocks import BlockOptions
 from mmllm.engine.task import ModelSection
 from mmllm.errors import CheckpointError, ConfigError
+from mmllm.loading.hub import is_offline
+from mmllm.loading.hub_cache import hub_cache_dir, looks_like_hub_id
+from mmllm.loading.state_fit import require_fit
+from mmllm.safeload import refusal
 
 # vit_llama.py l. 112-113: ViTLLaMA.no_weight_decay() (timm's VisionTransformer lists the same three)
 OFFICIAL_NO_WEIGHT_DECAY = ("pos_embed", "cls_token", "dist_token")
@@ -127,45 +132,94 @@ class ViTLLMClassifier(nn.Module):
         return self.forward_head(self.forward_features(images))
 
 
-def load_vit_checkpoint(vit: VisionTransformer, path: str) -> list[str]:
-    """Load a user's ViT/DeiT weights (safetensors or a torch file, tensors only) into ``vit``.
-
-    Position embeddings are resampled to the model's grid by timm's ``checkpoint_filter_fn``; a
-    classifier head of another class count (an ImageNet head for a 10-class task) is left at its
-    fresh init, as in DeiT fine-tuning. Returns the names not taken from the file.
-    """
-    from pathlib import Path
-
-    if not Path(path).is_file():
-        raise CheckpointError(f"model.checkpoint: {path} does not exist")
+def _read_vit_file(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """A safetensors or torch file through timm's reader (``weights_only=True``; DeiT's ``{'model': ...}``,
+    ``state_dict`` and ``module.`` layouts unwrapped by timm)."""
     try:
-        state = timm.models.load_state_dict(path, weights_only=True)
+        return timm.models.load_state_dict(str(path), weights_only=True)
     except pickle.UnpicklingError as exc:  # weights_only refused a global: planted code, not damage
-        from mmllm.safeload import refusal
-
-        raise CheckpointError(f"model.checkpoint: {refusal(path, exc)}") from exc
+        raise CheckpointError(f"{what}: {refusal(path, exc)}") from exc
     except Exception as exc:  # noqa: BLE001 - torch/safetensors raise many types for a bad file
-        raise CheckpointError(f"model.checkpoint: cannot read {path}: {exc}") from exc
-    state = checkpoint_filter_fn(state, vit)
+        raise CheckpointError(f"{what}: cannot read {path}: {exc}") from exc
+
+
+HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # timm's hub names, in its order of preference
+
+
+def _read_vit_folder(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """A downloaded hub folder (``hf download timm/...``): its weights file, safetensors first as timm reads it."""
+    for name in HUB_WEIGHT_FILES:
+        if (path / name).is_file():
+            return _read_vit_file(path / name, what)
+    raise CheckpointError(f"{what}: the folder {path} holds none of {list(HUB_WEIGHT_FILES)}")
+
+
+def _read_vit_hub(repo_id: str, what: str) -> dict[str, torch.Tensor]:
+    """A hub id (``timm/deit_small_patch16_224.fb_in1k``, ``@revision`` allowed) through timm's own download
+    (``load_state_dict_from_hf``: ``model.safetensors``, else ``pytorch_model.bin``) into the standard Hugging
+    Face cache; offline (``HF_HUB_OFFLINE=1``) only that cache is read."""
+    try:
+        return timm.models.load_state_dict_from_hf(repo_id, weights_only=True, cache_dir=str(hub_cache_dir()))
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{what}: {refusal(repo_id, exc)}") from exc
+    except Exception as exc:  # noqa: BLE001 - huggingface_hub/httpx/torch raise many types
+        if is_offline():
+            raise CheckpointError(
+                f"{what} {repo_id!r}: no such local file, and as a hub id it is not in the local Hugging Face cache "
+                f"({hub_cache_dir()}) while HF_HUB_OFFLINE=1; download it once with network (unset HF_HUB_OFFLINE, "
+                f"or `hf download {repo_id.split('@')[0]}`) or give a local weights file"
+            ) from exc
+        reason = " ".join(str(exc).split("\n\n")[:2]).strip() or type(exc).__name__  # the hub's status and cause
+        raise CheckpointError(
+            f"{what} {repo_id!r}: no such local file, and as a hub id it could not be downloaded: {reason}"
+        ) from exc
+
+
+def read_vit_state(source: str, what: str = "model.checkpoint") -> dict[str, torch.Tensor]:
+    """The tensors of ViT/DeiT weights as released: a file, a folder holding one, or a hub id
+    (``timm/<name>.<tag>``, optionally ``hf-hub:``-prefixed as timm writes it)."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return _read_vit_file(path, what)
+    if path.is_dir():
+        return _read_vit_folder(path, what)
+    repo_id = source.removeprefix("hf-hub:")
+    if looks_like_hub_id(repo_id.split("@")[0]):
+        return _read_vit_hub(repo_id, what)
+    raise CheckpointError(
+        f"{what}: {source} does not exist (give a weights file, a folder, or a hub id such as "
+        "timm/deit_small_patch16_224.fb_in1k)"
+    )
+
+
+def load_vit_checkpoint(vit: VisionTransformer, source: str, what: str = "model.checkpoint") -> list[str]:
+    """Load released ViT/DeiT weights (see :func:`read_vit_state`) into ``vit``, every tensor name- and
+    shape-checked.
+
+    timm's ``checkpoint_filter_fn`` maps the layout (DeiT's ``model`` key, an OpenAI/open_clip CLIP
+    tower, ...) and resamples the position and patch embeddings to the model's grid; a classifier head
+    of another class count (an ImageNet head for a 10-class task) is left at its fresh init, as in DeiT
+    fine-tuning. Any other tensor that does not fit is a :class:`CheckpointError` naming the first key.
+    Returns the names not taken from the weights.
+    """
+    state = read_vit_state(source, what)
+    try:
+        state = checkpoint_filter_fn(state, vit)
+    except Exception as exc:  # noqa: BLE001 - timm's resampling fails in several ways on a foreign layout
+        raise CheckpointError(f"{what} {source}: timm cannot map it onto model.vit: {exc}") from exc
     own = vit.state_dict()
-    skipped = [k for k, v in state.items() if k.startswith("head.") and k in own and v.shape != own[k].shape]
+    skipped = sorted(k for k, v in state.items() if _is_head(k) and (k not in own or v.shape != own[k].shape))
     for key in skipped:
         state.pop(key)
-    wrong = [
-        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    if wrong:
-        raise CheckpointError(f"model.checkpoint {path} does not fit model.vit: {wrong[:5]}")
-    result = vit.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith("head.")]
-    if missing or result.unexpected_keys:
-        raise CheckpointError(
-            f"model.checkpoint {path} does not fit model.vit: missing {missing[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}"
-        )
-    return sorted(set(skipped) | set(result.missing_keys))
+    required = {k: v for k, v in own.items() if k in state or not _is_head(k)}
+    require_fit(state, required, f"{what} {source}")
+    vit.load_state_dict(state, strict=False)  # every key checked above; head keys absent stay at their init
+    return sorted(set(skipped) | (own.keys() - state.keys()))
+
+
+def _is_head(key: str) -> bool:
+    """The classifier (``head``, DeiT's ``head_dist``): re-initialised when its class count differs."""
+    return key.split(".")[0] in ("head", "head_dist")
 
 
 def init_adapters(block: nn.Module, mode: str) -> None:
@@ -184,7 +238,11 @@ def init_adapters(block: nn.Module, mode: str) -> None:
 
 
 def create_vit(
-    name: str, num_classes: int, vit_kwargs: dict[str, Any] | None = None, checkpoint_path: str | None = None
+    name: str,
+    num_classes: int,
+    vit_kwargs: dict[str, Any] | None = None,
+    checkpoint_path: str | None = None,
+    what: str = "model.checkpoint",
 ) -> VisionTransformer:
     """A timm ViT by name, never downloading (``pretrained=False``); optionally a local checkpoint."""
     try:
@@ -194,7 +252,7 @@ def create_vit(
     if not isinstance(vit, VisionTransformer):
         raise ConfigError(f"model.vit={name!r} is a {type(vit).__name__}, not a timm VisionTransformer")
     if checkpoint_path:
-        load_vit_checkpoint(vit, checkpoint_path)
+        load_vit_checkpoint(vit, checkpoint_path, what)
     return vit
 
 

@@ -11,9 +11,12 @@ last, the official placement of Pang et al., ICLR 2024):
 
 Keywords: ``llm_block`` (a ``model.llm_block`` mapping; default the frozen last layer of
 SmolLM2-135M; ``{"kind": "none"}`` for the plain ViT), ``insert_after``, ``vit_checkpoint``
-(local ViT/DeiT weights, resampled by timm), and any timm VisionTransformer keyword
-(``img_size``, ``patch_size``, ``depth``, ``drop_path_rate``, ...). ``pretrained=True`` is
-refused: no ViT weights ship offline. The model's ``pretrained_cfg`` describes its real input
+(ViT/DeiT weights: a file, a folder or a hub id, see :func:`.model.load_vit_checkpoint`), and any timm
+VisionTransformer keyword (``img_size``, ``patch_size``, ``depth``, ``drop_path_rate``, ...). ``pretrained=True`` starts the 224-px models' ViT from the
+weights their ``pretrained_cfg["hf_hub_id"]`` names (DeiT, ImageNet-1k: the paper's ViT, trained with the
+ImageNet statistics the cfg states), downloaded by timm into the standard Hugging Face cache (offline: that
+cache only); the LLM block and a head of another class count start fresh. The MNIST model has no released
+weights. The model's ``pretrained_cfg`` describes its real input
 (``input_size`` follows ``img_size``/``in_chans``), so ``timm.data.resolve_data_config(model=m)``
 builds the right transform.
 """
@@ -55,9 +58,9 @@ def _cfg(**overrides: Any) -> dict[str, Any]:
 # read by timm's register_model (must exist before the decorated functions): one untagged cfg per name
 default_cfgs = generate_default_cfgs(
     {
-        "vit_tiny_patch16_224_llm": _cfg(),
-        "vit_small_patch16_224_llm": _cfg(),
-        "vit_base_patch16_224_llm": _cfg(),
+        "vit_tiny_patch16_224_llm": _cfg(hf_hub_id="timm/deit_tiny_patch16_224.fb_in1k"),
+        "vit_small_patch16_224_llm": _cfg(hf_hub_id="timm/deit_small_patch16_224.fb_in1k"),
+        "vit_base_patch16_224_llm": _cfg(hf_hub_id="timm/deit_base_patch16_224.fb_in1k"),
         "vit_tiny_patch7_28_llm": _cfg(
             num_classes=10,
             input_size=(3, 28, 28),
@@ -70,21 +73,33 @@ default_cfgs = generate_default_cfgs(
 )
 
 
-def _create(name: str, base: str, base_kwargs: dict[str, Any], pretrained: bool, **kwargs: Any) -> ViTLLMClassifier:
-    if pretrained:
+def _pretrained_vit(name: str, cfg: dict[str, Any], vit_checkpoint: str | None) -> str:
+    """The hub id ``pretrained=True`` loads: the ViT weights the model's ``pretrained_cfg`` names (``hf_hub_id``,
+    timm's field; ``pretrained_cfg_overlay=dict(hf_hub_id=...)`` picks others)."""
+    if vit_checkpoint:
+        raise ConfigError(f"timm model {name!r}: give pretrained=True or vit_checkpoint, not both")
+    if not cfg.get("hf_hub_id"):
         raise ConfigError(
-            f"timm model {name!r}: no pretrained weights ship offline; create it with pretrained=False and pass "
-            "vit_checkpoint=<local ViT/DeiT weights> (or timm's checkpoint_path=<a saved state dict of this model>)"
+            f"timm model {name!r}: no released ViT weights fit this architecture, so pretrained=True has nothing "
+            "to load; pass vit_checkpoint=<ViT/DeiT weights file or hub id> (or timm's checkpoint_path=<a saved "
+            "state dict of this model>)"
         )
-    kwargs.pop("cache_dir", None)  # timm passes these to every entry point; nothing is downloaded here
+    return str(cfg["hf_hub_id"])
+
+
+def _create(name: str, base: str, base_kwargs: dict[str, Any], pretrained: bool, **kwargs: Any) -> ViTLLMClassifier:
+    kwargs.pop("cache_dir", None)  # timm passes these to every entry point; downloads use the standard HF cache
     kwargs.pop("pretrained_cfg", None)
     overlay = kwargs.pop("pretrained_cfg_overlay", None) or {}
     llm_block = kwargs.pop("llm_block", DEFAULT_BLOCK)
     insert_after = kwargs.pop("insert_after", None)
     vit_checkpoint = kwargs.pop("vit_checkpoint", None)
     cfg = {**timm.get_pretrained_cfg(name).to_dict(), **overlay}
+    if pretrained:
+        vit_checkpoint = _pretrained_vit(name, cfg, vit_checkpoint)
     num_classes = kwargs.pop("num_classes", cfg["num_classes"])
-    vit = create_vit(base, num_classes, {**base_kwargs, **kwargs}, vit_checkpoint)
+    what = f"{name} pretrained=True (pretrained_cfg hf_hub_id)" if pretrained else f"{name} vit_checkpoint"
+    vit = create_vit(base, num_classes, {**base_kwargs, **kwargs}, vit_checkpoint, what)
     model = ViTLLMClassifier(vit, build_visual_llm_layer(llm_block, vit.embed_dim), insert_after)
     height, width = vit.patch_embed.img_size
     cfg.update(

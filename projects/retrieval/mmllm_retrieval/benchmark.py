@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from mmllm.data.captions import CaptionDataOptions, CaptionPairs, load_karpathy
+from mmllm.data.captions import CaptionDataOptions, CaptionPairs, load_captions
 from mmllm.data.images import load_image
 from mmllm.engine import distributed
 from mmllm.engine.benchmark import Benchmark
@@ -33,7 +33,7 @@ class RetrievalEvalSet:
     """Images and texts of a Karpathy val/test file; text order = caption order in the file.
 
     An evaluation split (:class:`~mmllm.engine.splits.EvalSplit`) of images: ``ids`` are the image
-    paths, ``len()`` the number of images, ``head(n)`` the first ``n`` images with all their captions
+    paths (a hub split's: ``<hub id>/<filename>``), ``len()`` the number of images, ``head(n)`` the first ``n`` images with all their captions
     (the recalls of that smaller gallery: every query still has its own positives)."""
 
     def __init__(self, items, transform):
@@ -53,9 +53,7 @@ class RetrievalEvalSet:
         return RetrievalEvalSet(self.items[:n], self.transform)
 
     def images(self) -> Dataset:
-        return _View(
-            len(self.items), lambda i: {"index": i, "image": self.transform(load_image(self.items[i].image_path))}
-        )
+        return _View(len(self.items), lambda i: {"index": i, "image": self.transform(load_image(self.items[i].image))})
 
     def captions(self) -> Dataset:
         return _View(len(self.texts), lambda t: {"index": t, "caption": self.texts[t]})
@@ -102,7 +100,7 @@ class RetrievalBenchmark(Benchmark):
     def build_datasets(self, preprocess: Preprocess) -> dict[str, Dataset]:
         out: dict[str, Any] = {}
         for name, spec in self.data.splits.items():
-            items = load_karpathy(spec.annotation, spec.image_root, self.data.check_images)
+            items = load_captions(spec, self.data.check_images)
             out[name] = (
                 CaptionPairs(items, preprocess.train) if name == "train" else RetrievalEvalSet(items, preprocess.eval)
             )

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmllm.data.captions import load_karpathy
+from mmllm.data.captions import load_captions
 from mmllm.data.images import image_transform
 from mmllm.engine.benchmark import BenchmarkModel
 from mmllm.engine.evaluation import predict_split
@@ -78,7 +78,7 @@ class VLAPRetrievalTask(BenchmarkModel):
         if "train" not in self.data_cfg.splits:
             raise ConfigError(f"datasets.{self.dataset_key}.splits.train is needed for the word prior")
         spec = self.data_cfg.splits["train"]
-        items = load_karpathy(spec.annotation, spec.image_root, check_images=False)
+        items = load_captions(spec, check_images=False)
         vocab = len(self.tokenizer)
         return word_frequency_prior(
             (self._ids(c) for item in items for c in item.captions),

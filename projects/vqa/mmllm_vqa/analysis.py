@@ -22,6 +22,8 @@ from mmllm.data.images import load_image
 from mmllm.engine.evaluation import model_dtype
 from mmllm.errors import ConfigError, DataError
 
+from .data import question_image
+
 TOLERANCE = 8  # uint8 units on the most-changed channel: anti-aliased rims with a few % of shape count as shape
 
 
@@ -58,7 +60,7 @@ def analysis_inputs(task, model, dataset, num: int) -> AnalysisInputs:
     if backbone.llm_block is None:
         raise ConfigError("the run's block is not on the vision stream (model.llm_block_on): no visual tokens to map")
     indices = first_question_per_image(dataset.split.questions, num)
-    raw = [np.asarray(load_image(dataset.split.questions[i]["image_path"])) for i in indices]
+    raw = [np.asarray(load_image(question_image(dataset.split.questions[i]))) for i in indices]
     if len({r.shape for r in raw}) != 1:
         raise DataError(f"the analysed images differ in size: {sorted({r.shape for r in raw})}")
     masks = torch.stack([foreground_mask(r) for r in raw])

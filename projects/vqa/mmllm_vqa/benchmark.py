@@ -1,4 +1,5 @@
-"""The VQA benchmark: VQAv2-format questions, annotations and images, the official VQA accuracy.
+"""The VQA benchmark: VQAv2-format questions, annotations and images (files, or a hub split: :mod:`.hub`),
+the official VQA accuracy.
 
 Every VQA model (METER's classifier, the LLaVA/LLaViT generative path, VLAP) reads this one data
 section, ``datasets.mmllm_vqa``, and is scored here: one answer string per question, every question of
@@ -13,9 +14,10 @@ import random
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch.utils.data import Dataset
 
+from mmllm.data.hub_datasets import HubSplitSpec
 from mmllm.data.images import load_image
 from mmllm.engine import distributed
 from mmllm.engine.benchmark import Benchmark
@@ -27,15 +29,25 @@ from mmllm.jsonio import write_json
 from mmllm.schema import DataSection, Section
 
 from . import metrics
-from .data import COCO_PATTERN, VQASplit, load_split
+from .data import COCO_PATTERN, VQASplit, load_split, question_image
+from .hub import load_hub_vqa_split
 
 
 class VQASplitSpec(Section):
-    questions: str
+    """A split's questions (+ annotations) files and images, or a hub split (``hub``, :mod:`.hub`)."""
+
+    questions: str | None = None
     annotations: str | None = None
     image_root: str | None = None
     image_pattern: str | None = None
     image_split: str | None = None
+    hub: HubSplitSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VQASplitSpec:
+        if (self.questions is None) == (self.hub is None):
+            raise ValueError("give either questions (with annotations, image_root) or hub, not both or neither")
+        return self
 
 
 class VQADataOptions(DataSection):
@@ -80,7 +92,7 @@ class VQAQuestions(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         q = self.split.questions[i]
         item = {
-            "image": self.transform(load_image(q["image_path"])),
+            "image": self.transform(load_image(question_image(q))),
             "question": q["question"],
             "question_id": q["question_id"],
         }
@@ -111,25 +123,31 @@ class VQABenchmark(Benchmark):
             d = self.data
             if name not in d.splits:
                 raise DataError(f"{self.section}.splits has no split {name!r} (splits: {sorted(d.splits)})")
-            spec = d.splits[name]
-            root = spec.image_root or d.image_root
-            if root is None:
-                raise DataError(f"{self.section}.splits.{name} needs image_root")
-            split = load_split(
-                name,
-                spec.questions,
-                spec.annotations,
-                root,
-                spec.image_pattern or d.image_pattern,
-                spec.image_split,
-                d.check_images,
-            )
+            split = self._load(name, d.splits[name])
             if name != "train" and d.eval_limit is not None and d.eval_limit < len(split.questions):
                 rng = random.Random(d.eval_subset_seed)
                 chosen = sorted(rng.sample(split.questions, d.eval_limit), key=lambda q: q["question_id"])
                 split = dataclasses.replace(split, questions=chosen)
             self._splits[name] = split
         return self._splits[name]
+
+    def _load(self, name: str, spec: VQASplitSpec) -> VQASplit:
+        """Split ``name`` from its hub split or from its files."""
+        if spec.hub is not None:
+            return load_hub_vqa_split(name, spec.hub)
+        root = spec.image_root or self.data.image_root
+        if root is None:
+            raise DataError(f"{self.section}.splits.{name} needs image_root")
+        assert spec.questions is not None  # the section's validator
+        return load_split(
+            name,
+            spec.questions,
+            spec.annotations,
+            root,
+            spec.image_pattern or self.data.image_pattern,
+            spec.image_split,
+            self.data.check_images,
+        )
 
     def build_datasets(self, preprocess: Preprocess) -> dict[str, Dataset]:
         return {

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from mmllm.data.images import check_images_exist, image_transform, load_image
+from mmllm.data.images import ImageRef, check_images_exist, image_transform, load_image
 from mmllm.errors import ConfigError, DataError
 from mmllm.jsonio import read_json
 
@@ -65,6 +65,12 @@ class VQASplit:
 
     def annotation_list(self) -> list[dict[str, Any]]:
         return [self.annotations[q["question_id"]] for q in self.questions] if self.annotations else []
+
+
+def question_image(question: dict[str, Any]) -> ImageRef:
+    """A question's image: its file, or the image source of a hub row (:mod:`.hub`)."""
+    source = question.get("image_source")  # (a distinct key: a questions file may hold its own "image")
+    return source if source is not None else question["image_path"]
 
 
 def load_split(
@@ -170,7 +176,7 @@ class VQADataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         q = self.split.questions[i]
         item = {
-            "image": self.transform(load_image(q["image_path"])),
+            "image": self.transform(load_image(question_image(q))),
             "question": q["question"],
             "question_id": q["question_id"],
         }

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from mmllm.data.captions import CaptionDataOptions, CaptionPairs, load_karpathy
+from mmllm.data.captions import CaptionDataOptions, CaptionPairs, load_captions
 from mmllm.data.images import image_transform
 from mmllm.engine.evaluation import predict
 from mmllm.engine.preprocess import Preprocess
@@ -59,8 +59,7 @@ class ITMMLMTask(Task):
         self.preprocess  # noqa: B018 - the call-order check: build_preprocess made the transform
         d = self.data_cfg
         return {
-            name: CaptionPairs(load_karpathy(spec.annotation, spec.image_root, d.check_images), self.transform)
-            for name, spec in d.splits.items()
+            name: CaptionPairs(load_captions(spec, d.check_images), self.transform) for name, spec in d.splits.items()
         }
 
     def collate(self, samples: list[dict[str, Any]], generator: torch.Generator | None = None) -> dict[str, Any]:
