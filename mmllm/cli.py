@@ -57,16 +57,17 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     add_log_level_flag(parser, default=argparse.SUPPRESS)
 
 
-def config_from_args(args: argparse.Namespace) -> DictConfig:
-    from .config import load_config
+def options_from_args(args: argparse.Namespace) -> list[str]:
+    """``mmllm train``'s flags as config overrides (``--quick``'s presets first, the user's on top)."""
     from .engine.launch import import_modules
+    from .engine.stages import load_run_config
 
     import_modules(args.imports)
     options = list(args.options)
     if getattr(args, "quick", False):
         options = [*QUICK, *options]
         if not any(o.startswith("run.output_dir=") for o in args.options):
-            base = load_config(args.config).run.get("output_dir")
+            base = load_run_config(args.config).run.get("output_dir")
             if base:  # a smoke run never lands in (or resumes) the full run's folder
                 options.insert(len(QUICK), f"run.output_dir={str(base).rstrip('/')}_quick")
     if args.resume and args.overwrite:
@@ -75,17 +76,26 @@ def config_from_args(args: argparse.Namespace) -> DictConfig:
         options.append("run.resume=always")
     if args.overwrite:
         options.append("run.overwrite=true")
-    return load_config(args.config, options)
+    return options
+
+
+def config_from_args(args: argparse.Namespace) -> DictConfig:
+    from .config import load_config
+
+    return load_config(args.config, options_from_args(args))
 
 
 def train(args: argparse.Namespace) -> dict[str, float]:
-    """``mmllm train``'s flags to a trained run (:func:`mmllm.engine.launch.train_config`)."""
+    """``mmllm train``'s flags to a trained run (:func:`mmllm.engine.launch.train_config`); a stages file
+    (:mod:`mmllm.engine.stages`) trains its stages in order and reports the last one."""
     from .engine.launch import train_config
+    from .engine.stages import is_stages_file, train_stages
 
-    cfg = config_from_args(args)
     # --quick's max_eval_samples is a preset: a task that cannot cut its eval splits evaluates them in full
     optional = getattr(args, "quick", False) and not any(o.startswith("run.max_eval_samples=") for o in args.options)
-    return train_config(cfg, eval_limit_optional=optional)
+    if is_stages_file(args.config):
+        return train_stages(args.config, options_from_args(args), eval_limit_optional=optional)
+    return train_config(config_from_args(args), eval_limit_optional=optional)
 
 
 def train_main(argv: Sequence[str] | None = None, description: str | None = None) -> int:
@@ -265,6 +275,11 @@ def _print_leaderboard(paths: dict[str, Path]) -> None:
     print(paths["markdown"].read_text())
     print(paths["mean_markdown"].read_text())
     print("written: " + ", ".join(str(p) for p in paths.values()))
+    runs = paths["markdown"].parent
+    if "loss_curves" in paths:
+        print(f"loss curves: {paths['loss_curves']} (each run's metrics.jsonl: <run>/metrics.jsonl)")
+    if any(runs.glob("*/tensorboard")):
+        print(f"TensorBoard events: {runs}/<run>/tensorboard (view: tensorboard --logdir {runs})")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -92,18 +93,25 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
     return blob
 
 
+def selected_key(key: str, prefixes: list[str]) -> bool:
+    """Whether ``key`` is under one of ``prefixes``: a name prefix (``backbone.``), or a glob when it holds
+    ``*``/``?`` (``lm.lm.*.visual.*``: weights spread over every layer, as LLaViT's visual Q/K/V copies)."""
+    return any(key.startswith(p) or (("*" in p or "?" in p) and fnmatchcase(key, p)) for p in prefixes)
+
+
 def load_model_file(model: nn.Module, path: str | Path, prefixes: list[str] | None = None) -> dict[str, Any]:
     """Initialise ``model`` from a final-model file; with ``prefixes`` only those submodules (stage
-    transfer, e.g. a pretrained ``backbone.``). Returns the file's blob (its config, fingerprints)."""
+    transfer, e.g. a pretrained ``backbone.``; globs too, :func:`selected_key`). Returns the file's blob
+    (its config, fingerprints)."""
     blob = read_model_file(path)
     state = blob["state_dict"]
     if not prefixes:
         load_model_state_dict(model, state, blob.get("fingerprints"))
         return blob
-    state = {k: v for k, v in state.items() if k.startswith(tuple(prefixes))}
+    state = {k: v for k, v in state.items() if selected_key(k, prefixes)}
     if not state:
         raise CheckpointError(f"{path}: no tensor under {prefixes}")
-    wanted = {k for k in model.state_dict() if k.startswith(tuple(prefixes))}
+    wanted = {k for k in model.state_dict() if selected_key(k, prefixes)}
     missing = wanted - set(state) - frozen_keys(model)
     if missing:
         raise CheckpointError(f"{path}: lacks {sorted(missing)[:10]}")

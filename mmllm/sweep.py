@@ -13,6 +13,8 @@ Sweep file::
       - {task: mmllm_image_cls, options: [run.max_steps=300]}      # config: the task's registered one
       - {task: mmllm_vqa, config: configs/vqa/easyvqa_meter_smollm2.yaml}
       - {task: mmllm_vqa_generative, variants: [llava, llavit]}      # only these of the variants below
+      - {task: mmllm_vqa_generative, config: configs/vqa/easyvqa_llava_two_stage.yaml}   # a stages file: its
+                                        # stages run in order per seed (mmllm.engine.stages), the last in the run folder
     llms: {smollm2: smollm2-135m, qwen1.5b: qwen2.5-1.5b}          # model.llm_block.source of block variants
     variants: [none, frozen, random_trained, mlp, layer_middle, depth_head]   # names from the standard set
     # or a mapping: name -> overrides (null = the standard set's), e.g. {none: null, lr2: [run.init_lr=2e-4]}
@@ -173,8 +175,8 @@ def expand(spec: dict[str, Any], runs_dir: str | Path | None = None, notes: list
     Variants a task cannot take are left out and described in ``notes``."""
     from omegaconf import OmegaConf
 
-    from .config import load_config
     from .engine.registry import get_task
+    from .engine.stages import load_run_config
 
     root = Path(runs_dir or spec.get("runs_dir") or f"runs/sweep_{spec.get('name', 'unnamed')}")
     seeds = [int(s) for s in _list(spec["seeds"], "seeds")]
@@ -196,7 +198,7 @@ def expand(spec: dict[str, Any], runs_dir: str | Path | None = None, notes: list
         if config is None:
             raise ConfigError(f"task {entry.name!r} registers no default config: give 'config' in the sweep file")
         task_options = [str(o) for o in _list(item.get("options"), f"tasks[{entry.name}].options")]
-        base_cfg = load_config(config, [*common, *task_options])
+        base_cfg = load_run_config(config, [*common, *task_options])  # a stages file: its last stage
         chosen = names
         if item.get("variants") is not None:  # this task runs only these of the sweep's variants
             wanted = [str(v) for v in _list(item["variants"], f"tasks[{entry.name}].variants")]
@@ -274,17 +276,39 @@ def run_state(run: SweepRun) -> tuple[str, list[str]]:
     """(state, differences) of a run's folder: ``todo`` (empty), ``done`` (finished, same resolved config),
     ``resume`` (started, same config), ``broken`` (same config, but its ``summary.json`` is corrupt or no
     result: the run is trained again), ``different`` (holds another run; the differences say how).
-    Builds the run's task from its config, so a bad override fails here, before any training."""
+    Builds the run's task from its config, so a bad override fails here, before any training. A stages
+    file (:mod:`mmllm.engine.stages`) is done when every stage is, different when any stage is."""
+    from .engine.stages import is_stages_file, load_stages
+
+    if not is_stages_file(run.config):
+        from .config import load_config
+
+        return _folder_state(load_config(run.config, run.options), run.out_dir)
+    states = [(stage.name, *_folder_state(stage.cfg, stage.out_dir)) for stage in load_stages(run.config, run.options)]
+    different = [f"stage {name}: {d}" for name, state, diffs in states if state == "different" for d in diffs]
+    if different:
+        return "different", different
+    final = states[-1]
+    if final[1] == "broken":
+        return "broken", final[2]
+    if all(state == "done" for _, state, _ in states):
+        return "done", []
+    if all(state == "todo" for _, state, _ in states):
+        return "todo", []
+    return "resume", [f"stage {name}: {state}" for name, state, _ in states]
+
+
+def _folder_state(cfg: Any, out_dir: Path) -> tuple[str, list[str]]:
+    """:func:`run_state` of one config's folder."""
     from omegaconf import OmegaConf
 
-    from .config import load_config
     from .engine.launch import task_for
     from .engine.rundir import CONFIG_FILE, holds_a_run, stored_differences
 
-    task = task_for(load_config(run.config, run.options))
-    if not holds_a_run(run.out_dir):
+    task = task_for(cfg)
+    if not holds_a_run(out_dir):
         return "todo", []
-    stored_file = run.out_dir / CONFIG_FILE
+    stored_file = out_dir / CONFIG_FILE
     if not stored_file.is_file():
         return "different", [f"{stored_file} is missing (not a run of this version?)"]
     try:
@@ -292,10 +316,10 @@ def run_state(run: SweepRun) -> tuple[str, list[str]]:
     except MMLLMError as exc:
         return "different", [f"its {CONFIG_FILE} no longer parses: {exc}"]
     # against its resolved_config.json where the run stored one, else its config.json as resolved just now
-    differences = stored_differences(run.out_dir, task.resolved_config(), lambda raw: stored)
+    differences = stored_differences(out_dir, task.resolved_config(), lambda raw: stored)
     if differences:
         return "different", differences
-    summary = run.out_dir / "summary.json"
+    summary = out_dir / "summary.json"
     if not summary.is_file():
         return "resume", []
     problem = summary_problem(summary)
@@ -325,12 +349,12 @@ def check_llm_sources(runs: list[SweepRun]) -> tuple[dict[str, tuple[str, list[S
 
     from . import assets
     from .blocks.registry import parse_block_options
-    from .config import load_config
+    from .engine.stages import load_run_config
     from .loading import locate_source
 
     readers: dict[str, list[SweepRun]] = {}
     for run in runs:
-        block = OmegaConf.select(load_config(run.config, run.options), "model.llm_block", default=None)
+        block = OmegaConf.select(load_run_config(run.config, run.options), "model.llm_block", default=None)
         if not isinstance(block, DictConfig):
             continue
         container = cast(dict[str, Any], OmegaConf.to_container(block, resolve=True))  # a DictConfig: a dict
@@ -526,7 +550,8 @@ def render(path: str | Path, runs_dir: str | None = None, mix_steps: bool = Fals
     labels = {r.out_dir.relative_to(root).as_posix(): r.label for r in runs}
     found = leaderboard.collect(root)
     rows = [r for r in found if r["run"] in labels]
-    others = len(found) - len(rows)
+    # a stages run's earlier stages sit inside its folder (<run>/<stage>): part of the run, not another one
+    others = sum(1 for r in found if r["run"] not in labels and not any(r["run"].startswith(f"{k}/") for k in labels))
     for row in rows:  # the group is the sweep's own label of the folder, whatever sweep.json says
         row["_meta"]["variant"] = labels[row["run"]]
     finished_runs = {row["run"] for row in rows}

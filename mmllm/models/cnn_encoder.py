@@ -9,6 +9,9 @@ the package's checkpoint is in the EfficientNet-PyTorch naming and is renamed te
 
 Tokens: ``[B, 1 + h*w, C]`` — the spatial mean of the last feature map (what the network's own
 classifier pools) first, where a ViT has its CLS token, then the ``h × w`` grid in row-major order.
+:meth:`CNNVisionEncoder.last_stage_patches` is the CNN's "penultimate layer" in LLaVA's sense (its
+``mm_vision_select_layer -2``, patch tokens only): the last stage's map before the 1x1 ``conv_head``,
+its grid only.
 """
 
 from __future__ import annotations
@@ -187,6 +190,13 @@ class CNNVisionEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         self._match_buffers()
         return self._tokens(self.net.forward_features(images))
+
+    def last_stage_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, h*w, C_last] grid tokens of the last stage (``blocks[-1]``), before ``conv_head``: the layer before
+        the network's last one, and no pooled token (LLaVA reads CLIP's penultimate layer, patches only)."""
+        self._match_buffers()
+        (grid,) = self.net.forward_intermediates(images, indices=[-1], stop_early=True, intermediates_only=True)
+        return grid.flatten(2).transpose(1, 2)
 
     @property
     def depths(self) -> int:

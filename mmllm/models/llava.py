@@ -46,7 +46,7 @@ from torch.nn import functional as F
 from ..errors import CheckpointError, ConfigError
 from .llavit import ModalityContext, install_visual_qkv, visual_block_mask
 
-PROMPT_MODES = ("auto", "chat", "plain")
+PROMPT_MODES = ("auto", "chat", "plain", "caption")
 PROJECTORS = ("linear", "mlp2", "none")
 IMAGE_MARK = "<image>"
 
@@ -125,7 +125,10 @@ class PromptFormat:
     generation prompt; the text before ``<image>`` is ``prefix_ids`` (shared by every sample), the
     text after it the per-sample prompt; the answer is followed by the template's end-of-turn
     token (its EOS). ``plain``: ``"Question: {question} Answer:"`` and ``" {answer}" + EOS``.
-    ``auto``: chat when the tokenizer has a template. No BOS is added (SmolLM2's template has none).
+    ``auto``: chat when the tokenizer has a template. ``caption``: LLaVA's stage-1 ``plain`` conversation
+    (haotian-liu/LLaVA ``llava/train/train.py:588-607``, ``preprocess_plain``): the image tokens, then the
+    caption and EOS; no header, no instruction (the "question" is ignored). No BOS is added (SmolLM2's
+    template has none).
     """
 
     def __init__(self, tokenizer, mode: str = "auto"):
@@ -137,7 +140,9 @@ class PromptFormat:
             raise ConfigError("the tokenizer has no EOS token: generation could never stop before the limit")
         self.eos_ids = (int(tokenizer.eos_token_id),)
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-        if self.mode == "chat":
+        if self.mode == "caption":
+            self.prefix_text, self.prompt_template, self.answer_template = "", "", "{answer}"
+        elif self.mode == "chat":
             if not getattr(tokenizer, "chat_template", None):
                 raise ConfigError("prompt: chat, but the tokenizer has no chat template (use plain)")
             text = tokenizer.apply_chat_template(

@@ -212,6 +212,7 @@ def test_builtin_task_packages_and_modules_follow_the_convention():
     assert not [p for p in packages if p.startswith("mmllm.")]  # one layout: no task lives in the core
     assert task_modules("mmllm_vqa") == [
         "mmllm_vqa.benchmark",
+        "mmllm_vqa.caption_task",
         "mmllm_vqa.generative_task",
         "mmllm_vqa.pretrain_task",
         "mmllm_vqa.task",

@@ -47,6 +47,7 @@ BLOCK = {
     },
 }
 VIT = {"vit": {"image_size": 32, "patch_size": 16, "width": 32, "layers": 1, "heads": 2}}  # open_clip ViT
+VIT2 = {"vit": {**VIT["vit"], "layers": 2}}  # LLaVA's features (the penultimate block) need two blocks
 METER = {
     "model.vision": VIT,
     "model.hidden_size": 32,
@@ -252,7 +253,7 @@ def _clouds(d: Data) -> dict:
 def _generative(name: str) -> Callable[[Data], dict]:
     def tiny(d: Data) -> dict:
         return {
-            "model.vision": VIT,
+            "model.vision": VIT2,
             "model.llm.source": d.lm(),
             "model.llm.dtype": "fp32",
             "model.max_new_tokens": 3,
@@ -291,6 +292,13 @@ TINY: dict[str, Callable[[Data], dict]] = {
         "datasets.mmllm_retrieval.splits": {"train": d.captions("train"), "test": d.captions("val")},
     },
     "mmllm_vqa_generative": _generative("mmllm_vqa"),
+    "mmllm_captioning_llava": lambda d: {
+        "model.vision": VIT2,
+        "model.llm.source": d.lm(),
+        "model.llm.dtype": "fp32",
+        "model.max_new_tokens": 3,
+        "datasets.mmllm_captioning.splits": {"train": d.captions("train"), "test": d.captions("val")},
+    },
     "mmllm_vqa_vlap": _generative("mmllm_vqa"),
     "mmllm_3dvqa": _scenes,
     "mmllm_action": _clips,

@@ -65,6 +65,9 @@ class VLAPOptions(Section):
 
 class VLAPVQAOptions(GenerativeVQAOptions):
     vlap: VLAPOptions = VLAPOptions()
+    # VLAP's runs keep the features they were measured with (the encoder's last output, pooled token first);
+    # LLaVA's penultimate-layer patch tokens are the generative model's default, not VLAP's
+    feature_select: Literal["penultimate_patch", "final_all"] = "final_all"
 
 
 class VLAPVQAModel(nn.Module):

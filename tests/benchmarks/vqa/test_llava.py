@@ -299,7 +299,7 @@ def test_stage_options_choose_what_trains(mode, smollm_tokenizer):
 
     opts = GenerativeVQAOptions.parse(
         {
-            "vision": {"vit": {"image_size": 32, "patch_size": 16, "width": 16, "layers": 1, "heads": 2}},
+            "vision": {"vit": {"image_size": 32, "patch_size": 16, "width": 16, "layers": 2, "heads": 2}},
             "llm": {"train": mode, "prompt": "plain"},
         },
         "model",
