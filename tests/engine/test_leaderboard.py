@@ -250,3 +250,18 @@ def test_loss_curves_are_drawn_from_each_runs_metrics_jsonl(tmp_path, monkeypatc
     # 4 runs; the test record's loss (99) and the NaN training loss are not drawn; one legend entry per variant
     assert sorted(tuple(y) for _, y, _ in drawn) == [(2.5, 1.5, 0.5)] * 2 + [(3.0, 2.0)] * 2
     assert sorted(label for *_, label in drawn if label) == ["frozen (2 runs)", "none (2 runs)"]
+
+
+def test_the_main_jobs_output_says_where_curves_and_tensorboard_events_are(tmp_path, capsys):
+    """What ``mmllm main`` (README command 1) prints after its table: the loss-curve plot and the
+    TensorBoard folders, so a user can look at training, not only at the final number."""
+    from mmllm.cli import _print_leaderboard
+
+    for seed in (1, 2):
+        _sweep_run(tmp_path, "mmllm_vqa", "none", seed, {"test_accuracy": 70.0}, losses=(3.0, 2.0))
+        _sweep_run(tmp_path, "mmllm_vqa", "frozen", seed, {"test_accuracy": 71.0}, losses=(2.5, 1.5))
+    (tmp_path / "mmllm_vqa_frozen" / "tensorboard").mkdir(parents=True)
+    _print_leaderboard(leaderboard.make(tmp_path))
+    out = capsys.readouterr().out
+    assert f"loss curves: {tmp_path / 'loss_curves.png'}" in out
+    assert f"TensorBoard events: {tmp_path}/<run>/tensorboard (view: tensorboard --logdir {tmp_path})" in out
