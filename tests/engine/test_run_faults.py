@@ -269,7 +269,16 @@ class SendsCtrlCWhenCollected:
         os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_ctrl_c_during_a_finaliser_is_not_lost(tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def default_sigint():
+    """Python's own Ctrl-C handler during the test: a process a non-interactive shell starts in the background
+    inherits SIGINT ignored (POSIX), and then no Ctrl-C could reach the run."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_a_finaliser_is_not_lost(tmp_path, capsys, monkeypatch, default_sigint):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     original = toy_task.ToyTask.training_loss
     calls = []
