@@ -100,7 +100,22 @@ def _meter_factor(name: str) -> float:
     raise AssertionError(f"parameter {name} has no expected LR")
 
 
-@pytest.mark.parametrize("config", ["configs/vqa/easyvqa_meter_smollm2.yaml", "configs/lavis/vqa_easyvqa.yaml"])
+def test_main_job_config_runs_the_short_budget_recipe(tmp_path):
+    """The main job (configs/vqa/easyvqa_meter_smollm2.yaml) trains at one LR, the pretrained text encoder at x0.1
+    and the block's adapters at x2 (why not METER's ratios: docs/results.md), for one whole epoch in fp32."""
+    save_tiny("llama", tmp_path / "llm")
+    model = create_vqa_model(_tiny_options(tmp_path / "llm"), num_answers=5)
+    run = load_config(ROOT / "configs/vqa/easyvqa_meter_smollm2.yaml").run
+    base = float(run.init_lr)
+    assert base == 3.0e-4 and run.precision == "fp32" and run.max_epoch == 1 and run.get("max_steps") is None
+    groups = param_groups(model, base, float(run.weight_decay), dict(run.lr_multipliers))
+    for g in groups:
+        for name in g["names"]:
+            expected = 0.1 if name.startswith("backbone.text.") else 2.0 if ".adapter_" in name else 1.0
+            assert g["lr"] == pytest.approx(base * expected), name
+
+
+@pytest.mark.parametrize("config", ["configs/lavis/vqa_easyvqa.yaml"])
 def test_meter_config_param_groups_get_the_multiplied_lrs(tmp_path, config):
     save_tiny("llama", tmp_path / "llm")
     model = create_vqa_model(_tiny_options(tmp_path / "llm"), num_answers=5)
