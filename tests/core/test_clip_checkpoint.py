@@ -11,7 +11,7 @@ import open_clip
 import pytest
 import torch
 from safetensors.torch import save_file
-from test_hub_download import Hub, go_offline
+from test_hub_download import go_offline, serve_on_loopback
 
 from mmllm.errors import CheckpointError
 from mmllm.models.encoders import VisionEncoder, VisionOptions, build_vision_encoder
@@ -155,29 +155,11 @@ def test_real_tag_offline_names_the_tag_and_the_network(tmp_path, monkeypatch):
 @pytest.fixture
 def hub(tiny_name, released, tmp_path, monkeypatch):
     """``tinytag`` of the tiny model, served as open_clip's hub layout (``TAG_REPO/open_clip_pytorch_model.bin``)."""
-    from huggingface_hub import constants
     from open_clip import pretrained
 
     tag = {"url": "", "hf_hub": f"{TAG_REPO}/", "mean": None, "std": None}
     monkeypatch.setitem(pretrained._PRETRAINED, tiny_name, {"tinytag": tag})  # open_clip's tag table
-    server = Hub({TAG_REPO: released["bin"].parent})
-    real = socket.create_connection
-
-    def loopback_only(address, *args, **kwargs):
-        if address[0] not in ("127.0.0.1", "localhost"):
-            raise AssertionError(f"connection to {address} outside loopback")
-        return real(address, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "create_connection", loopback_only)
-    monkeypatch.setattr(constants, "ENDPOINT", server.url)
-    monkeypatch.setattr(
-        constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}"
-    )
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    server = serve_on_loopback({TAG_REPO: released["bin"].parent}, monkeypatch, tmp_path)
     yield server
     server.server.shutdown()
     server.server.server_close()

@@ -95,11 +95,12 @@ def checkpoints(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def hub(checkpoints, tmp_path, monkeypatch):
+def serve_on_loopback(repos: dict, monkeypatch, tmp_path) -> Hub:
+    """A :class:`Hub` serving ``repos`` (id -> folder) that huggingface_hub talks to, in a fresh HF_HOME, with
+    every connection off loopback failing the test. The caller shuts ``server.server`` down."""
     from huggingface_hub import constants
 
-    server = Hub({SHARDED: checkpoints / "sharded", SINGLE: checkpoints / "single"})
+    server = Hub(repos)
     real = socket.create_connection
 
     def loopback_only(address, *args, **kwargs):
@@ -117,6 +118,14 @@ def hub(checkpoints, tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    return server
+
+
+@pytest.fixture
+def hub(checkpoints, tmp_path, monkeypatch):
+    server = serve_on_loopback(
+        {SHARDED: checkpoints / "sharded", SINGLE: checkpoints / "single"}, monkeypatch, tmp_path
+    )
     monkeypatch.delenv("MMLLM_HUB_RANGE_REQUESTS", raising=False)
     yield server
     server.server.shutdown()

@@ -3,12 +3,10 @@ timm models: each file layout as timm writes it for the hub (``save_for_hf``: ``
 ``pytorch_model.bin``), DeiT's ``{'model': ...}`` ``.pth``, and hub ids served by a loopback stand-in for the
 hub. The reference is timm's own model at random init; outputs must be bitwise equal."""
 
-import socket
-
 import pytest
 import timm
 import torch
-from test_hub_download import Hub, go_offline
+from test_hub_download import go_offline, serve_on_loopback
 
 import vision.classification  # noqa: F401 - registers the *_llm timm names
 from mmllm.errors import CheckpointError, ConfigError
@@ -117,26 +115,9 @@ def test_another_architecture_names_the_first_key(released):
 def hub(released, tmp_path, monkeypatch):
     """The tiny release served as ``REPO`` (safetensors) and ``BIN_REPO`` (pytorch_model.bin only), in a fresh
     HF_HOME; any connection off loopback fails the test (the pattern of test_hub_download.py)."""
-    from huggingface_hub import constants
-
-    server = Hub({REPO: released["hub folder"], BIN_REPO: released["pytorch_model.bin"].parent})
-    real = socket.create_connection
-
-    def loopback_only(address, *args, **kwargs):
-        if address[0] not in ("127.0.0.1", "localhost"):
-            raise AssertionError(f"connection to {address} outside loopback")
-        return real(address, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "create_connection", loopback_only)
-    monkeypatch.setattr(constants, "ENDPOINT", server.url)
-    monkeypatch.setattr(
-        constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}"
+    server = serve_on_loopback(
+        {REPO: released["hub folder"], BIN_REPO: released["pytorch_model.bin"].parent}, monkeypatch, tmp_path
     )
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     yield server
     server.server.shutdown()
     server.server.server_close()
