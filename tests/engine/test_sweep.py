@@ -194,7 +194,8 @@ def test_run_folder_states_resume_and_different_runs(tmp_path, monkeypatch):
     assert state == "different" and any(d.startswith("run.init_lr: 0.5 ->") for d in diff)
     called = []
     monkeypatch.setattr(sweep, "start_run", _fake_training(tmp_path, called))
-    with pytest.raises(ConfigError, match=r"(?s)1 run folder.* hold a different run .*run.init_lr: 0.5 -> 6e-05"):
+    shipped = load_config(other.config, other.options).run.init_lr  # what the config file itself says
+    with pytest.raises(ConfigError, match=rf"(?s)1 run folder.* hold a different run .*run.init_lr: 0.5 -> {shipped}"):
         sweep.run_sweep(path)
     assert called == []
 
