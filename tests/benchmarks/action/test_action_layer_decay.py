@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from pydantic import ValidationError
+from tiny_llms import random_llama_block
 from torch import nn
 
 from mmllm.engine.run_config import RunConfig
@@ -22,18 +23,7 @@ from vision.action.model import VideoViTClassifier, create_videovit_model
 LR, WD = 1e-3, 0.05
 EMBED, BLOCK0, BLOCK1, TOP = 0.343, 0.49, 0.7, 1.0  # 0.7**3, 0.7**2, 0.7**1, 0.7**0
 
-TINY_LLM = {
-    "kind": "random_frozen",
-    "llm_config": {
-        "model_type": "llama",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-    },
-    "dtype": "float32",
-}
+TINY_LLM = random_llama_block()
 
 
 def model(**overrides) -> VideoViTClassifier:

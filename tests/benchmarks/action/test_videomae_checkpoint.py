@@ -20,6 +20,7 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_llms import random_llama_block
 
 from mmllm.errors import CheckpointError
 from vision.action.model import create_videovit_model
@@ -241,18 +242,7 @@ def test_head_of_another_class_count_is_reinitialised(released_file, caplog, mon
 
 def test_the_llm_block_is_left_alone(released_file):
     """With a real (random, frozen) LLM block the ViT tensors still load and the block keeps its weights."""
-    tiny_llm = {
-        "kind": "random_frozen",
-        "llm_config": {
-            "model_type": "llama",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-        },
-        "dtype": "float32",
-    }
+    tiny_llm = random_llama_block()
     fresh = ours(llm_block=tiny_llm)
     model = ours(released_file, llm_block=tiny_llm)
     state = torch.load(released_file, weights_only=True)["model"]
