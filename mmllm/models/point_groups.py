@@ -18,11 +18,13 @@ model dtype only when they enter the mini-PointNet.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DataError
 
 __all__ = [
+    "FP32BatchNorm1d",
     "farthest_point_sample",
     "knn_indices",
     "gather_points",
@@ -99,6 +101,45 @@ def min_points_required(num_groups: int, group_size: int) -> int:
     return max(num_groups, group_size)
 
 
+class FP32BatchNorm1d(nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` that normalises in fp32 and returns the input's dtype.
+
+    DeepSpeed's bf16 casts parameters but not buffers (:func:`mmllm.precision.cast_parameters`), so a plain
+    BatchNorm ends with a bf16 weight and fp32 running statistics, a mix torch's CPU ``batch_norm`` refuses
+    ("expected scalar type BFloat16 but found Float"): every point-cloud model failed at its first step in
+    bf16. Mixed precision keeps normalisation statistics in fp32 anyway (``torch.autocast`` runs batch_norm
+    in fp32), so here the statistics stay fp32 even under ``.to(torch.bfloat16)``. Same parameters and
+    state-dict keys as ``nn.BatchNorm1d``; the training/eval logic follows ``torch.nn.modules.batchnorm._BatchNorm.forward``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        keep = not self.training or self.track_running_stats
+        out = F.batch_norm(
+            x.float(),
+            self.running_mean if keep else None,
+            self.running_var if keep else None,
+            None if self.weight is None else self.weight.float(),
+            None if self.bias is None else self.bias.float(),
+            batch_stats,
+            momentum,
+            self.eps,
+        )
+        return out.to(x.dtype)
+
+    def _apply(self, fn, recurse=True):  # .to()/.half()/.bfloat16() cast the weights, never the statistics
+        super()._apply(fn, recurse)
+        for name in ("running_mean", "running_var"):
+            stat = getattr(self, name)
+            if stat is not None and stat.dtype != torch.float32:
+                setattr(self, name, stat.float())
+        return self
+
+
 class PointGroupTokenizer(nn.Module):
     """Point-BERT's group tokens: FPS centres, kNN groups centred on them, a mini-PointNet per group.
 
@@ -119,13 +160,13 @@ class PointGroupTokenizer(nn.Module):
         self.num_groups, self.group_size, self.in_channels, self.dim = num_groups, group_size, in_channels, dim
         self.first = nn.Sequential(
             nn.Conv1d(3 + in_channels, hidden // 2, 1),
-            nn.BatchNorm1d(hidden // 2),
+            FP32BatchNorm1d(hidden // 2),
             nn.ReLU(inplace=True),
             nn.Conv1d(hidden // 2, hidden, 1),
         )
         self.second = nn.Sequential(
             nn.Conv1d(2 * hidden, 2 * hidden, 1),
-            nn.BatchNorm1d(2 * hidden),
+            FP32BatchNorm1d(2 * hidden),
             nn.ReLU(inplace=True),
             nn.Conv1d(2 * hidden, dim, 1),
         )

@@ -9,6 +9,7 @@ import torch
 from mmllm.data.pybullet_meshes import load_mesh, mesh_catalog, procedural_meshes, sample_surface
 from mmllm.errors import DataError
 from mmllm.models.point_groups import (
+    FP32BatchNorm1d,
     PointGroupTokenizer,
     PointPositionEmbed,
     farthest_point_sample,
@@ -16,6 +17,7 @@ from mmllm.models.point_groups import (
     knn_indices,
     min_points_required,
 )
+from mmllm.precision import cast_parameters
 
 # A hand-made cloud in the z=0 plane.
 CLOUD = [(0, 0, 0), (1, 0, 0), (10, 0, 0), (0, 7, 0), (5, 5, 0), (10, 6, 0)]
@@ -94,9 +96,48 @@ def test_grouping_matches_reference_and_is_translation_invariant():
     assert torch.allclose(t1, t2, atol=1e-4) and torch.allclose(c2, c1 + shift, atol=1e-5)
 
 
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_fp32_batchnorm_under_deepspeed_bf16_matches_fp32_batchnorm(momentum):
+    """DeepSpeed's bf16 leaves bf16 weights beside fp32 running statistics (cast_parameters does the same);
+    torch's own fp32 BatchNorm1d on the same bf16-representable values is the reference, in training
+    (batch statistics, running-stat update, num_batches_tracked) and in eval (running statistics)."""
+    torch.manual_seed(0)
+    ours = cast_parameters(FP32BatchNorm1d(6, momentum=momentum), torch.bfloat16)
+    ref = torch.nn.BatchNorm1d(6, momentum=momentum)
+    with torch.no_grad():
+        ours.weight.copy_(torch.randn(6))
+        ours.bias.copy_(torch.randn(6))
+        ref.weight.copy_(ours.weight.float())
+        ref.bias.copy_(ours.bias.float())
+    assert ours.weight.dtype == torch.bfloat16 and ours.running_mean.dtype == torch.float32
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    for _ in range(2):
+        x = (3 * torch.randn(5, 6, 4) + 2).to(torch.bfloat16)
+        out = ours(x)
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out, ref(x.float()).to(torch.bfloat16), rtol=0, atol=0)
+    for key in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(ours, key), getattr(ref, key), rtol=0, atol=0, msg=key)
+    ours.eval(), ref.eval()
+    x = torch.randn(3, 6, 4).to(torch.bfloat16)
+    torch.testing.assert_close(ours(x), ref(x.float()).to(torch.bfloat16), rtol=0, atol=0)
+    out = ours.train()(x.requires_grad_())
+    out.float().sum().backward()
+    assert ours.weight.grad.dtype == torch.bfloat16 and x.grad is not None
+
+
+def test_fp32_batchnorm_keeps_statistics_fp32_when_the_module_is_cast():
+    bn = FP32BatchNorm1d(4).to(torch.bfloat16)
+    assert bn.weight.dtype == torch.bfloat16
+    assert bn.running_mean.dtype == torch.float32 and bn.running_var.dtype == torch.float32
+    assert bn.num_batches_tracked.dtype == torch.long
+    assert bn(torch.randn(3, 4, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
 def test_tokenizer_bf16_keeps_centres_fp32_and_backprops():
-    tok = PointGroupTokenizer(num_groups=4, group_size=8, dim=12, hidden=8).to(torch.bfloat16)
-    pos = PointPositionEmbed(12, hidden=8).to(torch.bfloat16)
+    # parameters bf16, buffers (BatchNorm statistics) fp32: what DeepSpeed's bf16 does to a training model
+    tok = cast_parameters(PointGroupTokenizer(num_groups=4, group_size=8, dim=12, hidden=8), torch.bfloat16)
+    pos = cast_parameters(PointPositionEmbed(12, hidden=8), torch.bfloat16)
     xyz = torch.rand(3, 32, 3)
     tokens, centers = tok(xyz)
     assert tokens.dtype == torch.bfloat16 and centers.dtype == torch.float32

@@ -27,7 +27,12 @@ from mmllm import build_visual_llm_layer
 from mmllm.blocks import BlockOptions
 from mmllm.engine.task import ModelSection
 from mmllm.errors import ConfigError
-from mmllm.models.point_groups import PointGroupTokenizer, PointPositionEmbed, min_points_required
+from mmllm.models.point_groups import (
+    FP32BatchNorm1d,
+    PointGroupTokenizer,
+    PointPositionEmbed,
+    min_points_required,
+)
 
 
 class PointBERTOptions(ModelSection):
@@ -158,11 +163,11 @@ def point_mae_head(options: PointBERTOptions, num_classes: int) -> nn.Sequential
     o = options
     return nn.Sequential(
         nn.Linear(2 * o.dim, o.head_hidden),
-        nn.BatchNorm1d(o.head_hidden),
+        FP32BatchNorm1d(o.head_hidden),
         nn.ReLU(inplace=True),
         nn.Dropout(o.head_dropout),
         nn.Linear(o.head_hidden, o.head_hidden),
-        nn.BatchNorm1d(o.head_hidden),
+        FP32BatchNorm1d(o.head_hidden),
         nn.ReLU(inplace=True),
         nn.Dropout(o.head_dropout),
         nn.Linear(o.head_hidden, num_classes),

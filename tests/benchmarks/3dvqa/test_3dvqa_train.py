@@ -130,7 +130,9 @@ def test_point_coordinates_stay_fp32_under_bf16(setup):
     task = get_task("mmllm_3dvqa").build(cfg)
     assert "points" not in task.compute_dtype_inputs and "pose" not in task.compute_dtype_inputs
     task.build_preprocess()
-    model = task.build_model().to(torch.bfloat16)
+    from mmllm.precision import cast_parameters
+
+    model = cast_parameters(task.build_model(), torch.bfloat16)  # as DeepSpeed's bf16: buffers stay fp32
     batch = task.collate([task.build_datasets()["test"][i] for i in range(4)])
     moved = task.move_batch(batch, torch.device("cpu"), torch.bfloat16)
     assert moved["points"].dtype == torch.float32 and moved["pose"].dtype == torch.float32

@@ -6,6 +6,7 @@ from tiny_llms import random_llama_block
 
 from mmllm.engine.batch import move_batch
 from mmllm.errors import ConfigError
+from mmllm.precision import cast_parameters
 from vision.pointcloud.model import PointBERTOptions, create_pointbert_model, resolve_insert_after
 from vision.pointcloud.task import PointCloudClsTask
 
@@ -89,7 +90,8 @@ def test_insert_after_out_of_range_and_no_block():
 
 
 def test_bf16_model_takes_fp32_points_and_trains():
-    model = tiny().to(torch.bfloat16).train()
+    # parameters bf16, BatchNorm statistics fp32: what DeepSpeed's bf16 does to a training model
+    model = cast_parameters(tiny(), torch.bfloat16).train()
     # the task never casts coordinates: move_batch leaves points fp32 even in a bf16 run
     batch = move_batch(
         {"points": torch.rand(4, 32, 3), "labels": torch.tensor([0, 1, 2, 3])},
