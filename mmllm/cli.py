@@ -212,8 +212,16 @@ def _config(args: argparse.Namespace) -> int:
 
     from .config import load_config
     from .engine.launch import import_modules, task_for
+    from .engine.stages import is_stages_file, load_stages
 
     import_modules(args.imports)
+    if is_stages_file(args.config):  # each stage as it will run: its folder, init_from and defaults filled in
+        documents = []
+        for stage in load_stages(args.config, args.options):
+            shown = yaml.safe_dump(task_for(stage.cfg).resolved_config(), sort_keys=False)
+            documents.append(f"# stage {stage.name}: {stage.out_dir}\n{shown}")
+        print("---\n".join(documents), end="")
+        return 0
     task = task_for(load_config(args.config, args.options))
     print(yaml.safe_dump(task.resolved_config(), sort_keys=False), end="")
     return 0

@@ -136,6 +136,11 @@ def load_config(path: str | Path, options: Sequence[str] = ()) -> DictConfig:
     except OmegaConfBaseException as exc:
         raise ConfigError(f"bad override in {list(options)}: {exc}") from exc
     unknown = [str(k) for k in cfg if k not in SECTIONS]
+    if unknown == ["stages"]:  # a stages file (mmllm.engine.stages) handed to a reader of one task config
+        raise ConfigError(
+            f"{path} is a stages file (several task configs run in order): run it with `mmllm train --config "
+            f"{path}` or a sweep; `mmllm config --show` prints its stages; the LAVIS entry point takes one stage's config"
+        )
     if unknown:
         raise ConfigError(f"{path}: unknown top-level section(s) {unknown}; a task config has {SECTIONS}")
     missing = [s for s in SECTIONS if s not in cfg]

@@ -236,6 +236,25 @@ def test_shipped_stage_configs_validate():
         load_stages(ROOT / "configs/vqa/easyvqa_llava_two_stage.yaml", ["stage3:run.seed=1"])
 
 
+def test_config_show_prints_each_stage_as_it_will_run(capsys):
+    from mmllm.cli import main
+
+    path = ROOT / "configs/vqa/easyvqa_llava_two_stage.yaml"
+    assert main(["config", "--show", str(path), "--options", "run.output_dir=/tmp/two", "stage2:run.seed=3"]) == 0
+    text = capsys.readouterr().out
+    one, two = yaml.safe_load_all(text)
+    assert text.startswith("# stage stage1: /tmp/two/stage1\n") and "# stage stage2: /tmp/two\n" in text
+    assert (one["run"]["output_dir"], two["run"]["output_dir"]) == ("/tmp/two/stage1", "/tmp/two")
+    assert one["run"].get("init_from") is None and two["run"]["init_from"] == "/tmp/two/stage1/model_final.pt"
+    assert (one["run"]["seed"], two["run"]["seed"]) == (42, 3)  # a stage's own option reaches that stage only
+    assert one["run"]["warmup_ratio"] is not None  # defaults filled in, as for a plain config
+    # where one task config is read (the LAVIS entry point, create_model_and_transforms), a stages file is named
+    from mmllm.config import load_config
+
+    with pytest.raises(ConfigError, match="is a stages file.*mmllm train --config"):
+        load_config(path)
+
+
 def test_related_sweep_runs_llava_and_llavit_in_two_stages():
     from mmllm.sweep import expand, load_sweep
 
