@@ -9,12 +9,15 @@ tells each parameter's layer, the groups stay built here, in one place.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import cast
 
 from torch import nn
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def trainable_named_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
@@ -45,6 +48,28 @@ def layer_decay_scale(model: nn.Module, layer_decay: float | None) -> Callable[[
     return lambda name: layer_decay ** (top - ids(name))
 
 
+def _warn_unmatched(model: nn.Module, lr_multipliers: Mapping[str, float]) -> None:
+    """A prefix that names no parameter changes nothing, silently. When none of them names anything the config
+    was written for another model (the SQA3D 3D-VQA config carried METER's ``backbone.`` prefixes, and all its
+    weights trained at ``init_lr``): a warning. One dead prefix among live ones is usual (one config serves arms
+    that lack a part: no block, no text-side block): logged at info."""
+    names = [name for name, _ in model.named_parameters()]
+    dead = [prefix for prefix in lr_multipliers if not any(name.startswith(prefix) for name in names)]
+    if not dead:
+        return
+    tops = sorted({name.split(".", 1)[0] + "." for name in names})
+    starts = ", ".join(tops[:12]) + (", ..." if len(tops) > 12 else "")
+    level = logging.WARNING if len(dead) == len(lr_multipliers) else logging.INFO
+    log.log(
+        level,
+        "run.lr_multipliers prefix(es) %s match no parameter of %s, so they change nothing "
+        "(the parameter names start with %s)",
+        ", ".join(repr(p) for p in dead),
+        type(model).__name__,
+        starts,
+    )
+
+
 def param_groups(
     model: nn.Module,
     lr: float,
@@ -61,6 +86,7 @@ def param_groups(
     ViT's ``pos_embed`` and ``cls_token``) take no weight decay.
     """
     lr_multipliers = dict(lr_multipliers or {})
+    _warn_unmatched(model, lr_multipliers)
     listing = getattr(model, "no_weight_decay", None)
     skip = set(cast(Iterable[str], listing())) if callable(listing) else set()
     depth_scale = layer_decay_scale(model, layer_decay)

@@ -84,6 +84,20 @@ def _trainable(module):
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
+def test_an_lr_multiplier_prefix_that_names_nothing_is_reported(caplog):
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))  # names 0.weight ... 1.bias
+    with caplog.at_level("INFO", logger="mmllm.params"):
+        groups = param_groups(model, lr=1.0, lr_multipliers={"1.": 3.0, "backbone.text.": 0.1})
+    assert sorted({g["lr"] for g in groups}) == [1.0, 3.0]  # the matching prefix applies; the other changes nothing
+    # one dead prefix beside a live one (a config serving an arm without that part): info
+    assert [(r.levelname, "'backbone.text.'" in r.getMessage()) for r in caplog.records] == [("INFO", True)]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mmllm.params"):  # none matches: written for another model, a warning
+        param_groups(model, lr=1.0, lr_multipliers={"backbone.text.": 0.1, "backbone.llm_block.adapter": 2.0})
+    (record,) = caplog.records
+    assert record.levelname == "WARNING" and "start with 0., 1." in record.getMessage()
+
+
 def test_finetune_control_trains_the_block(folders):
     folder, hf = folders["llama"]
     block = build_block({"kind": "llm_block_finetuned", "source": str(folder), "dtype": "float32"}, VISUAL)
