@@ -3,12 +3,12 @@ question types (Ma et al., ICLR 2023).
 
 * Answers are compared lower-cased, stripped, with runs of whitespace collapsed to one space.
 * A question counts at k if any of its first k predicted answers matches any ground-truth answer.
-* Refined match (SQA3D, as LEO scores it): both sides first go through :func:`clean_answer`, LEO's answer
+* Refined match (LEO's, as it scores SQA3D; not SQA3D's own metric): both sides first go through :func:`clean_answer`, LEO's answer
   normalisation (``data/data_utils.py``, function ``clean_answer``, github.com/embodied-generalist/embodied-generalist;
   used by its ``evaluator/sqa3d_eval.py``), then it is a hit when they are equal, or when the prediction with all
   spaces removed contains, or is contained in, a ground-truth answer with its spaces removed. An empty prediction never matches
   (it would be "contained" in every answer); an empty ground-truth answer is refused as bad input.
-* Question type (SQA3D): after stripping leading spaces, the question's first characters,
+* Question type (LEO's ``get_sqa_question_type``; SQA3D's own script takes the whole first word): after stripping leading spaces, the question's first characters,
   lower-cased, are ``what``, ``is``, ``how``, ``can`` or ``which`` (a plain prefix test, so
   "Isn't ..." counts as ``is``), else ``others``.
 
@@ -112,7 +112,7 @@ def clean_answer(text: str) -> str:
 
 
 def question_type(question: str) -> str:
-    """SQA3D's prefix rule: ``what|is|how|can|which`` by plain prefix of the lower-cased question, else ``others``."""
+    """LEO's prefix rule for SQA3D's types: ``what|is|how|can|which`` by plain prefix of the lower-cased question, else ``others``."""
     head = str(question).lstrip(" ").lower()
     for prefix in QUESTION_TYPES:
         if head.startswith(prefix):

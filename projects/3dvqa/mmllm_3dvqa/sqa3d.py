@@ -3,7 +3,8 @@ and the MCAN modules it uses, after Yu et al., CVPR 2019), with the frozen LLM b
 
 Structure, as the official module arranges it (written here from the paper and that module's layout):
 
-* separate situation and question encoders (here two MiniLM-L6 text encoders, each projected to ``hidden``);
+* separate situation and question encoders (here two MiniLM-L6 text encoders, each projected to ``hidden``; the
+  release runs one GloVe + LSTM encoder over both texts and separates the streams from the SA layers on);
 * scene tokens (here the Point-BERT group tokens of :class:`.model.PointSceneEncoder`, projected to ``hidden``;
   the official baseline uses VoteNet object proposals);
 * MCAN fusion: self-attention layers (SA) on the situation and on the question; the scene tokens are
@@ -12,8 +13,9 @@ Structure, as the official module arranges it (written here from the paper and t
 * the frozen LLM block (``mmllm.build_visual_llm_layer``) on the fused scene tokens;
 * MCAN's attentional flattening (AttFlat) of situation, question and scene to one vector each, and the
   answer classifier on their concatenation ``[s, q, o]``;
-* SQA3D's auxiliary situation head: position (3) and orientation quaternion (4) regressed from the same
-  concatenation, trained with MSE (:func:`.model.situation_loss`), on by default.
+* SQA3D's auxiliary situation head: position (3) and orientation quaternion (4) regressed from ``[s, o]``
+  (situation and scene, as the release's ``aux_reg``), trained with MSE (:func:`.model.situation_loss`); on in
+  ``configs/3dvqa/scenes_sqa3d_smollm2.yaml`` (the option's default is off, as in the release's ``train.py``).
 
 MCAN's layers are post-norm: ``x = LayerNorm(x + Dropout(sublayer(x)))``; its multi-head attention has
 separate q/k/v/merge linear maps with biases, and its FFN is ``Linear(h, ff) -> GELU -> Dropout -> Linear(ff, h)``
@@ -46,7 +48,7 @@ class SQA3DFusionOptions(Section):
     ff_size: int = Field(1024, gt=0, description="MCAN FFN width (official: 4 * hidden)")
     flat_mlp: int = Field(256, gt=0, description="AttFlat MLP width")
     flat_glimpses: int = Field(1, gt=0, description="AttFlat glimpses")
-    flat_out: int = Field(512, gt=0, description="AttFlat output width (official: 1024 with hidden 128)")
+    flat_out: int = Field(512, gt=0, description="AttFlat output width (the release's train.py: 512 at hidden 256)")
     answer_dropout: float = Field(0.3, ge=0, lt=1, description="dropout in the answer head (official: 0.3)")
 
 
