@@ -10,7 +10,7 @@ from mmllm import sweep
 
 # the sweeps whose generated block docs/results.md carries (ablations.yaml joins once it has run)
 SUMMARY = "configs/sweeps/readme.yaml"  # the sweep whose one-table summary README.md carries
-SWEEPS = ["configs/sweeps/readme.yaml", "configs/sweeps/related.yaml"]
+SWEEPS = ["configs/sweeps/readme.yaml", "configs/sweeps/related.yaml", "configs/sweeps/sqa3d.yaml"]
 
 
 @pytest.mark.parametrize("path", SWEEPS)
