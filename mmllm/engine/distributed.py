@@ -3,7 +3,6 @@ torchrun, or plain ``python`` (one process), on GPU or on CPU (gloo)."""
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
@@ -35,7 +34,6 @@ def init_distributed() -> tuple[int, int]:
         # DeepSpeed prints its op-build banner on stdout, where commands print their JSON results
         with contextlib.redirect_stdout(sys.stderr):
             deepspeed.init_distributed(dist_backend=backend)
-        atexit.register(_destroy_left_group)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     cores = os.cpu_count() or 1
     if rank == 0 and world > 1 and not torch.cuda.is_available() and world >= cores:
@@ -74,23 +72,13 @@ def all_gather_objects(obj):
     return out
 
 
-def _destroy_left_group() -> None:
-    """At exit (an error, or a caller that never called :func:`close_process_group`): the group is destroyed
-    while the interpreter is still whole (see :func:`close_process_group`); no barrier, a peer may be gone."""
-    if torch.distributed.is_initialized():
-        with contextlib.suppress(Exception):
-            torch.distributed.destroy_process_group()
-
-
 def close_process_group() -> None:
     """End a command that several processes ran: every rank waits for the others, then tears the group down.
 
-    Left to interpreter exit, a rank aborted in C++ once after its run had finished (CI, a loaded 2-core
-    machine, ZeRO-3 on gloo: "terminate called without an active exception", SIGABRT), so the launcher
-    failed a finished run: gloo's worker threads can still hold work whose tensors are freed while the
-    interpreter is being torn down (pytorch/pytorch PR 179291 describes it; torch's docs ask for
-    ``destroy_process_group`` before exit). One process is left as it is: its group may be reused by a later
-    command in the same interpreter (tests, notebooks)."""
+    Left to interpreter exit, the ranks tore their groups down in any order, and once (CI, a loaded 2-core
+    machine, ZeRO-3 on gloo) a rank aborted in C++ after its run had finished ("terminate called without an
+    active exception", SIGABRT), so the launcher failed a finished run. One process is left as it is: its
+    group may be reused by a later command in the same interpreter (tests, notebooks)."""
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

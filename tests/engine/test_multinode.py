@@ -13,15 +13,11 @@ from conftest import ROOT
 from test_engine import free_port
 from test_registry import env, toy_config
 
-PROBE = """import atexit, json, os, pathlib
-import torch
+PROBE = """import json, os, pathlib
 import toy_task  # noqa: F401 - registers toy_tokens
 keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
 pathlib.Path(os.environ["PROBE_DIR"], f"rank{os.environ['RANK']}.json").write_text(
     json.dumps({k: os.environ.get(k) for k in keys}))
-# registered before the process group exists, so it runs after every exit handler of the run's own
-atexit.register(lambda: pathlib.Path(os.environ["PROBE_DIR"], f"exit{os.environ['RANK']}.json").write_text(
-    json.dumps({"group_alive": torch.distributed.is_initialized()})))
 """
 
 
@@ -77,8 +73,6 @@ def test_documented_two_node_torchrun_on_loopback(tmp_path):
         assert vars_["GROUP_RANK"] == str(rank)  # the node rank: one process per "node"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 2
-    # each rank destroyed its process group before the interpreter's teardown (distributed.close_process_group)
-    assert [json.loads((tmp_path / f"exit{r}.json").read_text()) for r in (0, 1)] == [{"group_alive": False}] * 2
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if m.get("split") == "train"] == [1, 2]
 
