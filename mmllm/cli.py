@@ -88,18 +88,14 @@ def config_from_args(args: argparse.Namespace) -> DictConfig:
 def train(args: argparse.Namespace) -> dict[str, float]:
     """``mmllm train``'s flags to a trained run (:func:`mmllm.engine.launch.train_config`); a stages file
     (:mod:`mmllm.engine.stages`) trains its stages in order and reports the last one."""
-    from .engine.distributed import close_process_group
     from .engine.launch import train_config
     from .engine.stages import is_stages_file, train_stages
 
     # --quick's max_eval_samples is a preset: a task that cannot cut its eval splits evaluates them in full
     optional = getattr(args, "quick", False) and not any(o.startswith("run.max_eval_samples=") for o in args.options)
     if is_stages_file(args.config):
-        results = train_stages(args.config, options_from_args(args), eval_limit_optional=optional)
-    else:
-        results = train_config(config_from_args(args), eval_limit_optional=optional)
-    close_process_group()
-    return results
+        return train_stages(args.config, options_from_args(args), eval_limit_optional=optional)
+    return train_config(config_from_args(args), eval_limit_optional=optional)
 
 
 def train_main(argv: Sequence[str] | None = None, description: str | None = None) -> int:

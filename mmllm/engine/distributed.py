@@ -72,17 +72,5 @@ def all_gather_objects(obj):
     return out
 
 
-def close_process_group() -> None:
-    """End a command that several processes ran: every rank waits for the others, then tears the group down.
-
-    Left to interpreter exit, the ranks tore their groups down in any order, and once (CI, a loaded 2-core
-    machine, ZeRO-3 on gloo) a rank aborted in C++ after its run had finished ("terminate called without an
-    active exception", SIGABRT), so the launcher failed a finished run. One process is left as it is: its
-    group may be reused by a later command in the same interpreter (tests, notebooks)."""
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-
-
 def is_main() -> bool:
     return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0

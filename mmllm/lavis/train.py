@@ -65,11 +65,10 @@ def main(argv=None) -> int:
 
     def run():
         results = _main(argv)
-        from ..engine.distributed import close_process_group, is_main
+        from ..engine.distributed import is_main
 
         if is_main():
             print(json.dumps(results or {}, indent=1, sort_keys=True), flush=True)
-        close_process_group()
 
     return run_cli(run)
 
