@@ -35,6 +35,7 @@ def init_distributed() -> tuple[int, int]:
         # DeepSpeed prints its op-build banner on stdout, where commands print their JSON results
         with contextlib.redirect_stdout(sys.stderr):
             deepspeed.init_distributed(dist_backend=backend)
+        atexit.unregister(destroy_process_group_at_exit)  # once, however often a group is re-created
         atexit.register(destroy_process_group_at_exit)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     cores = os.cpu_count() or 1
