@@ -38,7 +38,9 @@ has ``norm = Identity`` and ignores it), an error beside a head that pools that 
 
 Every tensor is checked by name and shape before anything is copied; the first key that does not fit is named
 in a :class:`~mmllm.errors.CheckpointError`. Torch files are read with ``weights_only=True``.
-Not done: resampling a learned ``pos_embed`` of another grid (the official script interpolates it bicubically).
+A learned ``pos_embed`` of another spatial grid (a file fine-tuned at another ``img_size``) is resampled as
+``run_class_finetuning.py`` does: each temporal slot's square grid bicubically (``align_corners=False``) to
+ours; the number of temporal slots must match (the released script does not resample time either).
 Norms: ours use the released eps 1e-6; transformers' configs default to 1e-12 (blocks) and its ``fc_norm`` to
 1e-5, a difference of the order of eps relative to the features' variance (logged when config.json says so).
 """
@@ -54,12 +56,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmllm.errors import CheckpointError
 from mmllm.safeload import load_weights_only
 
-__all__ = ["TABLE", "load_videomae_checkpoint", "map_videomae_state", "read_videomae_file"]
+__all__ = ["TABLE", "load_videomae_checkpoint", "map_videomae_state", "read_videomae_file", "resample_pos_embed"]
 
 log = logging.getLogger(f"mmllm.{__name__}")
 
@@ -279,6 +282,38 @@ def _drop_final_norm(source: Source, where: str) -> None:
         source.dropped.append(source.keys.pop(name))
 
 
+# ------------------------------------------------------------------ a position table of another grid
+
+
+def resample_pos_embed(table: torch.Tensor, grid: tuple[int, int, int], where: str = "pos_embed") -> torch.Tensor:
+    """A learned ``[1, T * s * s, D]`` table (time-major) resampled to ``grid`` = (T, H, W): each temporal slot's
+    s x s grid bicubically to H x W, as VideoMAE's ``run_class_finetuning.py`` does when it loads a checkpoint
+    of another input size. T must be the file's: time is not resampled (nor is it there)."""
+    slots, height, width = grid
+    tokens, dim = table.shape[-2], table.shape[-1]
+    side = int(round((tokens / slots) ** 0.5)) if tokens % slots == 0 else 0
+    if table.ndim != 3 or table.shape[0] != 1 or side * side * slots != tokens:
+        raise CheckpointError(
+            f"{where} has shape {list(table.shape)}, not [1, {slots} x s x s, D] for this model's "
+            f"{slots} temporal slots (model.num_frames / tubelet_size); only the spatial grid is resampled"
+        )
+    spatial = table.reshape(slots, side, side, dim).permute(0, 3, 1, 2).float()
+    spatial = F.interpolate(spatial, size=(height, width), mode="bicubic", align_corners=False)
+    return spatial.permute(0, 2, 3, 1).reshape(1, slots * height * width, dim).to(table.dtype)
+
+
+def _fit_pos_embed(
+    source: Source, targets: Mapping[str, torch.Tensor], grid: tuple[int, int, int] | None, where: str
+) -> None:
+    """Resample the file's learned position table in place when its spatial grid is not ours (logged)."""
+    table = source.tensors.get("pos_embed")
+    ours = targets.get("pos_embed")
+    if table is None or ours is None or grid is None or table.shape == ours.shape or table.shape[-1] != ours.shape[-1]:
+        return  # absent, the same, or another width (which _plan names)
+    source.tensors["pos_embed"] = resample_pos_embed(table, grid, f"{where}: {source.keys['pos_embed']}")
+    log.info("%s: pos_embed resampled from %d to %d tokens (grid %s)", where, table.shape[1], ours.shape[1], grid)
+
+
 # ------------------------------------------------------------------ mapping and checks
 
 
@@ -393,6 +428,7 @@ def map_videomae_state(
     source = _source(state, where)
     _drop_final_norm(source, where)
     targets = model.state_dict(keep_vars=True)
+    _fit_pos_embed(source, targets, getattr(model, "grid", None), where)
     plan, skipped = _plan(source, targets, where)
     left = _check_complete(plan, targets, source, where)
     loaded = _copy(plan, targets)

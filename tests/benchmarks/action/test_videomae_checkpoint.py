@@ -313,6 +313,33 @@ def test_learned_position_table_needs_a_learned_model(reference, tmp_path):
     assert torch.count_nonzero(model.pos_embed) == 0
 
 
+def timm_resampled(table: torch.Tensor, slots: int, old: int, new: int) -> torch.Tensor:
+    """The independent reference: timm's ``resample_abs_pos_embed`` on each temporal slot's s x s grid, bicubic,
+    no antialiasing (run_class_finetuning.py calls F.interpolate(mode='bicubic', align_corners=False))."""
+    from timm.layers import resample_abs_pos_embed
+
+    per_slot = table.reshape(slots, old * old, table.shape[-1])
+    out = [
+        resample_abs_pos_embed(s[None], [new, new], [old, old], num_prefix_tokens=0, antialias=False) for s in per_slot
+    ]
+    return torch.cat(out, dim=1)
+
+
+@pytest.mark.parametrize("old", [4, 1])  # a file fine-tuned at 64 px (4 x 4 patches) or 16 px, loaded at 32 px
+def test_learned_position_table_of_another_grid_is_resampled(reference, tmp_path, old):
+    table = torch.randn(1, 2 * old * old, DIM, generator=torch.Generator().manual_seed(3))
+    path = write_released(tmp_path, reference, lambda s: s.update(pos_embed=table))
+    model = ours(path, pos_embed="learned")  # 32 px, patch 16, 4 frames, tubelet 2: 2 slots of 2 x 2
+    torch.testing.assert_close(model.pos_embed.detach(), timm_resampled(table, 2, old, 2), rtol=0, atol=1e-6)
+    assert not torch.equal(model.pos_embed.detach()[:, :4], model.pos_embed.detach()[:, 4:])  # slots kept apart
+
+
+def test_position_table_of_other_temporal_slots_is_refused(reference, tmp_path):
+    table = torch.randn(1, 3 * 4 * 4, DIM)  # 3 temporal slots of 4 x 4; the model has 2
+    path = write_released(tmp_path, reference, lambda s: s.update(pos_embed=table))
+    check_error(path, r"pos_embed has shape \[1, 48, 64\], not \[1, 2 x s x s, D\]", pos_embed="learned")
+
+
 def test_first_token_classifier_is_refused(reference, tmp_path):
     def cls_pooling(state):  # --use_cls: norm before the head, no fc_norm
         state["norm.weight"], state["norm.bias"] = state.pop("fc_norm.weight"), state.pop("fc_norm.bias")
