@@ -8,7 +8,7 @@ Two layouts are read, tensor by tensor:
   under ``encoder.`` (``backbone.`` is stripped too, as ``run_class_finetuning.py`` does) beside a decoder,
   ``encoder_to_decoder`` and ``mask_token``, which are dropped;
 * transformers' ``VideoMAEModel`` / ``VideoMAEForVideoClassification`` / ``VideoMAEForPreTraining``: a
-  ``save_pretrained`` folder (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``) or the
+  ``save_pretrained`` folder (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``, or their shards) or the
   weights file itself.
 
 Names, released / transformers -> ours (timm ``Block``):
@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmllm.errors import CheckpointError
+from mmllm.loading.hf_folder import KeyIndex
 from mmllm.safeload import load_weights_only
 
 __all__ = ["TABLE", "load_videomae_checkpoint", "map_videomae_state", "read_videomae_file", "resample_pos_embed"]
@@ -183,15 +184,11 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     return _unwrap(obj, str(path))
 
 
-def _weights_in_folder(folder: Path) -> Path:
-    """A ``save_pretrained`` folder's single weights file."""
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / name).is_file():
-            return folder / name
-    raise CheckpointError(
-        f"model.checkpoint: {folder} is a folder without model.safetensors or pytorch_model.bin "
-        "(a transformers save_pretrained folder; sharded weights are not read)"
-    )
+def _read_folder(folder: Path) -> dict[str, torch.Tensor]:
+    """A ``save_pretrained`` folder's tensors: one weights file or shards with their index (mmllm's folder reader,
+    :class:`mmllm.loading.hf_folder.KeyIndex`: safetensors, or ``.bin`` with ``weights_only=True``)."""
+    index = KeyIndex(folder)
+    return dict(index.iter_tensors(list(index.key_to_file)))
 
 
 def _read_config(path: Path) -> dict[str, Any] | None:
@@ -211,7 +208,7 @@ def read_videomae_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
     """(tensors, transformers config.json or None) of a checkpoint file or ``save_pretrained`` folder."""
     path = Path(path)
     if path.is_dir():
-        return _read_weights(_weights_in_folder(path)), _read_config(path / "config.json")
+        return _read_folder(path), _read_config(path / "config.json")
     if not path.is_file():
         raise CheckpointError(f"model.checkpoint: {path} does not exist")
     return _read_weights(path), None

@@ -143,6 +143,19 @@ def test_transformers_safetensors_file_gives_the_same_logits(reference, hf_folde
     assert_same_logits(ours(hf_folder / "model.safetensors"), reference)
 
 
+def test_sharded_transformers_folder_gives_the_same_logits(reference, tmp_path):
+    reference.save_pretrained(tmp_path, max_shard_size="60KB")  # transformers writes shards and their index
+    assert (tmp_path / "model.safetensors.index.json").is_file() and len(list(tmp_path.glob("*.safetensors"))) > 2
+    assert_same_logits(ours(tmp_path), reference)
+
+
+def test_missing_shard_is_named(reference, tmp_path):
+    reference.save_pretrained(tmp_path, max_shard_size="60KB")
+    shard = sorted(tmp_path.glob("*.safetensors"))[1]
+    shard.unlink()
+    check_error(tmp_path, f"{shard.name}: shard listed in the index is missing")
+
+
 def test_fresh_model_does_not_match(reference):
     """The equality above is not vacuous: the same model without the checkpoint gives other logits."""
     clip = video()
@@ -352,7 +365,7 @@ def test_non_tensor_and_missing_files(tmp_path):
     check_error(tmp_path / "list.pth", r"patch_embed\.proj\.weight is a list, not a tensor")
     check_error(tmp_path / "absent.pth", "does not exist")
     (tmp_path / "empty").mkdir()
-    check_error(tmp_path / "empty", "without model.safetensors")
+    check_error(tmp_path / "empty", "empty: no weights found")
     import datetime
 
     torch.save({"model": {"when": datetime.date(2020, 1, 1)}}, tmp_path / "pickled.pth")
