@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import logging
 import os
 import socket
 import sys
+import time
+import weakref
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -50,6 +55,19 @@ def init_distributed() -> tuple[int, int]:
     return rank, world
 
 
+_ENGINES: weakref.WeakSet = weakref.WeakSet()  # DeepSpeed engines to release before the groups at exit
+
+
+def release_at_exit(engine: Any) -> None:
+    """Have the exit handler release ``engine`` (``DeepSpeedEngine.destroy``) before it destroys the groups.
+
+    A ZeRO-3 engine is held by its own hooks on the model's parameters, through references the cycle collector
+    cannot see, so it and the groups it holds outlived the run and every ``gc.collect`` into the interpreter's
+    teardown; ``destroy`` removes those hooks. Done at exit, not at the end of training: the engine stays
+    usable until then (a test or notebook may still evaluate it)."""
+    _ENGINES.add(engine)
+
+
 def destroy_process_group_at_exit() -> None:
     """Tear the process group down while the interpreter is still whole (an exit handler, registered when
     :func:`init_distributed` creates the group).
@@ -62,14 +80,53 @@ def destroy_process_group_at_exit() -> None:
     ``TensorImpl::decref_pyobject`` -> ``take_gil`` -> ``PyThread_exit_thread``). Two ranks doing twenty
     ``all_gather_object`` and exiting aborted in 20 of 60 launches on the loaded 2-core machine, 0 of 40
     with the group destroyed first; pytorch/pytorch PR 179291 describes the same teardown. Destroying the
-    group joins those threads while they can still take the GIL. No barrier: this is local, and a peer
+    group joins those threads while they can still take the GIL - once nothing else holds it: in a
+    DeepSpeed run, ``deepspeed.utils.groups`` and the engine did, and one group's threads outlived
+    ``torch.distributed.destroy_process_group`` into the teardown. No barrier: this is local, and a peer
     may already be gone (an error) - waiting for it would hang the exit."""
+    for engine in list(_ENGINES):
+        try:
+            engine.destroy()
+        except Exception as err:  # noqa: BLE001 - at exit: say it, the run's outcome is already decided
+            log.warning("releasing a DeepSpeed engine at exit failed: %s", err)
+    _ENGINES.clear()
     if not torch.distributed.is_initialized():  # destroyed by the caller, or never created here
         return
+    import deepspeed.comm
+
     try:
-        torch.distributed.destroy_process_group()
+        if deepspeed.comm.is_initialized():
+            # DeepSpeed's destroy also drops its module-level references to the groups (deepspeed.utils.groups)
+            deepspeed.comm.destroy_process_group()
+        else:
+            torch.distributed.destroy_process_group()
     except Exception as err:  # noqa: BLE001 - at exit: say it, the run's outcome is already decided
         log.warning("destroying the process group at exit failed: %s", err)
+    # A DeepSpeed engine left in a reference cycle still holds its groups (data_parallel_group, ...), and
+    # a group lives, with its gloo threads, as long as anything holds it (gloo's shutdown and abort leave
+    # the threads running): collect such cycles now, so the groups' threads are joined while the
+    # interpreter is whole (torch drops the GIL for that join).
+    gc.collect()
+    if _gloo_threads_left():
+        # Something still holds a group: a ZeRO-3 engine's parameters are held from C++ (autograd), out of
+        # the collector's reach, even after DeepSpeedEngine.destroy. Its threads live into the teardown; give
+        # one that is still freeing its last work the GIL and the CPU first.
+        time.sleep(GRACE_S)
+
+
+GRACE_S = 0.2
+
+
+def _gloo_threads_left() -> bool:
+    """Whether gloo's worker threads still run (their names, from /proc; True where /proc cannot say)."""
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return True
+    for task in tasks.iterdir():
+        with contextlib.suppress(OSError):
+            if "gloo" in (task / "comm").read_text():
+                return True
+    return False
 
 
 def device() -> torch.device:

@@ -378,6 +378,7 @@ class Trainer:
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
         )
+        distributed.release_at_exit(self.engine)
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         self.device = self.engine.device
         self.store = CheckpointStore(self.out_dir / "checkpoints", run.keep_checkpoints)

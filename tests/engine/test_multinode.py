@@ -11,14 +11,17 @@ import subprocess
 import pytest
 from conftest import ROOT
 from test_engine import free_port
+from test_exit_teardown import PROBE as EXIT_PROBE
 from test_registry import env, toy_config
 
-PROBE = """import json, os, pathlib
-import toy_task  # noqa: F401 - registers toy_tokens
+PROBE = (
+    EXIT_PROBE
+    + """import toy_task  # noqa: F401 - registers toy_tokens
 keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
 pathlib.Path(os.environ["PROBE_DIR"], f"rank{os.environ['RANK']}.json").write_text(
     json.dumps({k: os.environ.get(k) for k in keys}))
 """
+)
 
 
 def documented_torchrun() -> list[str]:
@@ -73,6 +76,9 @@ def test_documented_two_node_torchrun_on_loopback(tmp_path):
         assert vars_["GROUP_RANK"] == str(rank)  # the node rank: one process per "node"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 2
+    # each rank's group was destroyed before the interpreter's teardown; the ZeRO-3 engine's parameters, held
+    # from C++, keep their gloo threads alive past DeepSpeedEngine.destroy (distributed.destroy_process_group_at_exit)
+    assert [json.loads((tmp_path / f"exit{r}.json").read_text())["group_alive"] for r in (0, 1)] == [False] * 2
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if m.get("split") == "train"] == [1, 2]
 
