@@ -59,12 +59,11 @@ _ENGINES: weakref.WeakSet = weakref.WeakSet()  # DeepSpeed engines to release be
 
 
 def release_at_exit(engine: Any) -> None:
-    """Have the exit handler release ``engine`` (``DeepSpeedEngine.destroy``) before it destroys the groups.
+    """Have the exit handler release ``engine`` (``DeepSpeedEngine.destroy``: its hooks and buffers) before it
+    destroys the groups, so that nothing but reference cycles keeps the engine, and the groups it holds, alive.
 
-    A ZeRO-3 engine is held by its own hooks on the model's parameters, through references the cycle collector
-    cannot see, so it and the groups it holds outlived the run and every ``gc.collect`` into the interpreter's
-    teardown; ``destroy`` removes those hooks. Done at exit, not at the end of training: the engine stays
-    usable until then (a test or notebook may still evaluate it)."""
+    Done at exit, not at the end of training: the engine stays usable until then (a test or notebook may
+    still evaluate it). A ZeRO-3 engine outlives even this (see :func:`destroy_process_group_at_exit`)."""
     _ENGINES.add(engine)
 
 

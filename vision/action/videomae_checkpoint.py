@@ -287,9 +287,9 @@ def resample_pos_embed(table: torch.Tensor, grid: tuple[int, int, int], where: s
     s x s grid bicubically to H x W, as VideoMAE's ``run_class_finetuning.py`` does when it loads a checkpoint
     of another input size. T must be the file's: time is not resampled (nor is it there)."""
     slots, height, width = grid
-    tokens, dim = table.shape[-2], table.shape[-1]
+    tokens, dim = (table.shape[1], table.shape[2]) if table.ndim == 3 else (0, 0)
     side = int(round((tokens / slots) ** 0.5)) if tokens % slots == 0 else 0
-    if table.ndim != 3 or table.shape[0] != 1 or side * side * slots != tokens:
+    if table.ndim != 3 or table.shape[0] != 1 or side == 0 or side * side * slots != tokens:
         raise CheckpointError(
             f"{where} has shape {list(table.shape)}, not [1, {slots} x s x s, D] for this model's "
             f"{slots} temporal slots (model.num_frames / tubelet_size); only the spatial grid is resampled"
