@@ -64,7 +64,8 @@ def test_the_group_is_gone_before_the_interpreter_tears_down(tmp_path):
 
 @pytest.mark.slow
 def test_many_launches_ending_on_a_gather_never_abort(tmp_path):
-    """Stress: without the exit handler, 20 of 60 such launches aborted on the loaded 2-core machine."""
+    """Stress: without the exit handler this program aborted in 5 of 40 launches on the loaded 2-core machine
+    (plain torch, 20 gathers without destroy_process_group: 20 of 60)."""
     failures = []
     for attempt in range(15):
         folder = tmp_path / str(attempt)
