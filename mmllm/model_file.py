@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .loading.state_fit import require_finite
 from .safeload import refusal
 
 
@@ -90,6 +91,7 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"model file {path} is truncated or corrupt ({type(exc).__name__}: {exc})") from exc
     if not isinstance(blob, dict) or "state_dict" not in blob:
         raise CheckpointError(f"{path} is not an mmllm model file (no 'state_dict')")
+    require_finite(blob["state_dict"], f"model file {path}")
     return blob
 
 

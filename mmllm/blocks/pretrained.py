@@ -30,6 +30,7 @@ from ..errors import CheckpointError, ConfigError
 from ..jsonio import atomic_write_text, write_json
 from ..layer_selection import resolve_layers
 from ..loading import load_layer_weights, locate_source, read_config
+from ..loading.state_fit import require_finite
 from .registry import build_block
 
 CONFIG_NAME = "block_config.json"
@@ -246,7 +247,5 @@ def _load_adapters(block, path: Path) -> None:
     wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if v.shape != own[k].shape]
     if wrong:
         raise CheckpointError(f"{path}: tensor shapes differ from the block's: {wrong}")
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise CheckpointError(f"{path}: tensor(s) {bad} hold NaN or inf")
+    require_finite(state, str(path))
     block.load_state_dict(state, strict=False)

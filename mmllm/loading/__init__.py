@@ -23,6 +23,7 @@ from . import gguf_file, hf_folder, hub, hub_cache, llama_v1
 from .weights import (
     LayerWeights,
     cast,
+    check_finite,
     check_shape,
     check_tensors,
     digest_piece,
@@ -157,12 +158,14 @@ def load_layer_weights(
             assert norm_expected is not None  # readers yield the final norm only when asked for it
             check_shape(tensor, norm_expected[name], name, "final norm", str(path))
             final[name] = cast(tensor, dtype)
+            check_finite(final[name], name, "final norm", str(path), tensor.dtype)
         else:
             assert isinstance(group, int)  # a layer index
             check_shape(tensor, expected[group][name], name, f"layer {group}", str(path))
             pieces[(group, name)] = fingerprint_piece(group, name, tensor)
             digests[(group, name)] = digest_piece(group, name, tensor)
             layers[group][name] = cast(tensor, dtype)
+            check_finite(layers[group][name], name, f"layer {group}", str(path), tensor.dtype)
         del tensor  # the source (a mapped or dequantized copy) goes before the next tensor is read
     checked = {i: check_tensors(layers[i], expected[i], f"layer {i}", str(path)) for i in layer_indices}
     final_norm = check_tensors(final, norm_expected, "final norm", str(path)) if norm_expected is not None else None
@@ -238,5 +241,6 @@ def _read_extras(
     for name, tensor in items:
         check_shape(tensor, wanted[name].shape(config), name, "extra", str(path))
         out[name] = cast(tensor, dtype)
+        check_finite(out[name], name, "extra", str(path), tensor.dtype)
         del tensor
     return out

@@ -2,7 +2,8 @@
 
 A host model (a timm ViT, an open_clip tower) is loaded from a file users download; a file for
 another architecture or width must fail with the key to look at, not with torch's list of every
-mismatch (or, worse, load partly).
+mismatch (or, worse, load partly). A file whose tensors hold NaN or inf (a diverged run's save, a bad
+conversion) fits by shape but would make every number computed from it NaN: it fails here too, by name.
 """
 
 from __future__ import annotations
@@ -47,3 +48,22 @@ def require_fit(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tenso
     error = misfit_error(state, own, what)
     if error is not None:
         raise error
+
+
+def nonfinite_keys(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Keys of ``state``'s floating-point tensors that hold a NaN or an inf, in ``state``'s order."""
+    return [
+        key
+        for key, value in state.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+
+
+def require_finite(state: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise :class:`CheckpointError` naming the tensors of ``state`` that hold NaN or inf."""
+    bad = nonfinite_keys(state)
+    if bad:
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise CheckpointError(
+            f"{what}: tensor(s) {bad[:10]}{more} hold NaN or inf; a model loaded from it would compute NaN"
+        )

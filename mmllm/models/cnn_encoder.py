@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import AssetMissingError, CheckpointError, ConfigError
+from ..loading.state_fit import require_finite
 from ..schema import Section
 
 
@@ -127,6 +128,7 @@ def _load_weights(model: nn.Module, weights: str, arch: str) -> None:
         state = load_file(str(path))
     else:
         state = load_weights_only(path)  # a refused pickle says so
+    require_finite(state, str(path))
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches

@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError
 from ..loading.hub import is_offline
 from ..loading.hub_cache import hub_cache_dir
-from ..loading.state_fit import misfit_error
+from ..loading.state_fit import misfit_error, require_finite
 from ..safeload import refusal
 from ..schema import Section
 from .cnn_encoder import CNNOptions, CNNVisionEncoder, input_statistics
@@ -196,11 +196,11 @@ def _clip_from_tag(name: str, tag: str) -> nn.Module:
 def clip_from_file(name: str, path: Path, quick_gelu: bool = False) -> nn.Module:
     """open_clip's ``create_model(name, pretrained=<file>)`` (``weights_only=True``; its layout conversions and
     position-embedding resizing, then a strict load); a file that does not fit is a :class:`CheckpointError`
-    naming the first key, not torch's raw list."""
+    naming the first key, not torch's raw list; one whose weights hold NaN or inf names them."""
     import open_clip
 
     try:
-        return open_clip.create_model(name, pretrained=str(path), force_quick_gelu=quick_gelu, weights_only=True)
+        model = open_clip.create_model(name, pretrained=str(path), force_quick_gelu=quick_gelu, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"{CLIP_WHAT}: {refusal(path, exc)}") from exc
     except Exception as exc:  # noqa: BLE001 - torch/safetensors/open_clip raise many types
@@ -212,6 +212,8 @@ def clip_from_file(name: str, path: Path, quick_gelu: bool = False) -> nn.Module
             ) from exc
         model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)  # to name the misfit
         raise _clip_misfit(model, path, exc) from exc
+    require_finite(dict(model.named_parameters()), f"{CLIP_WHAT} {path}")  # its causal mask buffer holds -inf
+    return model
 
 
 def _clip_misfit(model: nn.Module, path: Path, exc: Exception) -> CheckpointError:

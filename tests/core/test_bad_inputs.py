@@ -81,6 +81,51 @@ def test_misshapen_tensor_is_named(llama_dir, tmp_path):
         load_layer_weights(tmp_path, [3], with_final_norm=False)
 
 
+def _llama_copy(llama_dir, folder, edit):
+    for f in llama_dir.iterdir():
+        shutil.copy(f, folder / f.name)
+    state = load_file(folder / "model.safetensors")
+    edit(state)
+    save_file(state, folder / "model.safetensors")
+    return folder
+
+
+def test_nan_in_a_layer_tensor_is_named(llama_dir, tmp_path):
+    def diverged(state):
+        state["model.layers.3.self_attn.o_proj.weight"][1, 2] = float("nan")
+
+    source = _llama_copy(llama_dir, tmp_path, diverged)
+    with pytest.raises(CheckpointError, match=r"layer 3 tensor 'self_attn\.o_proj\.weight' holds NaN or inf$"):
+        load_layer_weights(source, [3], with_final_norm=False)
+    load_layer_weights(source, [2], with_final_norm=True)  # the other layers are usable
+
+
+def test_inf_after_the_cast_to_float16_is_named(llama_dir, tmp_path):
+    """A value beyond float16's range (65,504: bfloat16 LLMs hold such) is finite as stored, inf once cast."""
+
+    def large(state):
+        state["model.norm.weight"][0] = 1e5
+
+    source = _llama_copy(llama_dir, tmp_path, large)
+    load_layer_weights(source, [3], with_final_norm=True, dtype=torch.float32)
+    with pytest.raises(
+        CheckpointError,
+        match=r"final norm tensor 'weight' holds NaN or inf after the cast from torch\.float32 to torch\.float16",
+    ):
+        load_layer_weights(source, [3], with_final_norm=True, dtype=torch.float16)
+
+
+def test_nan_in_an_extra_tensor_is_named(llama_dir, tmp_path):
+    from mmllm import load_extra_tensors
+
+    def diverged(state):
+        state["model.embed_tokens.weight"][5, 0] = float("inf")
+
+    source = _llama_copy(llama_dir, tmp_path, diverged)
+    with pytest.raises(CheckpointError, match=r"extra tensor 'word_embeddings' holds NaN or inf"):
+        load_extra_tensors(source, ["word_embeddings"])
+
+
 def test_visual_dim_mismatch(llama_dir):
     block = FrozenLLMBlock(LLMBlockConfig(visual_dim=8, source=str(llama_dir), dtype="float32"))
     with pytest.raises(ValueError, match=r"\[B, N, 8\]"):

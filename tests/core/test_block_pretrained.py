@@ -102,6 +102,16 @@ def test_missing_or_changed_tensors_are_errors(llama_dir, tmp_path):
         FrozenLLMBlock.from_pretrained(saved)
 
 
+def test_adapters_holding_nan_are_named(llama_dir, tmp_path):
+    block = FrozenLLMBlock.from_pretrained(llama_dir, visual_dim=8, dtype="float32")
+    saved = block.save_pretrained(tmp_path / "saved")
+    adapters = load_file(str(saved / "adapters.safetensors"))
+    adapters["adapter_out.weight"][0, 0] = float("nan")
+    save_file(adapters, str(saved / "adapters.safetensors"))
+    with pytest.raises(CheckpointError, match=r"adapters\.safetensors: tensor\(s\) \['adapter_out\.weight'\] hold NaN"):
+        FrozenLLMBlock.from_pretrained(saved)
+
+
 @pytest.mark.parametrize(
     "name, expected",
     [

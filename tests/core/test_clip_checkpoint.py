@@ -110,6 +110,18 @@ def test_wrong_name_and_missing_tensor_name_the_key(tiny_name, released, tmp_pat
         encoder(tiny_name, edited(tmp_path, released, lambda state: state.pop("visual.ln_post.weight")))
 
 
+def test_nan_tensor_is_named(tiny_name, released, tmp_path):
+    def diverged(state):
+        state["visual.transformer.resblocks.1.mlp.c_fc.weight"][0, 0] = float("nan")
+
+    with pytest.raises(
+        CheckpointError,
+        match=r"model.vision.checkpoint .*edited\.bin: tensor\(s\) \['visual\.transformer\.resblocks\.1\.mlp\.c_fc"
+        r"\.weight'\] hold NaN or inf",
+    ):
+        encoder(tiny_name, edited(tmp_path, released, diverged))
+
+
 def test_a_file_for_another_model_is_our_error_not_torchs(released):
     """The tiny file into open_clip's ViT-B-32 (random init, no download): a CheckpointError naming a key."""
     with pytest.raises(CheckpointError, match=r"does not fit the model: first key that does not fit: \S+ \("):

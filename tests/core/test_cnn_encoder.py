@@ -96,6 +96,17 @@ def test_bad_inputs_are_refused(tmp_path):
         VisionOptions.parse({"cnn": {"imag_size": 64}}, "model.vision")
 
 
+def test_weights_holding_nan_are_named(tmp_path):
+    import timm
+
+    state = timm.create_model("tf_efficientnet_lite0").state_dict()
+    state["bn1.weight"][0] = float("nan")
+    path = tmp_path / "diverged.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"diverged\.pth: tensor\(s\) \['bn1\.weight'\] hold NaN or inf"):
+        CNNVisionEncoder(CNNOptions(weights=str(path)))
+
+
 def test_timm_format_weights_round_trip(tmp_path):
     from safetensors.torch import save_file
 

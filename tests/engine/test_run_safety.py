@@ -227,3 +227,15 @@ def test_truncated_model_file_is_named(tmp_path):
     path.write_bytes(path.read_bytes()[:300])
     with pytest.raises(CheckpointError, match=r"model_final\.pt is truncated or corrupt"):
         read_model_file(path)
+
+
+def test_model_file_holding_nan_is_named(tmp_path):
+    """A model file edited by hand or written by another tool: NaN weights would score every sample NaN."""
+    from mmllm.model_file import read_model_file
+
+    path = tmp_path / "model_final.pt"
+    save_model_file(path, {"w": torch.ones(3), "head.bias": torch.tensor([0.0, float("nan")])}, {}, {"run": {}})
+    with pytest.raises(CheckpointError, match=r"model_final\.pt: tensor\(s\) \['head\.bias'\] hold NaN or inf"):
+        read_model_file(path)
+    save_model_file(path, {"w": torch.ones(3), "step": torch.tensor(7)}, {}, {"run": {}})
+    assert read_model_file(path)["state_dict"]["step"] == 7  # integer tensors are not checked

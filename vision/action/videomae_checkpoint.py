@@ -61,6 +61,7 @@ from torch import nn
 
 from mmllm.errors import CheckpointError
 from mmllm.loading.hf_folder import KeyIndex
+from mmllm.loading.state_fit import require_finite
 from mmllm.safeload import load_weights_only
 
 __all__ = ["TABLE", "load_videomae_checkpoint", "map_videomae_state", "read_videomae_file", "resample_pos_embed"]
@@ -384,6 +385,12 @@ def _check_complete(plan: Plan, targets: Mapping[str, torch.Tensor], source: Sou
     return left
 
 
+def _planned_tensors(plan: Plan) -> dict[str, torch.Tensor]:
+    """``{checkpoint key: tensor}`` of every tensor the plan copies."""
+    parts = (keyed for thirds in plan.parts.values() for keyed in thirds.values())
+    return dict([*plan.whole.values(), *parts])
+
+
 def _copy(plan: Plan, targets: Mapping[str, torch.Tensor]) -> dict[str, str]:
     """Write the planned tensors into the model's; the key third of a fused bias is zero."""
     loaded: dict[str, str] = {}
@@ -428,6 +435,7 @@ def map_videomae_state(
     _fit_pos_embed(source, targets, getattr(model, "grid", None), where)
     plan, skipped = _plan(source, targets, where)
     left = _check_complete(plan, targets, source, where)
+    require_finite(_planned_tensors(plan), where)
     loaded = _copy(plan, targets)
     _report(where, source, loaded, skipped, left)
     return loaded

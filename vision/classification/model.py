@@ -34,7 +34,7 @@ from mmllm.engine.task import ModelSection
 from mmllm.errors import CheckpointError, ConfigError
 from mmllm.loading.hub import is_offline
 from mmllm.loading.hub_cache import hub_cache_dir, looks_like_hub_id
-from mmllm.loading.state_fit import require_fit
+from mmllm.loading.state_fit import require_finite, require_fit
 from mmllm.safeload import refusal
 
 # vit_llama.py l. 112-113: ViTLLaMA.no_weight_decay() (timm's VisionTransformer lists the same three)
@@ -213,6 +213,7 @@ def load_vit_checkpoint(vit: VisionTransformer, source: str, what: str = "model.
         state.pop(key)
     required = {k: v for k, v in own.items() if k in state or not _is_head(k)}
     require_fit(state, required, f"{what} {source}")
+    require_finite(state, f"{what} {source}")
     vit.load_state_dict(state, strict=False)  # every key checked above; head keys absent stay at their init
     return sorted(set(skipped) | (own.keys() - state.keys()))
 

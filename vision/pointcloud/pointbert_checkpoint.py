@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from mmllm.errors import CheckpointError
+from mmllm.loading.state_fit import require_finite
 from mmllm.safeload import load_weights_only
 
 __all__ = [
@@ -133,6 +134,7 @@ def map_point_bert_state(model: nn.Module, raw: dict[str, Any], where: str = "ch
     for ours in targets:
         if ours.startswith(REQUIRED) and ours not in plan:
             raise CheckpointError(f"{where}: no tensor for {ours} (expected {prefix}{ours_to_official(ours)})")
+    require_finite(dict(plan.values()), where)
     with torch.no_grad():
         for ours, (_, value) in plan.items():
             targets[ours].copy_(value.to(targets[ours].dtype))

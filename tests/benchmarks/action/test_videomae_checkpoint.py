@@ -298,6 +298,17 @@ def test_unknown_key_is_named(reference, tmp_path):
     check_error(write_released(tmp_path, reference, layer_scale), r"blocks\.0\.gamma_1 has no place")
 
 
+def test_nan_or_inf_tensor_is_named(reference, tmp_path):
+    def diverged(state):  # a save from a run that diverged: it fits by shape, every output would be NaN
+        state["blocks.1.attn.v_bias"][3] = float("nan")
+        state["blocks.0.mlp.fc2.weight"][0, 0] = float("inf")
+
+    check_error(
+        write_released(tmp_path, reference, diverged),
+        r"tensor\(s\) \['blocks\.0\.mlp\.fc2\.weight', 'blocks\.1\.attn\.v_bias'\] hold NaN or inf",
+    )
+
+
 def test_deeper_checkpoint_names_the_extra_block(released_file):
     check_error(released_file, r"blocks\.1\.norm1\.weight has no place .*'blocks\.1\.norm1\.weight'", depth=1)
 

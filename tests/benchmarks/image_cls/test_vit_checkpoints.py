@@ -103,6 +103,14 @@ def test_wrong_name_and_missing_tensor_name_the_key(tmp_path, released):
         ours(edited(tmp_path, released, lambda state: state.pop("blocks.2.norm1.weight")))
 
 
+def test_nan_tensor_is_named(tmp_path, released):
+    def diverged(state):
+        state["blocks.2.attn.qkv.bias"][5] = float("-inf")
+
+    with pytest.raises(CheckpointError, match=r"tensor\(s\) \['blocks\.2\.attn\.qkv\.bias'\] hold NaN or inf"):
+        ours(edited(tmp_path, released, diverged))
+
+
 def test_another_architecture_names_the_first_key(released):
     with pytest.raises(
         CheckpointError, match="model.checkpoint .* does not fit the model: first key that does not fit: blocks.3"

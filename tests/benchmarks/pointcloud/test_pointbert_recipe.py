@@ -465,6 +465,19 @@ def test_a_key_that_does_not_fit_is_named(tmp_path):
         map_point_bert_state(create_pointbert_model(PointBERTOptions(llm_block={"kind": "none"}, depth=2), 40), base)
 
 
+def test_a_nan_tensor_is_named_and_nothing_copied():
+    ckpt, _ = pretraining_checkpoint(depth=1, gen=torch.Generator().manual_seed(6))
+    base = dict(ckpt["base_model"])
+    base["module.transformer_q.blocks.blocks.0.attn.proj.bias"] = torch.full((384,), float("nan"))
+    model = official_model(depth=1)
+    before = model.state_dict()["cls_token"].clone()
+    with pytest.raises(
+        CheckpointError, match=r"tensor\(s\) \['transformer_q\.blocks\.blocks\.0\.attn\.proj\.bias'\] hold NaN"
+    ):
+        map_point_bert_state(model, base)
+    assert torch.equal(model.state_dict()["cls_token"], before)
+
+
 class Planted:
     def __reduce__(self):
         return (math.floor, (1.5,))
