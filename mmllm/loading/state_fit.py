@@ -50,13 +50,14 @@ def require_fit(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tenso
         raise error
 
 
+def holds_nonfinite(value: object) -> bool:
+    """Whether ``value`` is a floating-point tensor holding a NaN or an inf (integer tensors cannot)."""
+    return isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())
+
+
 def nonfinite_keys(state: Mapping[str, torch.Tensor]) -> list[str]:
     """Keys of ``state``'s floating-point tensors that hold a NaN or an inf, in ``state``'s order."""
-    return [
-        key
-        for key, value in state.items()
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())
-    ]
+    return [key for key, value in state.items() if holds_nonfinite(value)]
 
 
 def require_finite(state: Mapping[str, torch.Tensor], what: str) -> None:

@@ -14,6 +14,7 @@ from transformers import PretrainedConfig
 
 from ..architectures import ArchitectureSpec
 from ..errors import CheckpointError
+from .state_fit import holds_nonfinite
 
 
 @dataclass
@@ -57,7 +58,7 @@ def check_shape(tensor: torch.Tensor, shape: tuple[int, ...], name: str, where: 
 def check_finite(tensor: torch.Tensor, name: str, where: str, source: str, stored: torch.dtype) -> None:
     """Refuse a tensor holding NaN or inf, as read or after the cast to another dtype (bfloat16 weights
     above 65,504 become inf in float16): the frozen block would turn every token into NaN."""
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+    if holds_nonfinite(tensor):
         cast_note = f" after the cast from {stored} to {tensor.dtype}" if tensor.dtype != stored else ""
         raise CheckpointError(f"{source}: {where} tensor {name!r} holds NaN or inf{cast_note}")
 
