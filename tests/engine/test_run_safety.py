@@ -229,6 +229,26 @@ def test_truncated_model_file_is_named(tmp_path):
         read_model_file(path)
 
 
+def test_a_nan_training_loss_stops_the_run_naming_the_step(tmp_path, monkeypatch):
+    """A loss that turns NaN (a diverged run, a NaN input) stops training with the step, not a NaN-trained model."""
+    from mmllm.engine.launch import train_config
+    from mmllm.errors import TrainingError
+
+    calls = []
+
+    def loss_nan_at_step_2(self, model, batch):
+        calls.append(1)
+        loss = torch.nn.functional.cross_entropy(model(batch["tokens"]).float(), batch["labels"])
+        return (loss * float("nan") if len(calls) == 2 else loss), {}
+
+    monkeypatch.setattr(toy_task.ToyTask, "training_loss", loss_nan_at_step_2)
+    cfg = load_config(str(toy_config(tmp_path, max_steps=3)))
+    with pytest.raises(TrainingError, match=r"training loss is nan at step 2: .*refusing to train on"):
+        train_config(cfg)
+    assert len(calls) == 2 and not (tmp_path / "run" / "model_final.pt").exists()
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
 def test_model_file_holding_nan_is_named(tmp_path):
     """A model file edited by hand or written by another tool: NaN weights would score every sample NaN."""
     from mmllm.model_file import read_model_file
