@@ -61,33 +61,29 @@ def test_unsupported_architecture_names_supported_ones(tmp_path):
         FrozenLLMBlock(LLMBlockConfig(visual_dim=8, source=str(tmp_path)))
 
 
-def test_missing_tensor_is_named(llama_dir, tmp_path):
-    for f in llama_dir.iterdir():
-        shutil.copy(f, tmp_path / f.name)
-    state = load_file(tmp_path / "model.safetensors")
-    del state["model.layers.3.mlp.up_proj.weight"]
-    save_file(state, tmp_path / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"layer 3 is missing tensor\(s\) \['mlp.up_proj.weight'\]"):
-        FrozenLLMBlock(LLMBlockConfig(visual_dim=8, source=str(tmp_path)))
-
-
-def test_misshapen_tensor_is_named(llama_dir, tmp_path):
-    for f in llama_dir.iterdir():
-        shutil.copy(f, tmp_path / f.name)
-    state = load_file(tmp_path / "model.safetensors")
-    state["model.layers.3.mlp.up_proj.weight"] = torch.zeros(3, 3)
-    save_file(state, tmp_path / "model.safetensors")
-    with pytest.raises(CheckpointError, match="up_proj.weight.*shape"):
-        load_layer_weights(tmp_path, [3], with_final_norm=False)
-
-
 def _llama_copy(llama_dir, folder, edit):
+    """A copy of the tiny LLaMA checkpoint in ``folder`` with ``edit`` applied to its state dict."""
     for f in llama_dir.iterdir():
         shutil.copy(f, folder / f.name)
     state = load_file(folder / "model.safetensors")
     edit(state)
     save_file(state, folder / "model.safetensors")
     return folder
+
+
+def test_missing_tensor_is_named(llama_dir, tmp_path):
+    source = _llama_copy(llama_dir, tmp_path, lambda state: state.pop("model.layers.3.mlp.up_proj.weight"))
+    with pytest.raises(CheckpointError, match=r"layer 3 is missing tensor\(s\) \['mlp.up_proj.weight'\]"):
+        FrozenLLMBlock(LLMBlockConfig(visual_dim=8, source=str(source)))
+
+
+def test_misshapen_tensor_is_named(llama_dir, tmp_path):
+    def reshape(state):
+        state["model.layers.3.mlp.up_proj.weight"] = torch.zeros(3, 3)
+
+    source = _llama_copy(llama_dir, tmp_path, reshape)
+    with pytest.raises(CheckpointError, match="up_proj.weight.*shape"):
+        load_layer_weights(source, [3], with_final_norm=False)
 
 
 def test_nan_in_a_layer_tensor_is_named(llama_dir, tmp_path):
